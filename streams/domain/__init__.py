@@ -1,0 +1,1 @@
+"""Domain rules of the screening system: identifiers (NIR) and geography (regions, communes)."""
