@@ -1,0 +1,597 @@
+"""Bring a real local Kafka broker (KRaft) and Apicurio schema registry up and down.
+
+No Docker: the jars are fetched once with ``mvn`` into a cache outside the repository and
+run with ``java`` as detached processes on loopback, with pid files in the state dir.
+Setting ``KAFKA_BOOTSTRAP_SERVERS`` / ``SCHEMA_REGISTRY_URL`` uses external services instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from streams.errors import ConfigError, LocalStackError
+
+Echo = Callable[[str], None]
+T = TypeVar("T", int, float)
+
+LOOPBACK = "127.0.0.1"
+CCOMPAT_PATH = "/apis/ccompat/v7"
+STOP_TIMEOUT_S = 30.0
+LOG_TAIL_LINES = 20
+_MARKER = ".complete"
+_KAFKA_MAIN = "kafka.Kafka"
+_REGISTRY_MARK = "apicurio-"  # in the cache dir name of the jar
+
+# Runs as ``python -c``: starts argv[3:] in its own session, logging to argv[1], in cwd
+# argv[2], prints the pid and exits, so the service is re-parented and outlives this process.
+_LAUNCHER = """import subprocess, sys
+with open(sys.argv[1], "wb") as log:
+    child = subprocess.Popen(sys.argv[3:], cwd=sys.argv[2], stdin=subprocess.DEVNULL,
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+print(child.pid)
+"""
+
+_LOG4J2_YAML = """\
+Configuration:
+  Appenders:
+    Console:
+      name: STDOUT
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: WARN
+      AppenderRef:
+        - ref: STDOUT
+    Logger:
+      - name: kafka.server.KafkaRaftServer
+        level: INFO
+"""
+
+_LOG4J_VERSION = "2.24.3"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where clients connect; ``managed`` is True when this module owns a local process."""
+
+    bootstrap_servers: str
+    registry_url: str
+    managed: bool
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """Where to cache jars and keep state, which versions and ports; see :meth:`from_env`."""
+
+    cache_dir: Path
+    state_dir: Path
+    kafka_version: str = "4.4.0"
+    registry_version: str = "3.0.9"
+    kafka_port: int = 19092
+    registry_port: int = 18081
+    external_bootstrap: str | None = None
+    external_registry: str | None = None
+    start_timeout_s: float = 90.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> StackSettings:
+        """Build settings from environment variables, falling back to the defaults.
+
+        Raises :class:`ConfigError` when a port or timeout is not a number or out of range.
+        """
+        home = Path(environ.get("HOME") or Path.home())
+        cache = _path(environ.get("SCREENING_STREAMS_CACHE"), home) or (
+            home / ".cache" / "screening-streams"
+        )
+        state = _path(environ.get("SCREENING_STREAMS_STATE"), home) or cache / "run"
+        kafka_port = _number(environ, "SCREENING_KAFKA_PORT", 19092, int)
+        registry_port = _number(environ, "SCREENING_REGISTRY_PORT", 18081, int)
+        for name, port, top in (("SCREENING_KAFKA_PORT", kafka_port, 65534),
+                                ("SCREENING_REGISTRY_PORT", registry_port, 65535)):
+            if not 0 < port <= top:  # the controller listens on kafka port + 1
+                raise ConfigError(f"{name}={port} is out of range 1..{top}")
+        timeout = _number(environ, "SCREENING_START_TIMEOUT_S", 90.0, float)
+        return cls(
+            cache_dir=cache,
+            state_dir=state,
+            kafka_version=environ.get("SCREENING_KAFKA_VERSION") or "4.4.0",
+            registry_version=environ.get("SCREENING_REGISTRY_VERSION") or "3.0.9",
+            kafka_port=kafka_port,
+            registry_port=registry_port,
+            external_bootstrap=environ.get("KAFKA_BOOTSTRAP_SERVERS") or None,
+            external_registry=environ.get("SCHEMA_REGISTRY_URL") or None,
+            start_timeout_s=timeout,
+        )
+
+
+def _path(raw: str | None, home: Path) -> Path | None:
+    if not raw:
+        return None
+    return home / raw[2:] if raw.startswith("~/") else Path(raw)
+
+
+def _number(environ: Mapping[str, str], name: str, default: T, kind: Callable[[str], T]) -> T:
+    raw = environ.get(name)
+    if not raw:
+        return default
+    try:
+        return kind(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from exc
+
+
+def endpoints_for(settings: StackSettings) -> Endpoints:
+    """Return the endpoints clients should use, local or external, without starting anything."""
+    return Endpoints(
+        bootstrap_servers=settings.external_bootstrap or f"{LOOPBACK}:{settings.kafka_port}",
+        registry_url=(settings.external_registry or
+                      f"http://{LOOPBACK}:{settings.registry_port}{CCOMPAT_PATH}").rstrip("/"),
+        managed=settings.external_bootstrap is None or settings.external_registry is None,
+    )
+
+
+def render_server_properties(settings: StackSettings) -> str:
+    """Render the single-node (broker+controller) KRaft ``server.properties``."""
+    port, ctl = settings.kafka_port, settings.kafka_port + 1
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@{LOOPBACK}:{ctl}",
+        "listeners": f"PLAINTEXT://{LOOPBACK}:{port},CONTROLLER://{LOOPBACK}:{ctl}",
+        "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(settings.state_dir / "kafka-data"),
+        "num.partitions": "1",
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "4",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "4",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "auto.create.topics.enable": "false",
+    }
+    return "".join(f"{key}={value}\n" for key, value in props.items())
+
+
+def render_pom(kafka_version: str) -> str:
+    """Render the throw-away pom.xml whose runtime dependencies form the broker classpath."""
+    deps = [("org.apache.kafka", "kafka_2.13", kafka_version),
+            ("org.apache.logging.log4j", "log4j-slf4j-impl", _LOG4J_VERSION),
+            ("org.apache.logging.log4j", "log4j-core", _LOG4J_VERSION)]
+    body = "".join(f"    <dependency><groupId>{g}</groupId><artifactId>{a}</artifactId>"
+                   f"<version>{v}</version></dependency>\n" for g, a, v in deps)
+    return ('<project xmlns="http://maven.apache.org/POM/4.0.0">\n'
+            "  <modelVersion>4.0.0</modelVersion><groupId>local.screening</groupId>\n"
+            "  <artifactId>kafka-runtime</artifactId><version>1</version>"
+            f"<packaging>pom</packaging>\n  <dependencies>\n{body}  </dependencies>\n</project>\n")
+
+
+def new_cluster_id() -> str:
+    """Return a random 22-character base64url KRaft cluster id (never starting with '-')."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
+
+
+def check_tools(path: str | None = None) -> None:
+    """Raise :class:`LocalStackError` unless ``java`` and ``mvn`` are on ``path`` (or $PATH)."""
+    hints = {"java": "a JDK 17+ (e.g. apt-get install openjdk-17-jre-headless)",
+             "mvn": "Maven (e.g. apt-get install maven)"}
+    for tool, hint in hints.items():
+        if shutil.which(tool, path=path) is None:
+            raise LocalStackError(f"{tool} not found on PATH: install {hint}")
+
+
+def log_tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """Return the last ``lines`` lines of ``log`` ('' when it does not exist)."""
+    try:
+        text = log.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _run(cmd: list[str], what: str, cwd: Path | None = None) -> None:
+    try:
+        done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise LocalStackError(f"{what}: cannot run {cmd[0]}: {exc}") from exc
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-LOG_TAIL_LINES:])
+        raise LocalStackError(f"{what} failed (exit {done.returncode}):\n{tail}")
+
+
+@contextmanager
+def _fresh_dir(final: Path) -> Iterator[Path]:
+    """Yield a temp dir next to ``final``; on success mark it complete and rename it into place."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by interrupted runs
+        owner = stale.name.rsplit("-", 1)[-1]
+        if not (owner.isdigit() and _alive(int(owner), "")):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        (tmp / _MARKER).write_text("ok\n")
+        if final.exists() and not (final / _MARKER).exists():
+            shutil.rmtree(final)  # half-finished leftovers of an older layout
+        if not final.exists():
+            tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fetch_kafka(settings: StackSettings, echo: Echo = print) -> Path:
+    """Download the Kafka runtime jars once with mvn; return the ``libs`` directory."""
+    home = settings.cache_dir / f"kafka-{settings.kafka_version}"
+    if not (home / _MARKER).exists():
+        echo(f"fetching kafka {settings.kafka_version} jars with mvn…")
+        started = time.monotonic()
+        with _fresh_dir(home) as tmp:
+            (tmp / "pom.xml").write_text(render_pom(settings.kafka_version))
+            _run(["mvn", "-B", "-q", "-f", str(tmp / "pom.xml"),
+                  "dependency:copy-dependencies", "-DincludeScope=runtime",
+                  f"-DoutputDirectory={tmp / 'libs'}"], "mvn fetch of kafka jars")
+        echo(f"fetched kafka {settings.kafka_version} in {time.monotonic() - started:.1f} s")
+    return home / "libs"
+
+
+def fetch_registry(settings: StackSettings, echo: Echo = print) -> Path:
+    """Download and unpack the Apicurio registry once with mvn; return its runnable jar."""
+    version = settings.registry_version
+    home = settings.cache_dir / f"apicurio-{version}"
+    if not (home / _MARKER).exists():
+        echo(f"fetching apicurio registry {version} with mvn…")
+        started = time.monotonic()
+        with _fresh_dir(home) as tmp:
+            _run(["mvn", "-B", "-q", "dependency:copy",
+                  f"-Dartifact=io.apicurio:apicurio-registry-app:{version}:tar.gz:all",
+                  f"-DoutputDirectory={tmp}"], "mvn fetch of apicurio registry", cwd=tmp)
+            archives = list(tmp.glob("*.tar.gz"))
+            if not archives:
+                raise LocalStackError(f"mvn fetched no apicurio archive into {tmp}")
+            try:
+                with tarfile.open(archives[0]) as tar:
+                    if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4
+                        tar.extractall(tmp, filter="data")
+                    else:
+                        tar.extractall(tmp)  # our own pinned artifact
+            except (OSError, tarfile.TarError) as exc:
+                raise LocalStackError(f"cannot unpack {archives[0].name}: {exc}") from exc
+            archives[0].unlink()
+        echo(f"fetched apicurio registry {version} in {time.monotonic() - started:.1f} s")
+    return _registry_jar(home)
+
+
+def _registry_jar(home: Path) -> Path:
+    for pattern in ("quarkus-run.jar", "*-runner.jar"):
+        found = sorted(home.rglob(pattern), key=lambda p: len(p.parts))
+        if found:
+            return found[0]
+    raise LocalStackError(f"no quarkus-run.jar or *-runner.jar under {home}")
+
+
+@dataclass
+class _Service:
+    name: str  # "kafka" or "registry": key in status() and pid/log file stem
+    label: str  # for humans, with the version
+    where: str  # address clients use
+    marker: str  # substring of the command line that identifies our process
+    probe: Callable[[], bool]  # True when the service answers a real request
+    state_dir: Path
+    external: bool
+    pid: int = 0
+    began: float = 0.0
+    fresh: bool = False  # started by this call (vs. reused)
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / f"{self.name}.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.state_dir / f"{self.name}.log"
+
+
+def _services(settings: StackSettings) -> tuple[_Service, _Service]:
+    ends, state = endpoints_for(settings), settings.state_dir
+    local_port = None if settings.external_bootstrap else settings.kafka_port
+    kafka = _Service("kafka", f"kafka {settings.kafka_version}", ends.bootstrap_servers,
+                     _KAFKA_MAIN, lambda: _kafka_answers(ends.bootstrap_servers, local_port),
+                     state, bool(settings.external_bootstrap))
+    registry = _Service("registry", f"apicurio registry {settings.registry_version}",
+                        ends.registry_url, _REGISTRY_MARK,
+                        lambda: _registry_answers(ends.registry_url),
+                        state, bool(settings.external_registry))
+    return kafka, registry
+
+
+def _alive(pid: int, marker: str) -> bool:
+    """True when ``pid`` runs (not a zombie) and, where /proc exists, its cmdline has marker.
+
+    An empty cmdline means the process is exiting: still alive, its ports may be bound.
+    """
+    try:
+        os.kill(pid, 0)
+    except OSError:  # gone, or someone else's process reusing the pid
+        return False
+    proc = Path(f"/proc/{pid}")
+    if not proc.exists():
+        return True
+    try:
+        if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+        cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return not cmdline or marker in cmdline
+    except (OSError, IndexError):
+        return False
+
+
+def _running_pid(svc: _Service) -> int | None:
+    try:
+        pid = int(svc.pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid, svc.marker) else None
+
+
+def _port_open(port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _spawn(svc: _Service, cmd: list[str], cwd: Path) -> None:
+    """Start ``cmd`` detached (re-parented, own session) logging to ``svc.log``; record its pid."""
+    try:
+        done = subprocess.run([sys.executable, "-c", _LAUNCHER, str(svc.log), str(cwd), *cmd],
+                              capture_output=True, text=True, check=True, timeout=60)
+        pid = int(done.stdout.strip())
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        raise LocalStackError(f"cannot start {svc.name} ({cmd[0]}): {exc}") from exc
+    tmp = svc.pid_file.with_suffix(".pid.tmp")
+    tmp.write_text(f"{pid}\n")
+    tmp.replace(svc.pid_file)
+    svc.pid, svc.began, svc.fresh = pid, time.monotonic(), True
+
+
+def _kafka_answers(bootstrap: str, local_port: int | None = None, timeout_s: float = 3.0) -> bool:
+    """True when a real Kafka metadata request to ``bootstrap`` succeeds."""
+    if local_port is not None and _port_open(local_port) is False:
+        return False  # cheap pre-check while a local broker boots
+    from kafka import KafkaAdminClient
+
+    wanted = {"bootstrap_servers": bootstrap, "request_timeout_ms": int(timeout_s * 1000),
+              "bootstrap_timeout_ms": int(timeout_s * 1000),
+              "api_version_auto_timeout_ms": int(timeout_s * 1000), "client_id": "localstack"}
+    config = {k: v for k, v in wanted.items() if k in KafkaAdminClient.DEFAULT_CONFIG}
+    quiet = logging.getLogger("kafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # connection-refused noise while the broker boots
+    try:
+        admin = KafkaAdminClient(**config)
+        try:
+            admin.list_topics()
+        finally:
+            admin.close()
+        return True
+    except Exception:  # kafka-python raises many types; any failure means "not yet"
+        return False
+    finally:
+        quiet.setLevel(level)
+
+
+def _registry_answers(url: str, timeout_s: float = 2.0) -> bool:
+    """True when GET ``url``/subjects answers 200."""
+    try:
+        with urllib.request.urlopen(f"{url}/subjects", timeout=timeout_s) as resp:
+            return int(resp.status) == 200
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
+
+
+@contextmanager
+def _locked(settings: StackSettings) -> Iterator[None]:
+    """Serialise up/down/wipe across processes sharing one state dir."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    with (settings.state_dir / ".lock").open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _check_free(ports: tuple[int, ...], hint: str) -> None:
+    for port in (p for p in ports if _port_open(p)):
+        raise LocalStackError(f"port {port} is in use by a process this module does not own;"
+                              f" stop it or set {hint}")
+
+
+def _spawn_kafka(settings: StackSettings, svc: _Service, libs: Path, echo: Echo) -> None:
+    state = settings.state_dir
+    props, log4j = state / "server.properties", state / "log4j2.yaml"
+    props.write_text(render_server_properties(settings))
+    log4j.write_text(_LOG4J2_YAML)
+    classpath = f"{libs}/*"
+    if not (state / "kafka-data" / "meta.properties").exists():
+        echo("formatting kafka storage…")
+        _run(["java", "-cp", classpath, "kafka.tools.StorageTool", "format",
+              "-t", new_cluster_id(), "-c", str(props)], "kafka storage format")
+    echo(f"starting kafka {settings.kafka_version}…")
+    _spawn(svc, ["java", "-Xms256m", "-Xmx768m", "-Djava.awt.headless=true",
+                 f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath, _KAFKA_MAIN,
+                 str(props)], state)
+
+
+def _spawn_registry(settings: StackSettings, svc: _Service, jar: Path, echo: Echo) -> None:
+    echo(f"starting apicurio registry {settings.registry_version}…")
+    flags = [f"-Dquarkus.http.port={settings.registry_port}", f"-Dquarkus.http.host={LOOPBACK}",
+             "-Dapicurio.rest.deletion.group.enabled=true",
+             "-Dapicurio.rest.deletion.artifact.enabled=true",
+             "-Dapicurio.rest.deletion.artifact-version.enabled=true"]
+    _spawn(svc, ["java", "-Xmx384m", *flags, "-jar", str(jar)], jar.parent)
+
+
+def _wait_one(svc: _Service, timeout_s: float, echo: Echo, abort: threading.Event) -> None:
+    """Poll ``svc`` until it answers; fail fast if it dies or passes its deadline."""
+    while not svc.probe():
+        if abort.is_set():
+            return
+        took = time.monotonic() - svc.began
+        if not _alive(svc.pid, svc.marker):
+            problem = f"{svc.name} (pid {svc.pid}) exited during startup"
+        elif took > timeout_s:
+            problem = f"{svc.name} did not answer on {svc.where} within {took:.1f} s"
+        else:
+            time.sleep(0.25)
+            continue
+        tail = log_tail(svc.log) or "(log is empty)"
+        raise LocalStackError(f"{problem}; last lines of {svc.log}:\n{tail}")
+    if svc.fresh:
+        echo(f"{svc.label} up on {svc.where} in {time.monotonic() - svc.began:.1f} s")
+
+
+def _wait_all(services: list[_Service], timeout_s: float, echo: Echo) -> None:
+    """Wait for all services at once (one thread each); raise the first failure promptly."""
+    abort = threading.Event()
+    with ThreadPoolExecutor(max_workers=max(1, len(services))) as pool:
+        futures = [pool.submit(_wait_one, svc, timeout_s, echo, abort) for svc in services]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        abort.set()
+    for future in futures:
+        future.result()
+
+
+def up(settings: StackSettings, *, echo: Echo = print) -> Endpoints:
+    """Start (or reuse) the local broker and registry; return where clients connect.
+
+    Services with an external address configured are not started. Jars are fetched first
+    (one mvn at a time: they share ~/.m2), then both processes are started, then both
+    awaited. On failure, processes started by this call are stopped again.
+    """
+    ends = endpoints_for(settings)
+    kafka, registry = _services(settings)
+    for svc in (kafka, registry):
+        if svc.external:
+            echo(f"using external {svc.name} at {svc.where}")
+    if not ends.managed:
+        return ends
+    check_tools()
+    local = [svc for svc in (kafka, registry) if not svc.external]
+    with _locked(settings):
+        try:
+            for svc in local:
+                if (pid := _running_pid(svc)) is not None:
+                    echo(f"{svc.label} already running (pid {pid}) on {svc.where}")
+                    svc.pid, svc.began = pid, time.monotonic()
+            jar = fetch_registry(settings, echo) if registry in local and not registry.pid else None
+            libs = fetch_kafka(settings, echo) if kafka in local and not kafka.pid else None
+            if libs is not None:
+                _check_free((settings.kafka_port, settings.kafka_port + 1),
+                            "SCREENING_KAFKA_PORT / KAFKA_BOOTSTRAP_SERVERS")
+            if jar is not None:
+                _check_free((settings.registry_port,),
+                            "SCREENING_REGISTRY_PORT / SCHEMA_REGISTRY_URL")
+            if libs is not None:
+                _spawn_kafka(settings, kafka, libs, echo)
+            if jar is not None:
+                _spawn_registry(settings, registry, jar, echo)
+            _wait_all(local, settings.start_timeout_s, echo)
+        except BaseException:
+            _stop([svc for svc in local if svc.fresh], echo=lambda _line: None)
+            raise
+    return ends
+
+
+def _stop(services: list[_Service], echo: Echo) -> None:
+    """SIGTERM every running service, wait up to STOP_TIMEOUT_S, then SIGKILL; drop pid files."""
+    running = [(svc, pid) for svc in services if (pid := _running_pid(svc)) is not None]
+    began = time.monotonic()
+    for svc, pid in running:
+        echo(f"stopping {svc.name} (pid {pid})…")
+        with suppress(ProcessLookupError):  # _alive() already ruled out foreign pids
+            os.kill(pid, signal.SIGTERM)
+    for svc, pid in running:
+        while _alive(pid, svc.marker) and time.monotonic() - began < STOP_TIMEOUT_S:
+            time.sleep(0.2)
+        if _alive(pid, svc.marker):
+            echo(f"{svc.name} ignored SIGTERM for {STOP_TIMEOUT_S:g} s; killing it")
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            while _alive(pid, svc.marker) and time.monotonic() - began < STOP_TIMEOUT_S + 5:
+                time.sleep(0.1)
+            if _alive(pid, svc.marker):
+                raise LocalStackError(f"{svc.name} (pid {pid}) survived SIGKILL; stop it by hand")
+        echo(f"{svc.name} stopped in {time.monotonic() - began:.1f} s")
+    for svc in services:
+        svc.pid_file.unlink(missing_ok=True)
+
+
+def down(settings: StackSettings, *, echo: Echo = print) -> None:
+    """Stop the local broker and registry recorded in the state dir; keep the jar cache."""
+    if not settings.state_dir.exists():
+        echo("nothing to stop")
+        return
+    with _locked(settings):
+        services = list(_services(settings))
+        if not any(_running_pid(svc) is not None for svc in services):
+            echo("nothing running")
+        _stop(services, echo)
+
+
+def status(settings: StackSettings) -> dict[str, str]:
+    """Describe each service: ``up (pid N) addr``, ``starting …``, ``external …`` or ``down``."""
+    report: dict[str, str] = {}
+    for svc in _services(settings):
+        if svc.external:
+            answering = "answering" if svc.probe() else "not answering"
+            report[svc.name] = f"external {svc.where} ({answering})"
+        elif (pid := _running_pid(svc)) is None:
+            report[svc.name] = "down"
+        else:
+            report[svc.name] = f"{'up' if svc.probe() else 'starting'} (pid {pid}) {svc.where}"
+    return report
+
+
+def wipe(settings: StackSettings) -> None:
+    """Stop everything and delete broker data, logs and configs; keep the downloaded jars."""
+    down(settings, echo=lambda _line: None)
+    for name in ("kafka-data", "server.properties", "log4j2.yaml", "kafka.log", "registry.log"):
+        target = settings.state_dir / name
+        try:
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+        except OSError as exc:
+            raise LocalStackError(f"cannot delete {target}: {exc}") from exc
