@@ -1,0 +1,72 @@
+"""Assemble the processor from settings: policies, keys, registry, encoders, pipeline.
+
+This is where injected parts (registry client, key ring, clock, geography) meet; tests build
+a :class:`Pipeline` with in-memory doubles, the worker with the real ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from streams.codec import EventDecoder, ViewEncoder, register_encoder
+from streams.contracts import Schema, input_schema
+from streams.domain.geography import DEFAULT_GEOGRAPHY, Geography
+from streams.pipeline import Pipeline
+from streams.policy.engine import Minimiser
+from streams.policy.model import Policy, default_policy_dir, load_policies
+from streams.policy.outputs import output_schema
+from streams.pseudonym import KeyRing
+from streams.registry import SchemaRegistryClient
+from streams.settings import Settings
+from streams.validation import EventValidator, wall_clock_ms
+
+INPUT_VERSION = 1  # the reader contract the processor is built against
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    """Validated policies with the input contract they were validated against."""
+
+    policies: tuple[Policy, ...]
+    input_schema: Schema
+
+
+def load_policy_set(settings: Settings, geography: Geography = DEFAULT_GEOGRAPHY) -> PolicySet:
+    """Load the input contract and every policy, failing fast on any problem."""
+    schema = input_schema(INPUT_VERSION)
+    directory = settings.policy_dir or default_policy_dir()
+    return PolicySet(load_policies(directory, schema, frozenset(geography.region_names)), schema)
+
+
+def subject_for(topic: str) -> str:
+    """Confluent TopicNameStrategy subject of a topic's values."""
+    return f"{topic}-value"
+
+
+def build_pipeline(
+    settings: Settings,
+    registry: SchemaRegistryClient,
+    keys: KeyRing,
+    *,
+    geography: Geography = DEFAULT_GEOGRAPHY,
+    clock_ms: Callable[[], int] = wall_clock_ms,
+    policy_set: PolicySet | None = None,
+) -> Pipeline:
+    """Build the full pipeline; registers every output contract with the registry."""
+    policy_set = policy_set or load_policy_set(settings, geography)
+    minimiser = Minimiser(policy_set.policies, policy_set.input_schema, keys, geography)
+    schemas = {p.recipient: output_schema(p, policy_set.input_schema) for p in policy_set.policies}
+    encoders: dict[str, ViewEncoder] = {}
+    for agency in minimiser.agencies:
+        topic = settings.topic_prefix + agency.topic
+        encoders[agency.agency] = register_encoder(registry, subject_for(topic), schemas[agency.recipient])
+    return Pipeline(
+        EventDecoder(registry, policy_set.input_schema),
+        EventValidator(geography, clock_ms),
+        minimiser,
+        encoders,
+        settings.dlq_topic,
+        clock_ms,
+        settings.topic_prefix,
+    )

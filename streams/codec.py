@@ -1,0 +1,149 @@
+"""Decode framed input events and encode framed views, with fastavro on the hot path.
+
+Schemas are parsed once per schema id. Logical types are stripped for decoding and encoding,
+so dates stay int days and timestamps int epoch millis (see ``contracts.strip_logical_types``).
+Writer schemas are checked once, with the ``avro`` package's implementation of the Avro
+spec's resolution rules, against the reader contract: a v2 producer is accepted, an unrelated
+record is rejected.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import avro.compatibility
+import avro.errors
+import avro.schema
+import fastavro
+
+from streams.contracts import Schema, canonical_json, iter_fields, strip_logical_types
+from streams.errors import RecordRejected, SchemaError
+from streams.registry import SchemaNotFound, SchemaRegistryClient
+from streams.wire import frame, unframe
+
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Writer:
+    parsed: Any
+    defaults: tuple[tuple[str, Any], ...]
+
+
+def is_readable_by(reader: Schema, writer: Schema) -> tuple[bool, str]:
+    """Tell whether data written with ``writer`` can be read with ``reader`` (Avro spec rules)."""
+    try:
+        parsed_reader = avro.schema.parse(json.dumps(reader))
+        parsed_writer = avro.schema.parse(json.dumps(writer))
+    except (avro.errors.AvroException, ValueError, TypeError) as exc:
+        return False, f"schema does not parse: {exc}"
+    result = avro.compatibility.ReaderWriterCompatibilityChecker().get_compatibility(
+        parsed_reader, parsed_writer
+    )
+    ok = result.compatibility is avro.compatibility.SchemaCompatibilityType.compatible
+    return ok, "; ".join(sorted(result.messages)) if not ok else ""
+
+
+class EventDecoder:
+    """Turn Confluent-framed bytes into a wire-native dict, or raise :class:`RecordRejected`."""
+
+    def __init__(self, registry: SchemaRegistryClient, reader: Schema) -> None:
+        """Decode against ``reader`` (the input contract) using ids resolved through ``registry``."""
+        self._registry = registry
+        self._reader = reader
+        self._writers: dict[int, _Writer] = {}
+        self._rejected: dict[int, RecordRejected] = {}
+
+    def _writer(self, schema_id: int) -> _Writer:
+        cached = self._writers.get(schema_id)
+        if cached is not None:
+            return cached
+        if schema_id in self._rejected:
+            raise self._rejected[schema_id]
+        try:
+            text = self._registry.get_schema(schema_id)
+        except SchemaNotFound:
+            # Not cached: the id may be registered a moment later by a new producer.
+            raise RecordRejected(
+                "unknown_schema_id", f"schema id {schema_id} is not in the registry"
+            ) from None
+        try:
+            writer = json.loads(text)
+        except json.JSONDecodeError:
+            writer = None
+        ok, why = (False, "not JSON") if not isinstance(writer, dict) else is_readable_by(
+            self._reader, writer
+        )
+        if not ok or not isinstance(writer, dict):
+            rejection = RecordRejected(
+                "incompatible_schema",
+                f"writer schema id {schema_id} cannot be read as the screening event: {why}"[:400],
+            )
+            self._rejected[schema_id] = rejection
+            raise rejection
+        writer_fields = {f.name for f in iter_fields(writer)}
+        defaults = tuple(
+            (f["name"], f.get("default"))
+            for f in self._reader["fields"]
+            if f["name"] not in writer_fields
+        )
+        entry = _Writer(fastavro.parse_schema(strip_logical_types(writer)), defaults)
+        self._writers[schema_id] = entry
+        return entry
+
+    def decode(self, data: bytes | None) -> tuple[int, Record]:
+        """Return (writer schema id, record); reject framing, unknown ids and bad bodies."""
+        schema_id, body = unframe(data)
+        writer = self._writer(schema_id)
+        buffer = io.BytesIO(body)
+        try:
+            record: Record = fastavro.schemaless_reader(buffer, writer.parsed, None)
+        except Exception as exc:  # fastavro raises many types on corrupt input
+            raise RecordRejected(
+                "undecodable",
+                f"Avro body does not decode with writer schema {schema_id} "
+                f"({type(exc).__name__})",
+            ) from None
+        if buffer.tell() != len(body):
+            raise RecordRejected(
+                "trailing_bytes",
+                f"{len(body) - buffer.tell()} bytes left after the record "
+                f"(schema {schema_id}): wrong schema id or corrupt body",
+            )
+        for name, default in writer.defaults:
+            record.setdefault(name, default)
+        return schema_id, record
+
+
+class ViewEncoder:
+    """Encode dicts against one registered schema into Confluent-framed bytes."""
+
+    def __init__(self, schema: Schema, schema_id: int) -> None:
+        """Parse ``schema`` once (logical types stripped) for the writer id ``schema_id``."""
+        try:
+            self._parsed = fastavro.parse_schema(strip_logical_types(schema))
+        except Exception as exc:
+            raise SchemaError(f"cannot parse output schema {schema.get('name')}: {exc}") from exc
+        self.schema_id = schema_id
+        self._prefix = frame(schema_id, b"")
+
+    def encode(self, record: Record) -> bytes:
+        """Return the framed Avro encoding of ``record``."""
+        buffer = io.BytesIO()
+        buffer.write(self._prefix)
+        fastavro.schemaless_writer(buffer, self._parsed, record)
+        return buffer.getvalue()
+
+
+def register_encoder(
+    registry: SchemaRegistryClient, subject: str, schema: Schema
+) -> ViewEncoder:
+    """Register ``schema`` under ``subject`` and return an encoder for it."""
+    return ViewEncoder(schema, registry.register(subject, canonical_json(schema)))
+
+
+EncoderFactory = Callable[[str, Schema], ViewEncoder]

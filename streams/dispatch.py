@@ -1,0 +1,82 @@
+"""Produce a batch of output records with explicit partitions, and never report a failure as done.
+
+The send function is injected (faust's producer in the worker, a fake in unit tests). Records
+are partitioned here with CRC-32 of a stable route key, so aiokafka's pure-Python murmur2
+partitioner stays off the hot path and one event always lands on the same partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from streams.pipeline import OutputRecord
+
+log = logging.getLogger(__name__)
+
+#: ``send(topic, key, value, partition, headers)`` returns an awaitable delivery.
+SendFn = Callable[[str, bytes | None, bytes | None, int, Sequence[tuple[str, bytes]]], Awaitable[Awaitable[Any]]]
+SleepFn = Callable[[float], Awaitable[None]]
+
+
+class Dispatcher:
+    """Sends output records and waits for every delivery, retrying failed ones."""
+
+    def __init__(
+        self,
+        send: SendFn,
+        partitions: Mapping[str, int],
+        *,
+        sleep: SleepFn = asyncio.sleep,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        """Send through ``send``; ``partitions`` gives each output topic's partition count."""
+        self._send = send
+        self._partitions = dict(partitions)
+        self._sleep = sleep
+        self._max_backoff_s = max_backoff_s
+        self.retries = 0
+
+    def partition_for(self, record: OutputRecord) -> int:
+        """Stable partition of a record: CRC-32 of its route key modulo the partition count."""
+        count = self._partitions.get(record.topic)
+        if count is None:
+            raise KeyError(f"no partition count known for topic {record.topic!r}")
+        return zlib.crc32(record.route_key) % count
+
+    async def _enqueue(self, record: OutputRecord) -> Awaitable[Any]:
+        """Hand one record to the producer; an enqueue error becomes a failed delivery."""
+        try:
+            return await self._send(record.topic, record.key, record.value,
+                                    self.partition_for(record), record.headers)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
+
+    async def dispatch(self, records: Sequence[OutputRecord]) -> None:
+        """Send every record and return only once all are acknowledged by the broker.
+
+        A failed delivery is retried with exponential backoff until it succeeds (or the task
+        is cancelled): the caller acknowledges the input only after this returns.
+        """
+        pending = list(records)
+        backoff = 0.1
+        while pending:
+            deliveries = [await self._enqueue(r) for r in pending]
+            results = await asyncio.gather(*deliveries, return_exceptions=True)
+            failed = [r for r, res in zip(pending, results, strict=True) if isinstance(res, BaseException)]
+            if not failed:
+                return
+            first = next(res for res in results if isinstance(res, BaseException))
+            self.retries += len(failed)
+            log.warning("%d of %d deliveries failed (%s); retrying in %.1f s",
+                        len(failed), len(pending), type(first).__name__, backoff)
+            await self._sleep(backoff)
+            backoff = min(backoff * 2, self._max_backoff_s)
+            pending = failed

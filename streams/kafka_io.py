@@ -1,0 +1,135 @@
+"""Small synchronous Kafka helpers (kafka-python) for the CLI, the demo and the tests.
+
+Offsets, consumer-group lag and bounded reads; not used on the worker's hot path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.admin import KafkaAdminClient
+from kafka.errors import KafkaError
+
+from streams.errors import ScreeningStreamsError
+
+
+class KafkaIOError(ScreeningStreamsError):
+    """A read-side Kafka operation (offsets, reads) failed."""
+
+
+@dataclass(frozen=True)
+class ReadRecord:
+    """One record read back from a topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+
+def _consumer(bootstrap_servers: str, isolation: str = "read_committed") -> KafkaConsumer:
+    try:
+        return KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
+                             isolation_level=isolation, group_id=None, consumer_timeout_ms=1000)
+    except KafkaError as exc:
+        raise KafkaIOError(f"cannot connect a consumer to {bootstrap_servers}: {exc}") from exc
+
+
+def end_offsets(bootstrap_servers: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
+    """Return the end offset of every partition of ``topics`` (existing topics only)."""
+    consumer = _consumer(bootstrap_servers)
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        return dict(consumer.end_offsets(tps)) if tps else {}
+    except KafkaError as exc:
+        raise KafkaIOError(f"cannot read end offsets: {exc}") from exc
+    finally:
+        consumer.close()
+
+
+def per_topic(offsets: Mapping[TopicPartition, int]) -> dict[str, int]:
+    """Sum partition offsets by topic."""
+    totals: dict[str, int] = {}
+    for tp, offset in offsets.items():
+        totals[tp.topic] = totals.get(tp.topic, 0) + offset
+    return totals
+
+
+def group_lag(bootstrap_servers: str, group_id: str, topic: str) -> int:
+    """How many records of ``topic`` the group has not committed yet (all partitions)."""
+    ends = end_offsets(bootstrap_servers, [topic])
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    try:
+        committed = admin.list_group_offsets(group_id)
+        if group_id in committed:  # kafka-python 3 nests the offsets under the group id
+            committed = committed[group_id]
+    except KafkaError as exc:
+        raise KafkaIOError(f"cannot read offsets of group {group_id}: {exc}") from exc
+    finally:
+        admin.close()
+    lag = 0
+    for tp, end in ends.items():
+        meta = committed.get(tp)
+        done = meta.offset if meta is not None and meta.offset >= 0 else 0
+        lag += max(end - done, 0)
+    return lag
+
+
+def wait_for_lag_zero(
+    bootstrap_servers: str, group_id: str, topic: str, *, timeout_s: float,
+    on_progress: Callable[[int], None] | None = None, clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> float:
+    """Block until the group's lag on ``topic`` is 0; return the seconds waited."""
+    start = clock()
+    lag: int | str = "unknown"
+    while True:
+        try:
+            lag = group_lag(bootstrap_servers, group_id, topic)
+        except KafkaIOError:  # group or coordinator not there yet: the worker is joining
+            lag = "unknown"
+        if on_progress and isinstance(lag, int):
+            on_progress(lag)
+        if lag == 0:
+            return clock() - start
+        if clock() - start > timeout_s:
+            raise KafkaIOError(f"group {group_id} still lags {lag} records on {topic} after {timeout_s:.0f} s")
+        sleep(0.25)
+
+
+def read_from(
+    bootstrap_servers: str, start: Mapping[TopicPartition, int], *, limit: int | None = None,
+    idle_timeout_s: float = 2.0, isolation: str = "read_committed",
+) -> list[ReadRecord]:
+    """Read records from the given partitions and offsets until ``limit`` or the ends are reached."""
+    consumer = _consumer(bootstrap_servers, isolation)
+    try:
+        tps = list(start)
+        consumer.assign(tps)
+        for tp, offset in start.items():
+            consumer.seek(tp, offset)
+        ends = dict(consumer.end_offsets(tps))
+        out: list[ReadRecord] = []
+        idle_since = time.monotonic()
+        while time.monotonic() - idle_since < idle_timeout_s:
+            if all(consumer.position(tp) >= ends[tp] for tp in tps):
+                break
+            batch = consumer.poll(timeout_ms=200, max_records=5000)
+            if batch:
+                idle_since = time.monotonic()
+            for tp_records in batch.values():
+                for r in tp_records:
+                    out.append(ReadRecord(r.topic, r.partition, r.offset, r.key, r.value,
+                                          tuple((k, v) for k, v in (r.headers or ()))))
+                    if limit is not None and len(out) >= limit:
+                        return out
+        return out
+    except KafkaError as exc:
+        raise KafkaIOError(f"cannot read records: {exc}") from exc
+    finally:
+        consumer.close()

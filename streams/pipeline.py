@@ -1,0 +1,178 @@
+"""One input record in, the records to produce out: decode → validate → minimise → encode.
+
+Pure with respect to Kafka: the worker hands in :class:`InputRecord` values and produces the
+returned :class:`OutputRecord` values. Any per-record failure becomes one dead-letter record
+carrying the reason, the stage, the source coordinates, the time and the processor version;
+only infrastructure errors (registry unreachable, missing key) propagate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from streams import __version__
+from streams.codec import EventDecoder, ViewEncoder
+from streams.errors import RecordRejected
+from streams.policy.engine import Minimiser
+from streams.validation import EventValidator, wall_clock_ms
+
+log = logging.getLogger(__name__)
+
+Headers = Sequence[tuple[str, bytes]]
+#: Largest ingress payload accepted (bytes); a screening event is ~300 B.
+MAX_PAYLOAD = 64 * 1024
+
+# Dead-letter header names (public contract of screening.results.dlq.v1).
+H_CODE = "dlq.reason.code"
+H_REASON = "dlq.reason"
+H_STAGE = "dlq.stage"
+H_TOPIC = "dlq.source.topic"
+H_PARTITION = "dlq.source.partition"
+H_OFFSET = "dlq.source.offset"
+H_TIME = "dlq.time"
+H_VERSION = "dlq.processor.version"
+H_REPLAYS = "dlq.replay.count"
+DLQ_HEADERS = (H_CODE, H_REASON, H_STAGE, H_TOPIC, H_PARTITION, H_OFFSET, H_TIME, H_VERSION, H_REPLAYS)
+
+# Output record headers.
+H_RECIPIENT = "policy.recipient"
+H_POLICY_VERSION = "policy.version"
+H_AGENCY = "policy.agency"
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    """One consumed record, with the coordinates a dead letter must cite."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = ()
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    """One record to produce; ``route_key`` chooses the partition (stable per event)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    route_key: bytes
+    dead_letter: bool = False
+
+
+@dataclass
+class PipelineStats:
+    """Counters of one pipeline: inputs, outputs per topic, dead letters per reason code."""
+
+    consumed: int = 0
+    produced: Counter[str] = field(default_factory=Counter)
+    dead_letters: Counter[str] = field(default_factory=Counter)
+
+
+class Pipeline:
+    """Turns ingress records into agency records and dead letters."""
+
+    def __init__(
+        self,
+        decoder: EventDecoder,
+        validator: EventValidator,
+        minimiser: Minimiser,
+        encoders: Mapping[str, ViewEncoder],
+        dlq_topic: str,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+        topic_prefix: str = "",
+    ) -> None:
+        """Wire the stages; ``encoders`` maps each agency name to its output encoder."""
+        self.decoder = decoder
+        self.validator = validator
+        self.minimiser = minimiser
+        self.dlq_topic = dlq_topic
+        self.clock_ms = clock_ms
+        self.stats = PipelineStats()
+        self._routes = {
+            a.agency: (
+                topic_prefix + a.topic,
+                encoders[a.agency],
+                (
+                    (H_RECIPIENT, a.recipient.encode()),
+                    (H_AGENCY, a.agency.encode()),
+                    (H_POLICY_VERSION, a.policy.version.encode()),
+                ),
+            )
+            for a in minimiser.agencies
+        }
+
+    def process(self, record: InputRecord) -> list[OutputRecord]:
+        """Return the outputs of one input record (views, or a single dead letter)."""
+        self.stats.consumed += 1
+        stage = "decode"
+        try:
+            if record.value is not None and len(record.value) > MAX_PAYLOAD:
+                raise RecordRejected("oversized_payload", f"payload of {len(record.value)} bytes exceeds {MAX_PAYLOAD}")
+            _, event = self.decoder.decode(record.value)
+            stage = "validate"
+            self.validator.check(event)
+            stage = "minimise"
+            views = self.minimiser.apply(event)
+            stage = "encode"
+            outputs = []
+            for view in views:
+                topic, encoder, headers = self._routes[view.agency.agency]
+                ref = view.record.get("event_ref")
+                key = ref.encode() if isinstance(ref, str) else None
+                outputs.append(OutputRecord(topic, key, encoder.encode(view.record), headers, key or b""))
+        except RecordRejected as rejection:
+            return [self._dead_letter(record, rejection.code, str(rejection), rejection.stage)]
+        except Exception as exc:  # a bug must not lose or skip the record: dead-letter it
+            # The exception text may quote data: log and dead-letter only its type.
+            log.error("internal error at stage %s on %s[%d]@%d: %s",
+                      stage, record.topic, record.partition, record.offset, type(exc).__name__)
+            return [self._dead_letter(record, "internal_error", f"unexpected {type(exc).__name__} while processing", stage)]
+        for out in outputs:
+            self.stats.produced[out.topic] += 1
+        return outputs
+
+    def process_many(self, records: Iterable[InputRecord]) -> list[OutputRecord]:
+        """Process records in order and concatenate their outputs."""
+        outputs: list[OutputRecord] = []
+        for record in records:
+            outputs.extend(self.process(record))
+        return outputs
+
+    def _dead_letter(self, record: InputRecord, code: str, reason: str, stage: str) -> OutputRecord:
+        self.stats.dead_letters[code] += 1
+        log.warning("dead-lettered %s[%d]@%d: %s (%s)", record.topic, record.partition, record.offset, code, stage)
+        return dead_letter(record, code, reason, stage, self.dlq_topic, self.clock_ms())
+
+
+def dead_letter(record: InputRecord, code: str, reason: str, stage: str, dlq_topic: str, now_ms: int) -> OutputRecord:
+    """Build the dead-letter record of ``record``: its raw key and value, and why it failed.
+
+    The original headers are kept, except earlier dead-letter headers, which are replaced;
+    ``dlq.replay.count`` carries over so a replayed record that fails again is visible.
+    """
+    previous = dict(record.headers)
+    kept = [(k, v) for k, v in record.headers if k not in DLQ_HEADERS]
+    when = dt.datetime.fromtimestamp(now_ms / 1000, tz=dt.UTC).isoformat(timespec="milliseconds")
+    headers = [
+        *kept,
+        (H_CODE, code.encode()),
+        (H_REASON, reason.encode()),
+        (H_STAGE, stage.encode()),
+        (H_TOPIC, record.topic.encode()),
+        (H_PARTITION, str(record.partition).encode()),
+        (H_OFFSET, str(record.offset).encode()),
+        (H_TIME, when.encode()),
+        (H_VERSION, __version__.encode()),
+        (H_REPLAYS, previous.get(H_REPLAYS, b"0")),
+    ]
+    route = f"{record.topic}:{record.partition}".encode()
+    return OutputRecord(dlq_topic, record.key, record.value, headers, route, dead_letter=True)

@@ -1,0 +1,101 @@
+"""Runtime settings, read once from the environment (every CLI flag falls back to these)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from streams.errors import ConfigError
+
+INGRESS_TOPIC = "screening.results.v1"
+DLQ_TOPIC = "screening.results.dlq.v1"
+AUDIT_TOPIC = "screening.audit.v1"
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
+DEFAULT_REGISTRY = "http://127.0.0.1:18081/apis/ccompat/v7"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the broker and registry are, what to read, how to write."""
+
+    bootstrap_servers: str = DEFAULT_BOOTSTRAP
+    registry_url: str = DEFAULT_REGISTRY
+    topic_prefix: str = ""  # isolates tests and staging environments sharing a cluster
+    app_id: str = "screening-streams"
+    policy_dir: Path | None = None
+    keys_file: Path | None = None
+    ingress_partitions: int = 6
+    output_partitions: int = 3
+    replication_factor: int = 1
+    batch_size: int = 500
+    batch_within_s: float = 0.05
+    state_dir: Path = Path(".state")
+    log_level: str = "warning"
+
+    @property
+    def ingress_topic(self) -> str:
+        """The ingress topic, with the prefix."""
+        return self.topic_prefix + INGRESS_TOPIC
+
+    @property
+    def dlq_topic(self) -> str:
+        """The dead-letter topic, with the prefix."""
+        return self.topic_prefix + DLQ_TOPIC
+
+    @property
+    def audit_topic(self) -> str:
+        """The audit topic, with the prefix."""
+        return self.topic_prefix + AUDIT_TOPIC
+
+    @property
+    def group_id(self) -> str:
+        """The consumer group of the workers (faust uses the app id)."""
+        return self.topic_prefix + self.app_id
+
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (``None`` values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+_ENV: dict[str, tuple[str, type]] = {
+    "bootstrap_servers": ("KAFKA_BOOTSTRAP_SERVERS", str),
+    "registry_url": ("SCHEMA_REGISTRY_URL", str),
+    "topic_prefix": ("SCREENING_TOPIC_PREFIX", str),
+    "app_id": ("SCREENING_APP_ID", str),
+    "policy_dir": ("SCREENING_POLICY_DIR", Path),
+    "keys_file": ("SCREENING_KEYS_FILE", Path),
+    "ingress_partitions": ("SCREENING_INGRESS_PARTITIONS", int),
+    "output_partitions": ("SCREENING_OUTPUT_PARTITIONS", int),
+    "replication_factor": ("SCREENING_REPLICATION_FACTOR", int),
+    "batch_size": ("SCREENING_BATCH_SIZE", int),
+    "batch_within_s": ("SCREENING_BATCH_WITHIN_S", float),
+    "state_dir": ("SCREENING_STATE_DIR", Path),
+    "log_level": ("SCREENING_LOG_LEVEL", str),
+}
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build :class:`Settings` from environment variables, failing fast on bad values."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for name, (variable, kind) in _ENV.items():
+        raw = env.get(variable)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[name] = kind(raw)
+        except ValueError as exc:
+            raise ConfigError(f"environment {variable}={raw!r}: expected {kind.__name__}") from exc
+    settings = Settings(**values)
+    if settings.batch_size < 1 or settings.ingress_partitions < 1 or settings.output_partitions < 1:
+        raise ConfigError("batch size and partition counts must be at least 1")
+    return settings
+
+
+def env_var(field_name: str) -> str:
+    """The environment variable behind a settings field (for CLI ``envvar=``)."""
+    return _ENV[field_name][0]

@@ -1,0 +1,91 @@
+"""Topic layout and creation with kafka-python's admin client.
+
+Retention is part of the privacy design: the ingress and the dead-letter topic hold raw data
+and keep it for days, not a year; agency topics keep what the agencies have not yet read for
+two weeks; only the audit topic, which holds no identifying data, keeps a year.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from streams.errors import ScreeningStreamsError
+from streams.settings import Settings
+
+DAY_MS = 86_400_000
+
+
+class TopicError(ScreeningStreamsError):
+    """Topics could not be listed or created."""
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic to create: partitions and topic-level configs."""
+
+    name: str
+    partitions: int
+    configs: Mapping[str, str] = field(default_factory=dict)
+
+
+def topic_specs(settings: Settings, output_topics: Iterable[str]) -> list[TopicSpec]:
+    """Every topic the processor reads or writes, with its partitions and retention."""
+    raw_data = {"retention.ms": str(7 * DAY_MS), "cleanup.policy": "delete"}
+    specs = [
+        TopicSpec(settings.ingress_topic, settings.ingress_partitions, raw_data),
+        TopicSpec(settings.dlq_topic, settings.ingress_partitions, {**raw_data, "retention.ms": str(14 * DAY_MS)}),
+        TopicSpec(settings.audit_topic, settings.ingress_partitions, {"retention.ms": str(366 * DAY_MS)}),
+    ]
+    specs += [
+        TopicSpec(settings.topic_prefix + t, settings.output_partitions, {"retention.ms": str(14 * DAY_MS)})
+        for t in output_topics
+    ]
+    return specs
+
+
+def admin_client(bootstrap_servers: str) -> KafkaAdminClient:
+    """Connect kafka-python's admin client, wrapping connection failures."""
+    try:
+        return KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="screening-streams-admin",
+                                request_timeout_ms=30_000)
+    except KafkaError as exc:
+        raise TopicError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
+
+
+def ensure_topics(admin: KafkaAdminClient, specs: Iterable[TopicSpec], replication: int = 1) -> dict[str, int]:
+    """Create the missing topics; return the partition count of every requested topic."""
+    specs = list(specs)
+    try:
+        existing = set(admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        if missing:
+            try:
+                admin.create_topics(
+                    [NewTopic(s.name, s.partitions, replication, topic_configs=dict(s.configs)) for s in missing],
+                    validate_only=False,
+                )
+            except TopicAlreadyExistsError:
+                pass  # a concurrent worker created it first
+        names = [s.name for s in specs]
+        for _ in range(50):  # new topics take a moment to appear in metadata
+            counts = partition_counts(admin, names)
+            if len(counts) == len(names):
+                return counts
+            time.sleep(0.1)
+        raise TopicError(f"topics not visible after creation: {sorted(set(names) - set(counts))}")
+    except KafkaError as exc:
+        raise TopicError(f"cannot create topics: {exc}") from exc
+
+
+def partition_counts(admin: KafkaAdminClient, names: list[str]) -> dict[str, int]:
+    """Return ``{topic: number of partitions}`` for existing topics."""
+    try:
+        described = admin.describe_topics(names)
+    except KafkaError as exc:
+        raise TopicError(f"cannot describe topics: {exc}") from exc
+    return {str(t.get("name") or t.get("topic")): len(t["partitions"]) for t in described if t.get("partitions")}

@@ -1,0 +1,116 @@
+"""The faust worker: a thin agent that decodes, minimises and sends, batch by batch.
+
+faust acks and skips a message whose agent raised (faust-streaming #315), so nothing here
+may raise out of the loop: per-record failures are dead letters (see ``pipeline``), delivery
+failures are retried by the :class:`~streams.dispatch.Dispatcher` before the batch is acked.
+Offsets are committed by faust only for acked events, after flushing the producer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any
+
+import faust
+
+from streams.dispatch import Dispatcher
+from streams.errors import RegistryError
+from streams.pipeline import InputRecord, Pipeline
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _quiet_framework_loggers(level: int = logging.WARNING) -> None:
+    """Keep faust, mode and aiokafka above DEBUG: their hot-path logging is costly."""
+    for name in ("faust", "mode", "aiokafka", "kafka"):
+        logging.getLogger(name).setLevel(max(level, logging.INFO))
+
+
+def build_app(settings: Settings, pipeline: Pipeline, partitions: Mapping[str, int]) -> faust.App:
+    """Create the faust app and its agent for ``pipeline``; topics must already exist."""
+    app = faust.App(
+        settings.group_id,
+        id_format="{id}",
+        broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
+        value_serializer="raw",
+        key_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        topic_disable_leader=True,
+        topic_allow_declare=False,
+        web_enabled=False,
+        datadir=str(settings.state_dir / "faust"),
+        producer_acks=-1,
+        producer_linger_ms=5,
+        producer_max_batch_size=256 * 1024,
+        broker_commit_every=10_000,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=8192,
+    )
+    app.conf.consumer_group_instance_id = None
+    ingress = app.topic(settings.ingress_topic, key_type=bytes, value_type=bytes, internal=False)
+
+    def send(topic: str, key: bytes | None, value: bytes | None, partition: int,
+             headers: Sequence[tuple[str, bytes]]) -> Awaitable[Awaitable[Any]]:
+        return app.producer.send(topic, key, value, partition, None, list(headers))
+
+    dispatcher = Dispatcher(send, partitions)
+
+    async def handle(records: list[InputRecord]) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                outputs = pipeline.process_many(records)
+                break
+            except RegistryError as exc:  # infrastructure: retry, never ack undone work
+                log.warning("schema registry unavailable (%s); retrying batch in %.1f s",
+                            type(exc).__name__, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+        await dispatcher.dispatch(outputs)
+
+    async def handle_or_die(records: list[InputRecord]) -> None:
+        try:
+            await handle(records)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            # Returning would let faust ack (and skip) the batch. Stop hard instead: the
+            # uncommitted batch is consumed again after restart.
+            log.critical("unrecoverable %s while handling a batch; exiting without ack",
+                         type(exc).__name__)
+            os._exit(70)
+
+    @app.agent(ingress, name="minimise")
+    async def minimise(stream: faust.StreamT[bytes]) -> None:
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+            records = [
+                InputRecord(m.topic, m.partition, m.offset, m.key, m.value, tuple(m.headers or ()))
+                for m in (event.message for event in events)
+            ]
+            # Shielded: a shutdown waits for the batch to be handed to the producer, whose
+            # flush precedes faust's offset commit. Pipeline errors never escape (dead letters).
+            await asyncio.shield(handle_or_die(records))
+
+    started = time.monotonic()
+
+    @app.timer(interval=10.0)
+    async def report() -> None:
+        stats = pipeline.stats
+        elapsed = max(time.monotonic() - started, 1e-9)
+        log.info("consumed=%d (%.0f/s) produced=%d dead_letters=%s retries=%d",
+                 stats.consumed, stats.consumed / elapsed, sum(stats.produced.values()),
+                 dict(stats.dead_letters), dispatcher.retries)
+
+    return app
+
+
+def run_worker(app: faust.App, loglevel: str = "warning") -> None:
+    """Run the faust worker in this process until SIGTERM/SIGINT (blocks)."""
+    _quiet_framework_loggers(getattr(logging, loglevel.upper(), logging.WARNING))
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()
