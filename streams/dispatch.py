@@ -49,9 +49,11 @@ class Dispatcher:
 
     async def _enqueue(self, record: OutputRecord) -> Awaitable[Any]:
         """Hand one record to the producer; an enqueue error becomes a failed delivery."""
+        # Outside the try: an unknown topic is a bug to surface, not a delivery to retry forever.
+        partition = self.partition_for(record)
         try:
             return await self._send(record.topic, record.key, record.value,
-                                    self.partition_for(record), record.headers)
+                                    partition, record.headers)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
