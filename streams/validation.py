@@ -60,7 +60,7 @@ class EventValidator:
         if len(record["lab_finess"]) != 9:
             raise _reject("invalid_field", "lab_finess must be 9 characters")
         rpps = record.get("prescriber_rpps")
-        if rpps is not None and (len(rpps) != 11 or not rpps.isdigit()):
+        if rpps is not None and (len(rpps) != 11 or not (rpps.isascii() and rpps.isdigit())):
             raise _reject("invalid_field", "prescriber_rpps must be 11 digits")
         self._check_dates(record)
 
