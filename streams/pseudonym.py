@@ -97,6 +97,7 @@ def write_key_file(path: Path, keys: Mapping[str, bytes]) -> None:
     """Write keys as JSON ``{agency: hex}`` readable only by the owner."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # the mode above applies only when the file is created
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump({k: v.hex() for k, v in sorted(keys.items())}, handle, indent=1)
 
