@@ -13,7 +13,7 @@ from streams.codec import EventDecoder, ViewEncoder, register_encoder
 from streams.contracts import Schema, input_schema
 from streams.domain.geography import DEFAULT_GEOGRAPHY, Geography
 from streams.pipeline import Pipeline
-from streams.policy.engine import Minimiser
+from streams.policy.engine import Minimiser, _regions_of
 from streams.policy.model import Policy, default_policy_dir, load_policies
 from streams.policy.outputs import output_schema
 from streams.pseudonym import KeyRing
@@ -37,6 +37,23 @@ def load_policy_set(settings: Settings, geography: Geography = DEFAULT_GEOGRAPHY
     schema = input_schema(INPUT_VERSION)
     directory = settings.policy_dir or default_policy_dir()
     return PolicySet(load_policies(directory, schema, frozenset(geography.region_names)), schema)
+
+
+def _expand(policy_set: PolicySet, geography: Geography, render: Callable[[Policy, str | None], str]) -> list[str]:
+    names: list[str] = []
+    for policy in policy_set.policies:
+        names += [render(policy, region) for region in _regions_of(policy, geography)]
+    return names
+
+
+def agency_names(policy_set: PolicySet, geography: Geography = DEFAULT_GEOGRAPHY) -> list[str]:
+    """Every agency that needs a key: one per recipient, one per region for routed recipients."""
+    return _expand(policy_set, geography, lambda p, r: p.recipient if r is None else f"{p.recipient}.{r}")
+
+
+def output_topics(policy_set: PolicySet, geography: Geography = DEFAULT_GEOGRAPHY) -> list[str]:
+    """Every agency topic (without prefix) the policies can write to."""
+    return _expand(policy_set, geography, lambda p, r: p.topic.replace("{region}", r or ""))
 
 
 def subject_for(topic: str) -> str:

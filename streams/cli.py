@@ -89,11 +89,11 @@ def broker_wipe() -> None:
 @common_options
 def topics_create(bootstrap_servers: str | None, registry_url: str | None, topic_prefix: str | None) -> None:
     """Create every topic the processor uses (idempotent) and list their partitions."""
-    from streams.assembly import load_policy_set
+    from streams.assembly import load_policy_set, output_topics
     from streams.topics import admin_client, ensure_topics, topic_specs
 
     settings = _settings(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
-    topics = _output_topics(settings, load_policy_set)
+    topics = output_topics(load_policy_set(settings))
     admin = admin_client(settings.bootstrap_servers)
     try:
         counts = ensure_topics(admin, topic_specs(settings, topics), settings.replication_factor)
@@ -103,63 +103,65 @@ def topics_create(bootstrap_servers: str | None, registry_url: str | None, topic
         click.echo(f"{name}  partitions={count}")
 
 
-def _output_topics(settings: Settings, load: Callable[[Settings], Any]) -> list[str]:
-    policy_set = load(settings)
-    from streams.domain.geography import DEFAULT_GEOGRAPHY
-
-    topics = []
-    for policy in policy_set.policies:
-        if policy.route == "region":
-            topics += [policy.topic.replace("{region}", r) for r in sorted(DEFAULT_GEOGRAPHY.region_names)]
-        else:
-            topics.append(policy.topic)
-    return topics
-
-
 @main.group()
 def keys() -> None:
     """Pseudonymisation keys (one secret per agency)."""
 
 
 @keys.command("generate")
-@click.option("--out", type=click.Path(path_type=Path), envvar="SCREENING_KEYS_FILE", required=True,
-              help="Key file to write (JSON, mode 0600).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    envvar="SCREENING_KEYS_FILE",
+    required=True,
+    help="Key file to write (JSON, mode 0600).",
+)
 def keys_generate(out: Path) -> None:
     """Write throw-away random keys for every agency (demos and tests; never commit them)."""
-    from streams.assembly import load_policy_set
+    from streams.assembly import agency_names, load_policy_set
     from streams.pseudonym import generate_keys, write_key_file
 
-    agencies = _agencies(load_policy_set(_settings()))
+    agencies = agency_names(load_policy_set(_settings()))
     write_key_file(out, generate_keys(agencies))
     click.echo(f"wrote keys for {len(agencies)} agencies to {out}")
-
-
-def _agencies(policy_set: Any) -> list[str]:
-    from streams.domain.geography import DEFAULT_GEOGRAPHY
-
-    names = []
-    for policy in policy_set.policies:
-        if policy.route == "region":
-            names += [f"{policy.recipient}.{r}" for r in sorted(DEFAULT_GEOGRAPHY.region_names)]
-        else:
-            names.append(policy.recipient)
-    return names
 
 
 # ---------------------------------------------------------------- generate
 @main.command("generate")
 @click.option("--count", "-n", type=int, default=1000, show_default=True, envvar="SCREENING_GENERATE_COUNT")
 @click.option("--seed", type=int, default=0, show_default=True, envvar="SCREENING_GENERATE_SEED")
-@click.option("--schema-version", type=click.Choice(["1", "2"]), default="1", show_default=True,
-              envvar="SCREENING_GENERATE_SCHEMA_VERSION")
+@click.option(
+    "--schema-version",
+    type=click.Choice(["1", "2"]),
+    default="1",
+    show_default=True,
+    envvar="SCREENING_GENERATE_SCHEMA_VERSION",
+)
 @click.option("--positive-share", type=float, default=0.15, show_default=True, envvar="SCREENING_POSITIVE_SHARE")
-@click.option("--out", type=click.Path(path_type=Path), envvar="SCREENING_GENERATE_OUT",
-              help="Write to a file instead: .avro (container file) or .jsonl (readable dates).")
-@click.option("--publish/--no-publish", default=False, envvar="SCREENING_GENERATE_PUBLISH",
-              help="Publish to the ingress topic (Confluent framing, schema registered).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    envvar="SCREENING_GENERATE_OUT",
+    help="Write to a file instead: .avro (container file) or .jsonl (readable dates).",
+)
+@click.option(
+    "--publish/--no-publish",
+    default=False,
+    envvar="SCREENING_GENERATE_PUBLISH",
+    help="Publish to the ingress topic (Confluent framing, schema registered).",
+)
 @common_options
-def generate(count: int, seed: int, schema_version: str, positive_share: float, out: Path | None,
-             publish: bool, bootstrap_servers: str | None, registry_url: str | None, topic_prefix: str | None) -> None:
+def generate(
+    count: int,
+    seed: int,
+    schema_version: str,
+    positive_share: float,
+    out: Path | None,
+    publish: bool,
+    bootstrap_servers: str | None,
+    registry_url: str | None,
+    topic_prefix: str | None,
+) -> None:
     """Generate realistic synthetic screening events (valid NIRs, real communes, 18 regions)."""
     from streams.generate import GeneratorSettings, generate_events
 
@@ -196,8 +198,15 @@ def _publish(settings: Settings, events: Any, version: int, count: int) -> int:
             bar.update(sent - last[0])
             last[0] = sent
 
-        return asyncio.run(publish_raw(settings.bootstrap_servers, settings.ingress_topic,
-                                       framed_events(events, encoder), partitions, progress=progress))
+        return asyncio.run(
+            publish_raw(
+                settings.bootstrap_servers,
+                settings.ingress_topic,
+                framed_events(events, encoder),
+                partitions,
+                progress=progress,
+            )
+        )
 
 
 def _write_events(out: Path, events: Any, version: int, count: int) -> None:
@@ -223,24 +232,33 @@ def _write_events(out: Path, events: Any, version: int, count: int) -> None:
 @common_options
 @click.option("--keys-file", type=click.Path(path_type=Path), envvar=env_var("keys_file"))
 @click.option("--loglevel", envvar=env_var("log_level"), default="warning", show_default=True)
-def worker(bootstrap_servers: str | None, registry_url: str | None, topic_prefix: str | None,
-           keys_file: Path | None, loglevel: str) -> None:
+def worker(
+    bootstrap_servers: str | None,
+    registry_url: str | None,
+    topic_prefix: str | None,
+    keys_file: Path | None,
+    loglevel: str,
+) -> None:
     """Run a worker: consume the ingress topic, publish minimised views (scale by processes)."""
-    from streams.assembly import build_pipeline, load_policy_set
+    from streams.assembly import build_pipeline, load_policy_set, output_topics
     from streams.pseudonym import StaticKeyRing
     from streams.registry import HttpSchemaRegistry
     from streams.topics import admin_client, ensure_topics, topic_specs
     from streams.worker import build_app, run_worker
 
-    settings = _settings(bootstrap_servers=bootstrap_servers, registry_url=registry_url,
-                         topic_prefix=topic_prefix, keys_file=keys_file, log_level=loglevel)
+    settings = _settings(
+        bootstrap_servers=bootstrap_servers,
+        registry_url=registry_url,
+        topic_prefix=topic_prefix,
+        keys_file=keys_file,
+        log_level=loglevel,
+    )
     key_ring = StaticKeyRing.from_file(settings.keys_file) if settings.keys_file else StaticKeyRing.from_env()
     policy_set = load_policy_set(settings)
     pipeline = build_pipeline(settings, HttpSchemaRegistry(settings.registry_url), key_ring, policy_set=policy_set)
     admin = admin_client(settings.bootstrap_servers)
     try:
-        partitions = ensure_topics(admin, topic_specs(settings, _output_topics(settings, lambda s: policy_set)),
-                                   settings.replication_factor)
+        partitions = ensure_topics(admin, topic_specs(settings, output_topics(policy_set)), settings.replication_factor)
     finally:
         admin.close()
     sys.argv = [sys.argv[0]]  # faust's Worker parses argv itself
@@ -251,8 +269,12 @@ def worker(bootstrap_servers: str | None, registry_url: str | None, topic_prefix
 @main.command("demo")
 @click.option("--count", "-n", type=int, default=10_000, show_default=True, envvar="SCREENING_DEMO_COUNT")
 @click.option("--seed", type=int, default=1, show_default=True, envvar="SCREENING_DEMO_SEED")
-@click.option("--keep-running/--stop", default=False, envvar="SCREENING_DEMO_KEEP_RUNNING",
-              help="Leave the local broker and registry running afterwards.")
+@click.option(
+    "--keep-running/--stop",
+    default=False,
+    envvar="SCREENING_DEMO_KEEP_RUNNING",
+    help="Leave the local broker and registry running afterwards.",
+)
 def demo(count: int, seed: int, keep_running: bool) -> None:
     """The main job: broker up, topics, worker, N synthetic events, per-agency summary."""
     from streams.demo import run_demo

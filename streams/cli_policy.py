@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -18,8 +18,12 @@ def _load(policy_dir: Path | None) -> PolicySet:
     return load_policy_set(settings_from_env().with_(policy_dir=policy_dir))
 
 
-_policy_dir = click.option("--policy-dir", type=click.Path(path_type=Path, file_okay=False),
-                           envvar="SCREENING_POLICY_DIR", help="Folder of policy YAML files.")
+_policy_dir = click.option(
+    "--policy-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="SCREENING_POLICY_DIR",
+    help="Folder of policy YAML files.",
+)
 
 
 @click.group()
@@ -38,8 +42,11 @@ def check(policy_dir: Path | None) -> None:
         click.echo(f"ok  {p.recipient:<8} {len(p.emitted):>2} fields  {p.topic}  ({p.path.name}, version {p.version})")
     stale = stale_contracts(policy_set.policies, policy_set.input_schema, schema_dir())
     if stale:
-        raise ConfigError("derived output contracts are stale: " + ", ".join(map(str, stale))
-                          + " (run `screening-streams policy contracts --write`)")
+        raise ConfigError(
+            "derived output contracts are stale: "
+            + ", ".join(map(str, stale))
+            + " (run `screening-streams policy contracts --write`)"
+        )
 
 
 @policy.command("explain")
@@ -56,8 +63,13 @@ def explain(recipient: str, policy_dir: Path | None) -> None:
 
 
 @policy.command("matrix")
-@click.option("--html", "html_out", type=click.Path(path_type=Path), envvar="SCREENING_MATRIX_HTML",
-              help="Also write the matrix as an HTML page.")
+@click.option(
+    "--html",
+    "html_out",
+    type=click.Path(path_type=Path),
+    envvar="SCREENING_MATRIX_HTML",
+    help="Also write the matrix as an HTML page.",
+)
 @_policy_dir
 def matrix(html_out: Path | None, policy_dir: Path | None) -> None:
     """Print the input field × recipient matrix (what each recipient sees, how)."""
@@ -105,7 +117,9 @@ def dry_run(event_file: Path, policy_dir: Path | None) -> None:
         where = f" {decision.topic}" if decision.topic else ""
         click.echo(f"\n{mark} {decision.recipient}{where}: {decision.reason}")
         if decision.view is not None:
-            click.echo(json.dumps(to_readable(decision.view, schemas[decision.recipient]), indent=2, ensure_ascii=False))
+            click.echo(
+                json.dumps(to_readable(decision.view, schemas[decision.recipient]), indent=2, ensure_ascii=False)
+            )
 
 
 def _read_event(path: Path) -> dict[str, Any]:
@@ -114,7 +128,7 @@ def _read_event(path: Path) -> dict[str, Any]:
 
         with path.open("rb") as handle:
             for record in fastavro.reader(handle, return_record_name=False):
-                return dict(record)
+                return dict(cast(dict[str, Any], record))
         raise ConfigError(f"{path}: no record in the file")
     text = path.read_text(encoding="utf-8").strip()
     try:

@@ -13,7 +13,7 @@ import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import avro.compatibility
 import avro.errors
@@ -41,9 +41,8 @@ def is_readable_by(reader: Schema, writer: Schema) -> tuple[bool, str]:
         parsed_writer = avro.schema.parse(json.dumps(writer))
     except (avro.errors.AvroException, ValueError, TypeError) as exc:
         return False, f"schema does not parse: {exc}"
-    result = avro.compatibility.ReaderWriterCompatibilityChecker().get_compatibility(
-        parsed_reader, parsed_writer
-    )
+    checker = avro.compatibility.ReaderWriterCompatibilityChecker()  # type: ignore[no-untyped-call]
+    result = checker.get_compatibility(parsed_reader, parsed_writer)
     ok = result.compatibility is avro.compatibility.SchemaCompatibilityType.compatible
     return ok, "; ".join(sorted(result.messages)) if not ok else ""
 
@@ -68,16 +67,12 @@ class EventDecoder:
             text = self._registry.get_schema(schema_id)
         except SchemaNotFound:
             # Not cached: the id may be registered a moment later by a new producer.
-            raise RecordRejected(
-                "unknown_schema_id", f"schema id {schema_id} is not in the registry"
-            ) from None
+            raise RecordRejected("unknown_schema_id", f"schema id {schema_id} is not in the registry") from None
         try:
             writer = json.loads(text)
         except json.JSONDecodeError:
             writer = None
-        ok, why = (False, "not JSON") if not isinstance(writer, dict) else is_readable_by(
-            self._reader, writer
-        )
+        ok, why = (False, "not JSON") if not isinstance(writer, dict) else is_readable_by(self._reader, writer)
         if not ok or not isinstance(writer, dict):
             rejection = RecordRejected(
                 "incompatible_schema",
@@ -87,9 +82,7 @@ class EventDecoder:
             raise rejection
         writer_fields = {f.name for f in iter_fields(writer)}
         defaults = tuple(
-            (f["name"], f.get("default"))
-            for f in self._reader["fields"]
-            if f["name"] not in writer_fields
+            (f["name"], f.get("default")) for f in self._reader["fields"] if f["name"] not in writer_fields
         )
         entry = _Writer(fastavro.parse_schema(strip_logical_types(writer)), defaults)
         self._writers[schema_id] = entry
@@ -101,12 +94,11 @@ class EventDecoder:
         writer = self._writer(schema_id)
         buffer = io.BytesIO(body)
         try:
-            record: Record = fastavro.schemaless_reader(buffer, writer.parsed, None)
+            record = cast(Record, fastavro.schemaless_reader(buffer, writer.parsed, None))
         except Exception as exc:  # fastavro raises many types on corrupt input
             raise RecordRejected(
                 "undecodable",
-                f"Avro body does not decode with writer schema {schema_id} "
-                f"({type(exc).__name__})",
+                f"Avro body does not decode with writer schema {schema_id} ({type(exc).__name__})",
             ) from None
         if buffer.tell() != len(body):
             raise RecordRejected(
@@ -139,9 +131,7 @@ class ViewEncoder:
         return buffer.getvalue()
 
 
-def register_encoder(
-    registry: SchemaRegistryClient, subject: str, schema: Schema
-) -> ViewEncoder:
+def register_encoder(registry: SchemaRegistryClient, subject: str, schema: Schema) -> ViewEncoder:
     """Register ``schema`` under ``subject`` and return an encoder for it."""
     return ViewEncoder(schema, registry.register(subject, canonical_json(schema)))
 

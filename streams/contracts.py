@@ -7,6 +7,7 @@ instead of walking Avro JSON itself.
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -125,8 +126,7 @@ def class_problems(schema: Schema) -> list[str]:
             problems.append(f"field {info.name!r} has no 'class' attribute")
         elif info.data_class not in DATA_CLASSES:
             problems.append(
-                f"field {info.name!r} has unknown class {info.data_class!r} "
-                f"(expected one of {sorted(DATA_CLASSES)})"
+                f"field {info.name!r} has unknown class {info.data_class!r} (expected one of {sorted(DATA_CLASSES)})"
             )
     return problems
 
@@ -142,9 +142,7 @@ def strip_logical_types(avro_type: Any) -> Any:
     if isinstance(avro_type, dict):
         out = {k: strip_logical_types(v) for k, v in avro_type.items() if k != "logicalType"}
         if "fields" in avro_type:
-            out["fields"] = [
-                {**f, "type": strip_logical_types(f["type"])} for f in avro_type["fields"]
-            ]
+            out["fields"] = [{**f, "type": strip_logical_types(f["type"])} for f in avro_type["fields"]]
         return out
     return copy.deepcopy(avro_type)
 
@@ -158,12 +156,16 @@ _MS_PER_DAY = 86_400_000
 
 
 def to_wire(record: Mapping[str, Any], schema: Schema) -> dict[str, Any]:
-    """Convert ISO strings in date/timestamp fields to wire-native ints (for hand-written JSON)."""
-    import datetime as dt
-
+    """Convert ISO strings (or date/datetime objects) in date/timestamp fields to wire-native ints."""
     out = dict(record)
     for info in iter_fields(schema):
         value = out.get(info.name)
+        if isinstance(value, dt.datetime) and info.logical == "timestamp-millis":
+            out[info.name] = int(value.timestamp() * 1000)
+            continue
+        if isinstance(value, dt.date) and info.logical == "date":
+            out[info.name] = (value - dt.date(1970, 1, 1)).days
+            continue
         if not isinstance(value, str):
             continue
         if info.logical == "date":
@@ -178,8 +180,6 @@ def to_wire(record: Mapping[str, Any], schema: Schema) -> dict[str, Any]:
 
 def to_readable(record: Mapping[str, Any], schema: Schema) -> dict[str, Any]:
     """Convert wire-native date/timestamp ints to ISO strings (for display and JSON files)."""
-    import datetime as dt
-
     out = dict(record)
     for info in iter_fields(schema):
         value = out.get(info.name)

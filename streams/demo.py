@@ -18,13 +18,13 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-
+from typing import Any, cast
 
 import fastavro
 from kafka import TopicPartition
 
 from streams import localstack
-from streams.assembly import load_policy_set
+from streams.assembly import agency_names, load_policy_set, output_topics
 from streams.contracts import load_schema, schema_dir, strip_logical_types, to_readable
 from streams.generate import GeneratorSettings, generate_events
 from streams.kafka_io import end_offsets, per_topic, read_from, wait_for_lag_zero
@@ -51,10 +51,8 @@ def poison_records(valid_body: bytes) -> list[tuple[bytes, bytes, tuple[tuple[st
 
 
 def _agencies_and_topics(settings: Settings) -> tuple[list[str], list[str]]:
-    from streams.cli import _agencies, _output_topics
-
     policy_set = load_policy_set(settings)
-    return _agencies(policy_set), _output_topics(settings, lambda s: policy_set)
+    return agency_names(policy_set), output_topics(policy_set)
 
 
 def run_demo(count: int, seed: int, keep_running: bool, echo: Echo = print) -> None:
@@ -80,26 +78,38 @@ def run_demo(count: int, seed: int, keep_running: bool, echo: Echo = print) -> N
     topics = sorted(partitions)
     before = end_offsets(settings.bootstrap_servers, topics)
 
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-           "SCHEMA_REGISTRY_URL": settings.registry_url, "SCREENING_KEYS_FILE": str(keys_file),
-           "SCREENING_STATE_DIR": str(state), "SCREENING_TOPIC_PREFIX": settings.topic_prefix}
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "SCHEMA_REGISTRY_URL": settings.registry_url,
+        "SCREENING_KEYS_FILE": str(keys_file),
+        "SCREENING_STATE_DIR": str(state),
+        "SCREENING_TOPIC_PREFIX": settings.topic_prefix,
+    }
     log_path = state / "worker.log"
     with log_path.open("ab") as log_file:
-        worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env,
-                                  stdout=log_file, stderr=subprocess.STDOUT)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+        )
     echo(f"worker started (pid {worker.pid}, log {log_path})")
     try:
         encoder = event_encoder(HttpSchemaRegistry(settings.registry_url), settings.ingress_topic, 1)
         events = list(generate_events(count, GeneratorSettings(seed=seed)))
         poison = poison_records(encoder.encode(dict(events[0])))
         t_publish = time.monotonic()
-        records = [*framed_events(events[: count // 2], encoder), *poison, *framed_events(events[count // 2:], encoder)]
-        asyncio.run(publish_raw(settings.bootstrap_servers, settings.ingress_topic, records,
-                                partitions[settings.ingress_topic]))
+        records = [
+            *framed_events(events[: count // 2], encoder),
+            *poison,
+            *framed_events(events[count // 2 :], encoder),
+        ]
+        asyncio.run(
+            publish_raw(settings.bootstrap_servers, settings.ingress_topic, records, partitions[settings.ingress_topic])
+        )
         published = time.monotonic()
         echo(f"published {count} events + {len(poison)} poison records in {published - t_publish:.1f} s")
-        wait_for_lag_zero(settings.bootstrap_servers, settings.group_id, settings.ingress_topic,
-                          timeout_s=600, on_progress=None)
+        wait_for_lag_zero(
+            settings.bootstrap_servers, settings.group_id, settings.ingress_topic, timeout_s=600, on_progress=None
+        )
         done = time.monotonic()
         if worker.poll() is not None:
             raise RuntimeError(f"worker exited with {worker.returncode}; see {log_path}")
@@ -117,8 +127,9 @@ def run_demo(count: int, seed: int, keep_running: bool, echo: Echo = print) -> N
         localstack.down(stack, echo=echo)
 
 
-def _summary(settings: Settings, delta: dict[str, int], before: dict[TopicPartition, int],
-             sent: int, seconds: float, echo: Echo) -> None:
+def _summary(
+    settings: Settings, delta: dict[str, int], before: dict[TopicPartition, int], sent: int, seconds: float, echo: Echo
+) -> None:
     echo(f"\n{'topic':<40} {'records':>8}")
     echo(f"{'-' * 40} {'-' * 8}")
     ingress, dlq = settings.ingress_topic, settings.dlq_topic
@@ -127,8 +138,7 @@ def _summary(settings: Settings, delta: dict[str, int], before: dict[TopicPartit
         if topic not in (ingress, dlq, settings.audit_topic):
             echo(f"{topic:<40} {delta[topic]:>8}")
     echo(f"{dlq + ' (dead letters)':<40} {delta.get(dlq, 0):>8}")
-    echo(f"\nend-to-end: {sent} records in {seconds:.1f} s = {sent / seconds:,.0f} records/s "
-         "(publish to last commit)")
+    echo(f"\nend-to-end: {sent} records in {seconds:.1f} s = {sent / seconds:,.0f} records/s (publish to last commit)")
     reasons = Counter(
         dict(r.headers).get(H_CODE, b"?").decode()
         for r in read_from(settings.bootstrap_servers, {tp: o for tp, o in before.items() if tp.topic == dlq})
@@ -137,16 +147,17 @@ def _summary(settings: Settings, delta: dict[str, int], before: dict[TopicPartit
     policy_set = load_policy_set(settings)
     for policy in policy_set.policies:
         topic = settings.topic_prefix + policy.topic.replace("{region}", "11")
-        sample = read_from(settings.bootstrap_servers,
-                           {tp: o for tp, o in before.items() if tp.topic == topic}, limit=1)
+        sample = read_from(
+            settings.bootstrap_servers, {tp: o for tp, o in before.items() if tp.topic == topic}, limit=1
+        )
         if not sample or sample[0].value is None:
             continue
         schema = load_schema(contract_path(schema_dir(), policy))
         value = sample[0].value
-        record = fastavro.schemaless_reader(io.BytesIO(value[5:]), fastavro.parse_schema(strip_logical_types(schema)), None)
-        echo(f"\nsample from {topic} (schema id {int.from_bytes(value[1:5], 'big')}, "
-             f"policy {dict(sample[0].headers).get('policy.version', b'?').decode()}):")
+        parsed = fastavro.parse_schema(strip_logical_types(schema))
+        record = cast(dict[str, Any], fastavro.schemaless_reader(io.BytesIO(value[5:]), parsed, None))
+        echo(
+            f"\nsample from {topic} (schema id {int.from_bytes(value[1:5], 'big')}, "
+            f"policy {dict(sample[0].headers).get('policy.version', b'?').decode()}):"
+        )
         echo(json.dumps(to_readable(record, schema), ensure_ascii=False))
-
-
-

@@ -52,8 +52,7 @@ class Dispatcher:
         # Outside the try: an unknown topic is a bug to surface, not a delivery to retry forever.
         partition = self.partition_for(record)
         try:
-            return await self._send(record.topic, record.key, record.value,
-                                    partition, record.headers)
+            return await self._send(record.topic, record.key, record.value, partition, record.headers)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -77,8 +76,13 @@ class Dispatcher:
                 return
             first = next(res for res in results if isinstance(res, BaseException))
             self.retries += len(failed)
-            log.warning("%d of %d deliveries failed (%s); retrying in %.1f s",
-                        len(failed), len(pending), type(first).__name__, backoff)
+            log.warning(
+                "%d of %d deliveries failed (%s); retrying in %.1f s",
+                len(failed),
+                len(pending),
+                type(first).__name__,
+                backoff,
+            )
             await self._sleep(backoff)
             backoff = min(backoff * 2, self._max_backoff_s)
             pending = failed

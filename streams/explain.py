@@ -37,7 +37,12 @@ def explain_policy(policy: Policy) -> str:
         name = "(not shared)" if rule.op == "drop" else rule.name
         rows.append([name, ", ".join(rule.sources), op, cond, rule.purpose])
     tail = ["", "Every other input field is dropped (default deny)."]
-    return "\n".join(head) + table(["field", "from", "operator", "condition", "purpose"], rows, 90) + "\n" + "\n".join(tail)
+    return (
+        "\n".join(head)
+        + table(["field", "from", "operator", "condition", "purpose"], rows, 90)
+        + "\n"
+        + "\n".join(tail)
+    )
 
 
 def matrix_cells(policies: Sequence[Policy], input_schema: Schema) -> tuple[list[str], list[list[str]]]:

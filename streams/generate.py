@@ -196,11 +196,7 @@ class _EventFactory:
         last, last_ascii = rng.choice(_LAST)
         first, first_ascii = rng.choice(_MALE if rng.random() < 0.5 else _FEMALE)
         phone = f"0{rng.randint(1, 5)}{self._digits(8)}" if rng.random() < 0.95 else None
-        email = (
-            f"{first_ascii}.{last_ascii}@{rng.choice(_PRO_EMAIL_DOMAINS)}"
-            if rng.random() < 0.85
-            else None
-        )
+        email = f"{first_ascii}.{last_ascii}@{rng.choice(_PRO_EMAIL_DOMAINS)}" if rng.random() < 0.85 else None
         return ("10" + self._digits(9), last, first, phone, email, self._finess(department))
 
     def _collective_housing(self, age: int) -> str:
@@ -271,8 +267,7 @@ class _EventFactory:
         else:
             birth_place = "99" + rng.choice(_COUNTRIES)
         nir = complete_nir(
-            f"{'1' if male else '2'}{born.year % 100:02d}{born.month:02d}"
-            f"{birth_place}{1 + int(r() * 999):03d}"
+            f"{'1' if male else '2'}{born.year % 100:02d}{born.month:02d}{birth_place}{1 + int(r() * 999):03d}"
         )
         last, last_ascii = rng.choice(_LAST)
         firsts = _MALE if male else _FEMALE
@@ -378,9 +373,7 @@ class _EventFactory:
         return "BOOSTER" if u < 0.92 else "UNKNOWN"
 
 
-def generate_events(
-    count: int, settings: GeneratorSettings = DEFAULT_SETTINGS
-) -> Iterator[dict[str, object]]:
+def generate_events(count: int, settings: GeneratorSettings = DEFAULT_SETTINGS) -> Iterator[dict[str, object]]:
     """Yield ``count`` synthetic wire-native screening events, deterministic for the settings.
 
     Raises :class:`~streams.errors.ConfigError` at once (not on first iteration) when

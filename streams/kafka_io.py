@@ -34,8 +34,13 @@ class ReadRecord:
 
 def _consumer(bootstrap_servers: str, isolation: str = "read_committed") -> KafkaConsumer:
     try:
-        return KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
-                             isolation_level=isolation, group_id=None, consumer_timeout_ms=1000)
+        return KafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            enable_auto_commit=False,
+            isolation_level=isolation,
+            group_id=None,
+            consumer_timeout_ms=1000,
+        )
     except KafkaError as exc:
         raise KafkaIOError(f"cannot connect a consumer to {bootstrap_servers}: {exc}") from exc
 
@@ -81,8 +86,13 @@ def group_lag(bootstrap_servers: str, group_id: str, topic: str) -> int:
 
 
 def wait_for_lag_zero(
-    bootstrap_servers: str, group_id: str, topic: str, *, timeout_s: float,
-    on_progress: Callable[[int], None] | None = None, clock: Callable[[], float] = time.monotonic,
+    bootstrap_servers: str,
+    group_id: str,
+    topic: str,
+    *,
+    timeout_s: float,
+    on_progress: Callable[[int], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> float:
     """Block until the group's lag on ``topic`` is 0; return the seconds waited."""
@@ -103,8 +113,12 @@ def wait_for_lag_zero(
 
 
 def read_from(
-    bootstrap_servers: str, start: Mapping[TopicPartition, int], *, limit: int | None = None,
-    idle_timeout_s: float = 2.0, isolation: str = "read_committed",
+    bootstrap_servers: str,
+    start: Mapping[TopicPartition, int],
+    *,
+    limit: int | None = None,
+    idle_timeout_s: float = 2.0,
+    isolation: str = "read_committed",
 ) -> list[ReadRecord]:
     """Read records from the given partitions and offsets until ``limit`` or the ends are reached."""
     consumer = _consumer(bootstrap_servers, isolation)
@@ -124,8 +138,11 @@ def read_from(
                 idle_since = time.monotonic()
             for tp_records in batch.values():
                 for r in tp_records:
-                    out.append(ReadRecord(r.topic, r.partition, r.offset, r.key, r.value,
-                                          tuple((k, v) for k, v in (r.headers or ()))))
+                    out.append(
+                        ReadRecord(
+                            r.topic, r.partition, r.offset, r.key, r.value, tuple((k, v) for k, v in (r.headers or ()))
+                        )
+                    )
                     if limit is not None and len(out) >= limit:
                         return out
         return out

@@ -101,14 +101,14 @@ class StackSettings:
         Raises :class:`ConfigError` when a port or timeout is not a number or out of range.
         """
         home = Path(environ.get("HOME") or Path.home())
-        cache = _path(environ.get("SCREENING_STREAMS_CACHE"), home) or (
-            home / ".cache" / "screening-streams"
-        )
+        cache = _path(environ.get("SCREENING_STREAMS_CACHE"), home) or (home / ".cache" / "screening-streams")
         state = _path(environ.get("SCREENING_STREAMS_STATE"), home) or cache / "run"
         kafka_port = _number(environ, "SCREENING_KAFKA_PORT", 19092, int)
         registry_port = _number(environ, "SCREENING_REGISTRY_PORT", 18081, int)
-        for name, port, top in (("SCREENING_KAFKA_PORT", kafka_port, 65534),
-                                ("SCREENING_REGISTRY_PORT", registry_port, 65535)):
+        for name, port, top in (
+            ("SCREENING_KAFKA_PORT", kafka_port, 65534),
+            ("SCREENING_REGISTRY_PORT", registry_port, 65535),
+        ):
             if not 0 < port <= top:  # the controller listens on kafka port + 1
                 raise ConfigError(f"{name}={port} is out of range 1..{top}")
         timeout = _number(environ, "SCREENING_START_TIMEOUT_S", 90.0, float)
@@ -145,8 +145,9 @@ def endpoints_for(settings: StackSettings) -> Endpoints:
     """Return the endpoints clients should use, local or external, without starting anything."""
     return Endpoints(
         bootstrap_servers=settings.external_bootstrap or f"{LOOPBACK}:{settings.kafka_port}",
-        registry_url=(settings.external_registry or
-                      f"http://{LOOPBACK}:{settings.registry_port}{CCOMPAT_PATH}").rstrip("/"),
+        registry_url=(settings.external_registry or f"http://{LOOPBACK}:{settings.registry_port}{CCOMPAT_PATH}").rstrip(
+            "/"
+        ),
         managed=settings.external_bootstrap is None or settings.external_registry is None,
     )
 
@@ -179,15 +180,21 @@ def render_server_properties(settings: StackSettings) -> str:
 
 def render_pom(kafka_version: str) -> str:
     """Render the throw-away pom.xml whose runtime dependencies form the broker classpath."""
-    deps = [("org.apache.kafka", "kafka_2.13", kafka_version),
-            ("org.apache.logging.log4j", "log4j-slf4j-impl", _LOG4J_VERSION),
-            ("org.apache.logging.log4j", "log4j-core", _LOG4J_VERSION)]
-    body = "".join(f"    <dependency><groupId>{g}</groupId><artifactId>{a}</artifactId>"
-                   f"<version>{v}</version></dependency>\n" for g, a, v in deps)
-    return ('<project xmlns="http://maven.apache.org/POM/4.0.0">\n'
-            "  <modelVersion>4.0.0</modelVersion><groupId>local.screening</groupId>\n"
-            "  <artifactId>kafka-runtime</artifactId><version>1</version>"
-            f"<packaging>pom</packaging>\n  <dependencies>\n{body}  </dependencies>\n</project>\n")
+    deps = [
+        ("org.apache.kafka", "kafka_2.13", kafka_version),
+        ("org.apache.logging.log4j", "log4j-slf4j-impl", _LOG4J_VERSION),
+        ("org.apache.logging.log4j", "log4j-core", _LOG4J_VERSION),
+    ]
+    body = "".join(
+        f"    <dependency><groupId>{g}</groupId><artifactId>{a}</artifactId><version>{v}</version></dependency>\n"
+        for g, a, v in deps
+    )
+    return (
+        '<project xmlns="http://maven.apache.org/POM/4.0.0">\n'
+        "  <modelVersion>4.0.0</modelVersion><groupId>local.screening</groupId>\n"
+        "  <artifactId>kafka-runtime</artifactId><version>1</version>"
+        f"<packaging>pom</packaging>\n  <dependencies>\n{body}  </dependencies>\n</project>\n"
+    )
 
 
 def new_cluster_id() -> str:
@@ -200,8 +207,10 @@ def new_cluster_id() -> str:
 
 def check_tools(path: str | None = None) -> None:
     """Raise :class:`LocalStackError` unless ``java`` and ``mvn`` are on ``path`` (or $PATH)."""
-    hints = {"java": "a JDK 17+ (e.g. apt-get install openjdk-17-jre-headless)",
-             "mvn": "Maven (e.g. apt-get install maven)"}
+    hints = {
+        "java": "a JDK 17+ (e.g. apt-get install openjdk-17-jre-headless)",
+        "mvn": "Maven (e.g. apt-get install maven)",
+    }
     for tool, hint in hints.items():
         if shutil.which(tool, path=path) is None:
             raise LocalStackError(f"{tool} not found on PATH: install {hint}")
@@ -256,9 +265,19 @@ def fetch_kafka(settings: StackSettings, echo: Echo = print) -> Path:
         started = time.monotonic()
         with _fresh_dir(home) as tmp:
             (tmp / "pom.xml").write_text(render_pom(settings.kafka_version))
-            _run(["mvn", "-B", "-q", "-f", str(tmp / "pom.xml"),
-                  "dependency:copy-dependencies", "-DincludeScope=runtime",
-                  f"-DoutputDirectory={tmp / 'libs'}"], "mvn fetch of kafka jars")
+            _run(
+                [
+                    "mvn",
+                    "-B",
+                    "-q",
+                    "-f",
+                    str(tmp / "pom.xml"),
+                    "dependency:copy-dependencies",
+                    "-DincludeScope=runtime",
+                    f"-DoutputDirectory={tmp / 'libs'}",
+                ],
+                "mvn fetch of kafka jars",
+            )
         echo(f"fetched kafka {settings.kafka_version} in {time.monotonic() - started:.1f} s")
     return home / "libs"
 
@@ -271,9 +290,18 @@ def fetch_registry(settings: StackSettings, echo: Echo = print) -> Path:
         echo(f"fetching apicurio registry {version} with mvn…")
         started = time.monotonic()
         with _fresh_dir(home) as tmp:
-            _run(["mvn", "-B", "-q", "dependency:copy",
-                  f"-Dartifact=io.apicurio:apicurio-registry-app:{version}:tar.gz:all",
-                  f"-DoutputDirectory={tmp}"], "mvn fetch of apicurio registry", cwd=tmp)
+            _run(
+                [
+                    "mvn",
+                    "-B",
+                    "-q",
+                    "dependency:copy",
+                    f"-Dartifact=io.apicurio:apicurio-registry-app:{version}:tar.gz:all",
+                    f"-DoutputDirectory={tmp}",
+                ],
+                "mvn fetch of apicurio registry",
+                cwd=tmp,
+            )
             archives = list(tmp.glob("*.tar.gz"))
             if not archives:
                 raise LocalStackError(f"mvn fetched no apicurio archive into {tmp}")
@@ -323,13 +351,24 @@ class _Service:
 def _services(settings: StackSettings) -> tuple[_Service, _Service]:
     ends, state = endpoints_for(settings), settings.state_dir
     local_port = None if settings.external_bootstrap else settings.kafka_port
-    kafka = _Service("kafka", f"kafka {settings.kafka_version}", ends.bootstrap_servers,
-                     _KAFKA_MAIN, lambda: _kafka_answers(ends.bootstrap_servers, local_port),
-                     state, bool(settings.external_bootstrap))
-    registry = _Service("registry", f"apicurio registry {settings.registry_version}",
-                        ends.registry_url, _REGISTRY_MARK,
-                        lambda: _registry_answers(ends.registry_url),
-                        state, bool(settings.external_registry))
+    kafka = _Service(
+        "kafka",
+        f"kafka {settings.kafka_version}",
+        ends.bootstrap_servers,
+        _KAFKA_MAIN,
+        lambda: _kafka_answers(ends.bootstrap_servers, local_port),
+        state,
+        bool(settings.external_bootstrap),
+    )
+    registry = _Service(
+        "registry",
+        f"apicurio registry {settings.registry_version}",
+        ends.registry_url,
+        _REGISTRY_MARK,
+        lambda: _registry_answers(ends.registry_url),
+        state,
+        bool(settings.external_registry),
+    )
     return kafka, registry
 
 
@@ -373,8 +412,13 @@ def _port_open(port: int, timeout: float = 0.5) -> bool:
 def _spawn(svc: _Service, cmd: list[str], cwd: Path) -> None:
     """Start ``cmd`` detached (re-parented, own session) logging to ``svc.log``; record its pid."""
     try:
-        done = subprocess.run([sys.executable, "-c", _LAUNCHER, str(svc.log), str(cwd), *cmd],
-                              capture_output=True, text=True, check=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, str(svc.log), str(cwd), *cmd],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
         pid = int(done.stdout.strip())
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         raise LocalStackError(f"cannot start {svc.name} ({cmd[0]}): {exc}") from exc
@@ -390,9 +434,13 @@ def _kafka_answers(bootstrap: str, local_port: int | None = None, timeout_s: flo
         return False  # cheap pre-check while a local broker boots
     from kafka import KafkaAdminClient
 
-    wanted = {"bootstrap_servers": bootstrap, "request_timeout_ms": int(timeout_s * 1000),
-              "bootstrap_timeout_ms": int(timeout_s * 1000),
-              "api_version_auto_timeout_ms": int(timeout_s * 1000), "client_id": "localstack"}
+    wanted = {
+        "bootstrap_servers": bootstrap,
+        "request_timeout_ms": int(timeout_s * 1000),
+        "bootstrap_timeout_ms": int(timeout_s * 1000),
+        "api_version_auto_timeout_ms": int(timeout_s * 1000),
+        "client_id": "localstack",
+    }
     config = {k: v for k, v in wanted.items() if k in KafkaAdminClient.DEFAULT_CONFIG}
     quiet = logging.getLogger("kafka")
     level = quiet.level
@@ -433,8 +481,7 @@ def _locked(settings: StackSettings) -> Iterator[None]:
 
 def _check_free(ports: tuple[int, ...], hint: str) -> None:
     for port in (p for p in ports if _port_open(p)):
-        raise LocalStackError(f"port {port} is in use by a process this module does not own;"
-                              f" stop it or set {hint}")
+        raise LocalStackError(f"port {port} is in use by a process this module does not own; stop it or set {hint}")
 
 
 def _spawn_kafka(settings: StackSettings, svc: _Service, libs: Path, echo: Echo) -> None:
@@ -445,20 +492,37 @@ def _spawn_kafka(settings: StackSettings, svc: _Service, libs: Path, echo: Echo)
     classpath = f"{libs}/*"
     if not (state / "kafka-data" / "meta.properties").exists():
         echo("formatting kafka storage…")
-        _run(["java", "-cp", classpath, "kafka.tools.StorageTool", "format",
-              "-t", new_cluster_id(), "-c", str(props)], "kafka storage format")
+        _run(
+            ["java", "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", new_cluster_id(), "-c", str(props)],
+            "kafka storage format",
+        )
     echo(f"starting kafka {settings.kafka_version}…")
-    _spawn(svc, ["java", "-Xms256m", "-Xmx768m", "-Djava.awt.headless=true",
-                 f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath, _KAFKA_MAIN,
-                 str(props)], state)
+    _spawn(
+        svc,
+        [
+            "java",
+            "-Xms256m",
+            "-Xmx768m",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={log4j}",
+            "-cp",
+            classpath,
+            _KAFKA_MAIN,
+            str(props),
+        ],
+        state,
+    )
 
 
 def _spawn_registry(settings: StackSettings, svc: _Service, jar: Path, echo: Echo) -> None:
     echo(f"starting apicurio registry {settings.registry_version}…")
-    flags = [f"-Dquarkus.http.port={settings.registry_port}", f"-Dquarkus.http.host={LOOPBACK}",
-             "-Dapicurio.rest.deletion.group.enabled=true",
-             "-Dapicurio.rest.deletion.artifact.enabled=true",
-             "-Dapicurio.rest.deletion.artifact-version.enabled=true"]
+    flags = [
+        f"-Dquarkus.http.port={settings.registry_port}",
+        f"-Dquarkus.http.host={LOOPBACK}",
+        "-Dapicurio.rest.deletion.group.enabled=true",
+        "-Dapicurio.rest.deletion.artifact.enabled=true",
+        "-Dapicurio.rest.deletion.artifact-version.enabled=true",
+    ]
     _spawn(svc, ["java", "-Xmx384m", *flags, "-jar", str(jar)], jar.parent)
 
 
@@ -517,11 +581,11 @@ def up(settings: StackSettings, *, echo: Echo = print) -> Endpoints:
             jar = fetch_registry(settings, echo) if registry in local and not registry.pid else None
             libs = fetch_kafka(settings, echo) if kafka in local and not kafka.pid else None
             if libs is not None:
-                _check_free((settings.kafka_port, settings.kafka_port + 1),
-                            "SCREENING_KAFKA_PORT / KAFKA_BOOTSTRAP_SERVERS")
+                _check_free(
+                    (settings.kafka_port, settings.kafka_port + 1), "SCREENING_KAFKA_PORT / KAFKA_BOOTSTRAP_SERVERS"
+                )
             if jar is not None:
-                _check_free((settings.registry_port,),
-                            "SCREENING_REGISTRY_PORT / SCHEMA_REGISTRY_URL")
+                _check_free((settings.registry_port,), "SCREENING_REGISTRY_PORT / SCHEMA_REGISTRY_URL")
             if libs is not None:
                 _spawn_kafka(settings, kafka, libs, echo)
             if jar is not None:

@@ -42,6 +42,8 @@ DLQ_HEADERS = (H_CODE, H_REASON, H_STAGE, H_TOPIC, H_PARTITION, H_OFFSET, H_TIME
 H_RECIPIENT = "policy.recipient"
 H_POLICY_VERSION = "policy.version"
 H_AGENCY = "policy.agency"
+#: Ingress record timestamp (ms), so consumers and benchmarks can measure end-to-end latency.
+H_SOURCE_TS = "source.timestamp-ms"
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class InputRecord:
     key: bytes | None
     value: bytes | None
     headers: Headers = ()
+    timestamp_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -124,18 +127,27 @@ class Pipeline:
             views = self.minimiser.apply(event)
             stage = "encode"
             outputs = []
+            trace = ((H_SOURCE_TS, str(record.timestamp_ms).encode()),) if record.timestamp_ms is not None else ()
             for view in views:
                 topic, encoder, headers = self._routes[view.agency.agency]
                 ref = view.record.get("event_ref")
                 key = ref.encode() if isinstance(ref, str) else None
-                outputs.append(OutputRecord(topic, key, encoder.encode(view.record), headers, key or b""))
+                outputs.append(OutputRecord(topic, key, encoder.encode(view.record), headers + trace, key or b""))
         except RecordRejected as rejection:
             return [self._dead_letter(record, rejection.code, str(rejection), rejection.stage)]
         except Exception as exc:  # a bug must not lose or skip the record: dead-letter it
             # The exception text may quote data: log and dead-letter only its type.
-            log.error("internal error at stage %s on %s[%d]@%d: %s",
-                      stage, record.topic, record.partition, record.offset, type(exc).__name__)
-            return [self._dead_letter(record, "internal_error", f"unexpected {type(exc).__name__} while processing", stage)]
+            log.error(
+                "internal error at stage %s on %s[%d]@%d: %s",
+                stage,
+                record.topic,
+                record.partition,
+                record.offset,
+                type(exc).__name__,
+            )
+            return [
+                self._dead_letter(record, "internal_error", f"unexpected {type(exc).__name__} while processing", stage)
+            ]
         for out in outputs:
             self.stats.produced[out.topic] += 1
         return outputs

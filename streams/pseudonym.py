@@ -48,9 +48,7 @@ class StaticKeyRing:
         try:
             return self._keys[agency]
         except KeyError:
-            raise ConfigError(
-                f"{self.source}: no pseudonymisation key for agency {agency!r}"
-            ) from None
+            raise ConfigError(f"{self.source}: no pseudonymisation key for agency {agency!r}") from None
 
     @classmethod
     def from_file(cls, path: Path) -> StaticKeyRing:

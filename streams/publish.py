@@ -42,8 +42,11 @@ async def publish_raw(
 ) -> int:
     """Send ``(key, value, headers)`` records, keyed partitioning by CRC-32; return the count."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers, acks="all", linger_ms=10,
-        max_batch_size=512 * 1024, enable_idempotence=True,
+        bootstrap_servers=bootstrap_servers,
+        acks="all",
+        linger_ms=10,
+        max_batch_size=512 * 1024,
+        enable_idempotence=True,
     )
     try:
         await producer.start()
@@ -71,7 +74,9 @@ async def publish_raw(
     return sent
 
 
-def framed_events(events: Iterable[Mapping[str, Any]], encoder: ViewEncoder) -> Iterable[tuple[bytes, bytes, Sequence[tuple[str, bytes]]]]:
+def framed_events(
+    events: Iterable[Mapping[str, Any]], encoder: ViewEncoder
+) -> Iterable[tuple[bytes, bytes, Sequence[tuple[str, bytes]]]]:
     """Encode events for :func:`publish_raw`, keyed by their event id."""
     for event in events:
         yield str(event["event_id"]).encode(), encoder.encode(dict(event)), ()

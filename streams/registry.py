@@ -70,9 +70,7 @@ class HttpSchemaRegistry:
             if key in self._ids:
                 return self._ids[key]
         quoted = urllib.parse.quote(subject, safe="")
-        answer = self._call(
-            "POST", f"/subjects/{quoted}/versions", {"schema": schema, "schemaType": "AVRO"}
-        )
+        answer = self._call("POST", f"/subjects/{quoted}/versions", {"schema": schema, "schemaType": "AVRO"})
         try:
             schema_id = int(answer["id"])
         except (TypeError, KeyError, ValueError) as exc:

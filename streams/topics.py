@@ -7,6 +7,7 @@ two weeks; only the audit topic, which holds no identifying data, keeps a year.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -51,8 +52,9 @@ def topic_specs(settings: Settings, output_topics: Iterable[str]) -> list[TopicS
 def admin_client(bootstrap_servers: str) -> KafkaAdminClient:
     """Connect kafka-python's admin client, wrapping connection failures."""
     try:
-        return KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="screening-streams-admin",
-                                request_timeout_ms=30_000)
+        return KafkaAdminClient(
+            bootstrap_servers=bootstrap_servers, client_id="screening-streams-admin", request_timeout_ms=30_000
+        )
     except KafkaError as exc:
         raise TopicError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
 
@@ -64,13 +66,9 @@ def ensure_topics(admin: KafkaAdminClient, specs: Iterable[TopicSpec], replicati
         existing = set(admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
         if missing:
-            try:
-                admin.create_topics(
-                    [NewTopic(s.name, s.partitions, replication, topic_configs=dict(s.configs)) for s in missing],
-                    validate_only=False,
-                )
-            except TopicAlreadyExistsError:
-                pass  # a concurrent worker created it first
+            new = [NewTopic(s.name, s.partitions, replication, topic_configs=dict(s.configs)) for s in missing]
+            with contextlib.suppress(TopicAlreadyExistsError):  # a concurrent worker created it first
+                admin.create_topics(new, validate_only=False)
         names = [s.name for s in specs]
         for _ in range(50):  # new topics take a moment to appear in metadata
             counts = partition_counts(admin, names)

@@ -22,9 +22,21 @@ EARLIEST_BIRTH_DAY = -25_567
 #: Longest string any field may hold; longer ones are rejected as oversized.
 MAX_STRING = 512
 _STRING_FIELDS = (
-    "lab_finess", "nir", "last_name", "first_names", "phone", "email", "postcode", "city",
-    "commune_code", "prescriber_rpps", "prescriber_last_name", "prescriber_first_name",
-    "prescriber_phone", "prescriber_email", "prescriber_org_finess",
+    "lab_finess",
+    "nir",
+    "last_name",
+    "first_names",
+    "phone",
+    "email",
+    "postcode",
+    "city",
+    "commune_code",
+    "prescriber_rpps",
+    "prescriber_last_name",
+    "prescriber_first_name",
+    "prescriber_phone",
+    "prescriber_email",
+    "prescriber_org_finess",
 )
 
 

@@ -29,8 +29,6 @@ def unframe(data: bytes | None) -> tuple[int, memoryview]:
             f"payload of {len(data)} bytes is shorter than the 5-byte Confluent header",
         )
     if data[0] != MAGIC:
-        raise RecordRejected(
-            "bad_magic", f"first byte is {data[0]}, not the Confluent magic byte 0"
-        )
+        raise RecordRejected("bad_magic", f"first byte is {data[0]}, not the Confluent magic byte 0")
     schema_id = int.from_bytes(data[1:5], "big")
     return schema_id, memoryview(data)[HEADER_SIZE:]

@@ -51,11 +51,11 @@ def build_app(settings: Settings, pipeline: Pipeline, partitions: Mapping[str, i
         broker_commit_interval=1.0,
         stream_buffer_maxsize=8192,
     )
-    app.conf.consumer_group_instance_id = None
     ingress = app.topic(settings.ingress_topic, key_type=bytes, value_type=bytes, internal=False)
 
-    def send(topic: str, key: bytes | None, value: bytes | None, partition: int,
-             headers: Sequence[tuple[str, bytes]]) -> Awaitable[Awaitable[Any]]:
+    def send(
+        topic: str, key: bytes | None, value: bytes | None, partition: int, headers: Sequence[tuple[str, bytes]]
+    ) -> Awaitable[Awaitable[Any]]:
         return app.producer.send(topic, key, value, partition, None, list(headers))
 
     dispatcher = Dispatcher(send, partitions)
@@ -67,8 +67,7 @@ def build_app(settings: Settings, pipeline: Pipeline, partitions: Mapping[str, i
                 outputs = pipeline.process_many(records)
                 break
             except RegistryError as exc:  # infrastructure: retry, never ack undone work
-                log.warning("schema registry unavailable (%s); retrying batch in %.1f s",
-                            type(exc).__name__, backoff)
+                log.warning("schema registry unavailable (%s); retrying batch in %.1f s", type(exc).__name__, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
         await dispatcher.dispatch(outputs)
@@ -81,15 +80,23 @@ def build_app(settings: Settings, pipeline: Pipeline, partitions: Mapping[str, i
         except BaseException as exc:
             # Returning would let faust ack (and skip) the batch. Stop hard instead: the
             # uncommitted batch is consumed again after restart.
-            log.critical("unrecoverable %s while handling a batch; exiting without ack",
-                         type(exc).__name__)
+            log.critical("unrecoverable %s while handling a batch; exiting without ack", type(exc).__name__)
             os._exit(70)
 
     @app.agent(ingress, name="minimise")
     async def minimise(stream: faust.StreamT[bytes]) -> None:
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+        batches = stream.take_events(settings.batch_size, within=settings.batch_within_s)  # type: ignore[attr-defined]
+        async for events in batches:
             records = [
-                InputRecord(m.topic, m.partition, m.offset, m.key, m.value, tuple(m.headers or ()))
+                InputRecord(
+                    m.topic,
+                    m.partition,
+                    m.offset,
+                    m.key,
+                    m.value,
+                    tuple(m.headers or ()),
+                    int(m.timestamp * 1000) if m.timestamp else None,
+                )
                 for m in (event.message for event in events)
             ]
             # Shielded: a shutdown waits for the batch to be handed to the producer, whose
@@ -98,13 +105,18 @@ def build_app(settings: Settings, pipeline: Pipeline, partitions: Mapping[str, i
 
     started = time.monotonic()
 
-    @app.timer(interval=10.0)
+    @app.timer(interval=10.0)  # type: ignore[untyped-decorator]
     async def report() -> None:
         stats = pipeline.stats
         elapsed = max(time.monotonic() - started, 1e-9)
-        log.info("consumed=%d (%.0f/s) produced=%d dead_letters=%s retries=%d",
-                 stats.consumed, stats.consumed / elapsed, sum(stats.produced.values()),
-                 dict(stats.dead_letters), dispatcher.retries)
+        log.info(
+            "consumed=%d (%.0f/s) produced=%d dead_letters=%s retries=%d",
+            stats.consumed,
+            stats.consumed / elapsed,
+            sum(stats.produced.values()),
+            dict(stats.dead_letters),
+            dispatcher.retries,
+        )
 
     return app
 

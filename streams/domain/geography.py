@@ -74,9 +74,7 @@ _REGION_DEPARTMENTS: Final[dict[str, tuple[str, ...]]] = {
 
 #: Department code -> INSEE region code, every department of the 18 regions (101 entries).
 DEPARTMENT_REGION: Final[dict[str, str]] = {
-    department: region
-    for region, departments in _REGION_DEPARTMENTS.items()
-    for department in departments
+    department: region for region, departments in _REGION_DEPARTMENTS.items() for department in departments
 }
 
 

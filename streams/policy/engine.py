@@ -78,6 +78,13 @@ def _getter(rule: FieldRule, fn: Callable[..., Any]) -> Getter:
     return lambda record: base(record) if when.holds(record) else None
 
 
+def _regions_of(policy: Policy, geography: Geography) -> list[str | None]:
+    """The regions a policy is compiled for: every region when routed, else one unrouted agency."""
+    if policy.route == "region":
+        return [region for region in sorted(geography.region_names)]
+    return [None]
+
+
 def _projector(getters: tuple[tuple[str, Getter], ...]) -> Callable[[Mapping[str, Any]], Record]:
     def project(record: Mapping[str, Any]) -> Record:
         return {name: get(record) for name, get in getters}
@@ -99,13 +106,15 @@ class Minimiser:
         self.policies = policies
         self.geography = geography
         inputs = fields_by_name(input_schema)
-        self._routes: list[tuple[Policy, tuple[tuple[str, frozenset[Any], bool], ...], str | None, dict[str | None, Agency]]] = []
+        self._routes: list[
+            tuple[Policy, tuple[tuple[str, frozenset[Any], bool], ...], str | None, dict[str | None, Agency]]
+        ] = []
         agencies: list[Agency] = []
         for policy in policies:
             # (field, accepted values, is derived from the commune's region)
             filters = tuple((c.field, c.values, c.field in DERIVED_FILTERS) for c in policy.filters)
             by_region: dict[str | None, Agency] = {}
-            regions: list[str | None] = sorted(geography.region_names) if policy.route == "region" else [None]
+            regions = _regions_of(policy, geography)
             for region in regions:
                 name = policy.recipient if region is None else f"{policy.recipient}.{region}"
                 getters = []
@@ -156,24 +165,36 @@ class Minimiser:
         for policy, _filters, route, by_region in self._routes:
             failed = self._failed_condition(policy.filters, record, region)
             if failed is not None:
-                decisions.append(Decision(policy.recipient, None, None, False,
-                                          f"filtered out: requires {failed.describe()}", None))
+                decisions.append(
+                    Decision(policy.recipient, None, None, False, f"filtered out: requires {failed.describe()}", None)
+                )
                 continue
             agency = by_region.get(region if route else None)
             if agency is None:
-                decisions.append(Decision(policy.recipient, None, None, False,
-                                          "commune maps to no region: record goes to the dead-letter topic", None))
+                decisions.append(
+                    Decision(
+                        policy.recipient,
+                        None,
+                        None,
+                        False,
+                        "commune maps to no region: record goes to the dead-letter topic",
+                        None,
+                    )
+                )
                 continue
             withheld = [r.name for r in policy.emitted if r.when is not None and not r.when.holds(record)]
             reason = "passes " + ", ".join(c.describe() for c in policy.filters)
             if withheld:
                 reason += f"; withheld by condition: {', '.join(withheld)}"
-            decisions.append(Decision(policy.recipient, agency.agency, agency.topic, True, reason,
-                                      agency.project(record)))
+            decisions.append(
+                Decision(policy.recipient, agency.agency, agency.topic, True, reason, agency.project(record))
+            )
         return decisions
 
     @staticmethod
-    def _failed_condition(filters: tuple[Condition, ...], record: Mapping[str, Any], region: str | None) -> Condition | None:
+    def _failed_condition(
+        filters: tuple[Condition, ...], record: Mapping[str, Any], region: str | None
+    ) -> Condition | None:
         for condition in filters:
             value = region if condition.field in DERIVED_FILTERS else record.get(condition.field)
             if value not in condition.values:

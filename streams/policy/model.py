@@ -21,9 +21,7 @@ from streams.errors import ConfigError
 from streams.policy.operators import OPERATORS
 
 #: ``<tracing|surveillance>.<agency>[.<region>].results.v<N>``; ``{region}`` when routed.
-TOPIC_PATTERN = re.compile(
-    r"^(tracing|surveillance)\.[a-z][a-z0-9]*(\.(\{region\}))?\.results\.v[1-9][0-9]*$"
-)
+TOPIC_PATTERN = re.compile(r"^(tracing|surveillance)\.[a-z][a-z0-9]*(\.(\{region\}))?\.results\.v[1-9][0-9]*$")
 ROUTES = frozenset({"region"})
 #: Filter keys that are not input fields but derived from them.
 DERIVED_FILTERS = {"region": "commune_code"}
@@ -119,10 +117,10 @@ def _symbols_check(ctx: _Context, info: FieldInfo, values: Sequence[Any], where:
 def _condition(ctx: _Context, raw: Any, inputs: Mapping[str, FieldInfo], where: str) -> Condition:
     if not isinstance(raw, Mapping) or len(raw) != 1:
         raise ctx.fail(f"{where}: expected one mapping {{field: {{in|not_in: [values]}}}}")
-    (name, test), = raw.items()
+    ((name, test),) = raw.items()
     if not isinstance(test, Mapping) or set(test) - {"in", "not_in"} or len(test) != 1:
         raise ctx.fail(f"{where}: expected {{in: [...]}} or {{not_in: [...]}}", name)
-    (kind, values), = test.items()
+    ((kind, values),) = test.items()
     if name not in inputs:
         raise ctx.fail(f"{where}: the input schema has no field {name!r}", name)
     values = list(values) if isinstance(values, list) else [values]
@@ -130,10 +128,14 @@ def _condition(ctx: _Context, raw: Any, inputs: Mapping[str, FieldInfo], where: 
     return Condition(name, frozenset(values), kind == "not_in")
 
 
-def _filters(ctx: _Context, raw: Any, inputs: Mapping[str, FieldInfo], known_regions: frozenset[str]) -> tuple[Condition, ...]:
+def _filters(
+    ctx: _Context, raw: Any, inputs: Mapping[str, FieldInfo], known_regions: frozenset[str]
+) -> tuple[Condition, ...]:
     if not raw:
-        raise ctx.fail("no `filter`: a recipient without a filter would receive nothing; "
-                       "name the records it takes (at least processing_mode and result)")
+        raise ctx.fail(
+            "no `filter`: a recipient without a filter would receive nothing; "
+            "name the records it takes (at least processing_mode and result)"
+        )
     if not isinstance(raw, Mapping):
         raise ctx.fail("`filter` must map field names to lists of accepted values")
     out = []
@@ -153,8 +155,10 @@ def _filters(ctx: _Context, raw: Any, inputs: Mapping[str, FieldInfo], known_reg
         out.append(Condition(name, frozenset(values), False))
     mode = next((c for c in out if c.field == "processing_mode"), None)
     if mode is None or mode.values != {"P"}:
-        raise ctx.fail("production recipients must filter processing_mode: [P] "
-                       "(test and debug records never reach them)", "processing_mode")
+        raise ctx.fail(
+            "production recipients must filter processing_mode: [P] (test and debug records never reach them)",
+            "processing_mode",
+        )
     return tuple(out)
 
 
@@ -181,20 +185,25 @@ def _field_rule(ctx: _Context, raw: Any, inputs: Mapping[str, FieldInfo]) -> Fie
     for source, kinds in zip(sources, op.input_kinds, strict=True):
         kind = inputs[source].kind
         if kinds is not None and kind not in kinds:
-            raise ctx.fail(f"operator {op_name!r} cannot handle {source!r} of type {kind} "
-                           f"(accepts {sorted(kinds)})", name)
+            raise ctx.fail(
+                f"operator {op_name!r} cannot handle {source!r} of type {kind} (accepts {sorted(kinds)})", name
+            )
     args = raw.get("args") or {}
     if not isinstance(args, Mapping):
         raise ctx.fail("`args` must be a mapping", name)
     for arg, value in args.items():
         expected = op.args.get(arg)
         if expected is None or not isinstance(value, expected):
-            raise ctx.fail(f"operator {op_name!r} has no argument {arg!r} of that type "
-                           f"(arguments: {dict((k, t.__name__) for k, t in op.args.items())})", name)
+            raise ctx.fail(
+                f"operator {op_name!r} has no argument {arg!r} of that type "
+                f"(arguments: {dict((k, t.__name__) for k, t in op.args.items())})",
+                name,
+            )
     purpose = raw.get("purpose")
     if not isinstance(purpose, str) or len(purpose.split()) < MIN_PURPOSE_WORDS:
-        raise ctx.fail(f"needs a `purpose` sentence (at least {MIN_PURPOSE_WORDS} words) "
-                       "saying why the recipient needs it", name)
+        raise ctx.fail(
+            f"needs a `purpose` sentence (at least {MIN_PURPOSE_WORDS} words) saying why the recipient needs it", name
+        )
     when = _condition(ctx, raw["when"], inputs, "when") if raw.get("when") is not None else None
     return FieldRule(name, sources, op_name, dict(args), " ".join(purpose.split()), when)
 
@@ -220,8 +229,10 @@ def parse_policy(path: Path, text: str, input_schema: Schema, known_regions: fro
     if route is not None and route not in ROUTES:
         raise ctx.fail(f"unknown route {route!r} (known: {sorted(ROUTES)})")
     if not isinstance(topic, str) or not TOPIC_PATTERN.match(topic):
-        raise ctx.fail(f"topic {topic!r} is outside the naming convention "
-                       "<tracing|surveillance>.<agency>[.{region}].results.v<N>")
+        raise ctx.fail(
+            f"topic {topic!r} is outside the naming convention "
+            "<tracing|surveillance>.<agency>[.{region}].results.v<N>"
+        )
     if ("{region}" in topic) != (route == "region"):
         raise ctx.fail("a topic with {region} needs `route: region`, and `route: region` needs {region}")
     inputs = fields_by_name(input_schema)

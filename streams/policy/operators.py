@@ -78,22 +78,26 @@ STRING = frozenset({"string", "uuid"})
 DATE = frozenset({"date"})
 INSTANT = frozenset({"timestamp-millis", "date"})
 
-register(Operator(
-    name="keep",
-    doc="copy the value unchanged",
-    input_kinds=(None,),
-    output_type=lambda fields, args: _plain(fields[0].avro_type),
-    build=lambda ctx, args: lambda v: v,
-))
+register(
+    Operator(
+        name="keep",
+        doc="copy the value unchanged",
+        input_kinds=(None,),
+        output_type=lambda fields, args: _plain(fields[0].avro_type),
+        build=lambda ctx, args: lambda v: v,
+    )
+)
 
-register(Operator(
-    name="drop",
-    doc="refuse the field explicitly (documents why it is not shared; outputs nothing)",
-    input_kinds=(None,),
-    output_type=lambda fields, args: None,
-    build=lambda ctx, args: lambda v: None,
-    emits=False,
-))
+register(
+    Operator(
+        name="drop",
+        doc="refuse the field explicitly (documents why it is not shared; outputs nothing)",
+        input_kinds=(None,),
+        output_type=lambda fields, args: None,
+        build=lambda ctx, args: lambda v: None,
+        emits=False,
+    )
+)
 
 
 def _build_pseudonymise(ctx: BuildContext, args: Mapping[str, Any]) -> ValueFn:
@@ -103,22 +107,26 @@ def _build_pseudonymise(ctx: BuildContext, args: Mapping[str, Any]) -> ValueFn:
     return pseudo
 
 
-register(Operator(
-    name="pseudonymise",
-    doc="keyed HMAC-SHA-256 pseudonym with the agency's own secret (base32, 24 chars)",
-    input_kinds=(STRING,),
-    output_type=lambda fields, args: "string",
-    build=_build_pseudonymise,
-    args={"normalise": str},
-))
+register(
+    Operator(
+        name="pseudonymise",
+        doc="keyed HMAC-SHA-256 pseudonym with the agency's own secret (base32, 24 chars)",
+        input_kinds=(STRING,),
+        output_type=lambda fields, args: "string",
+        build=_build_pseudonymise,
+        args={"normalise": str},
+    )
+)
 
-register(Operator(
-    name="birth_year",
-    doc="generalise a date to its year",
-    input_kinds=(DATE,),
-    output_type=lambda fields, args: "int",
-    build=lambda ctx, args: lambda v: _date_of(v).year,
-))
+register(
+    Operator(
+        name="birth_year",
+        doc="generalise a date to its year",
+        input_kinds=(DATE,),
+        output_type=lambda fields, args: "int",
+        build=lambda ctx, args: lambda v: _date_of(v).year,
+    )
+)
 
 
 def _build_age_band(ctx: BuildContext, args: Mapping[str, Any]) -> ValueFn:
@@ -137,43 +145,51 @@ def _build_age_band(ctx: BuildContext, args: Mapping[str, Any]) -> ValueFn:
     return age_band
 
 
-register(Operator(
-    name="age_band",
-    doc="age at a reference instant (second source), in bands of `width` years, top-coded at `top`+",
-    input_kinds=(DATE, frozenset({"timestamp-millis"})),
-    output_type=lambda fields, args: "string",
-    build=_build_age_band,
-    args={"width": int, "top": int},
-))
+register(
+    Operator(
+        name="age_band",
+        doc="age at a reference instant (second source), in bands of `width` years, top-coded at `top`+",
+        input_kinds=(DATE, frozenset({"timestamp-millis"})),
+        output_type=lambda fields, args: "string",
+        build=_build_age_band,
+        args={"width": int, "top": int},
+    )
+)
 
-register(Operator(
-    name="department",
-    doc="generalise an INSEE commune code to its department code",
-    input_kinds=(STRING,),
-    output_type=lambda fields, args: "string",
-    build=lambda ctx, args: department_of,
-))
+register(
+    Operator(
+        name="department",
+        doc="generalise an INSEE commune code to its department code",
+        input_kinds=(STRING,),
+        output_type=lambda fields, args: "string",
+        build=lambda ctx, args: department_of,
+    )
+)
 
-register(Operator(
-    name="region",
-    doc="generalise an INSEE commune code to its INSEE region code",
-    input_kinds=(STRING,),
-    output_type=lambda fields, args: "string",
-    build=lambda ctx, args: ctx.geography.region_of,
-))
+register(
+    Operator(
+        name="region",
+        doc="generalise an INSEE commune code to its INSEE region code",
+        input_kinds=(STRING,),
+        output_type=lambda fields, args: "string",
+        build=lambda ctx, args: ctx.geography.region_of,
+    )
+)
 
 
 def _build_day(ctx: BuildContext, args: Mapping[str, Any]) -> ValueFn:
     return lambda v: v // _MS_PER_DAY
 
 
-register(Operator(
-    name="day",
-    doc="truncate a timestamp to its UTC calendar day",
-    input_kinds=(frozenset({"timestamp-millis"}),),
-    output_type=lambda fields, args: {"type": "int", "logicalType": "date"},
-    build=_build_day,
-))
+register(
+    Operator(
+        name="day",
+        doc="truncate a timestamp to its UTC calendar day",
+        input_kinds=(frozenset({"timestamp-millis"}),),
+        output_type=lambda fields, args: {"type": "int", "logicalType": "date"},
+        build=_build_day,
+    )
+)
 
 
 def _iso_week_builder(is_timestamp: bool) -> ValueFn:
@@ -184,13 +200,15 @@ def _iso_week_builder(is_timestamp: bool) -> ValueFn:
     return iso_week
 
 
-register(Operator(
-    name="iso_week",
-    doc="generalise a date or timestamp to its ISO week, e.g. 2020-W27",
-    input_kinds=(INSTANT,),
-    output_type=lambda fields, args: "string",
-    build=lambda ctx, args: _iso_week_builder(ctx.kinds[0] == "timestamp-millis"),
-))
+register(
+    Operator(
+        name="iso_week",
+        doc="generalise a date or timestamp to its ISO week, e.g. 2020-W27",
+        input_kinds=(INSTANT,),
+        output_type=lambda fields, args: "string",
+        build=lambda ctx, args: _iso_week_builder(ctx.kinds[0] == "timestamp-millis"),
+    )
+)
 
 
 def _build_mask(ctx: BuildContext, args: Mapping[str, Any]) -> ValueFn:
@@ -203,11 +221,13 @@ def _build_mask(ctx: BuildContext, args: Mapping[str, Any]) -> ValueFn:
     return mask
 
 
-register(Operator(
-    name="mask",
-    doc="replace all but the last `keep_last` characters with '*'",
-    input_kinds=(STRING,),
-    output_type=lambda fields, args: "string",
-    build=_build_mask,
-    args={"keep_last": int},
-))
+register(
+    Operator(
+        name="mask",
+        doc="replace all but the last `keep_last` characters with '*'",
+        input_kinds=(STRING,),
+        output_type=lambda fields, args: "string",
+        build=_build_mask,
+        args={"keep_last": int},
+    )
+)

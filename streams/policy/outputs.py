@@ -30,8 +30,8 @@ def output_schema(policy: Policy, input_schema: Schema) -> Schema:
         sources = [inputs[s] for s in rule.sources]
         avro_type = OPERATORS[rule.op].output_type(sources, rule.args)
         nullable = rule.when is not None or any(s.nullable for s in sources)
-        data_class = sources[0].data_class if rule.op == "keep" else (
-            "pseudonym" if rule.op == "pseudonymise" else "derived"
+        data_class = (
+            sources[0].data_class if rule.op == "keep" else ("pseudonym" if rule.op == "pseudonymise" else "derived")
         )
         field: dict[str, Any] = {
             "name": rule.name,
