@@ -20,7 +20,7 @@ demo: $(BIN)/.installed
 	$(BIN)/screening-streams demo --count $(N)
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check streams tests bench
+	$(BIN)/ruff check streams tests $(wildcard bench)
 	$(BIN)/mypy
 	$(BIN)/screening-streams policy check
 
