@@ -1,0 +1,352 @@
+"""Unit tests of the record pipeline (streams.pipeline) assembled with in-memory doubles."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import fastavro
+import pytest
+
+from streams import __version__
+from streams.assembly import build_pipeline, load_policy_set, subject_for
+from streams.codec import EventDecoder, ViewEncoder, register_encoder
+from streams.contracts import strip_logical_types
+from streams.domain.geography import DEFAULT_GEOGRAPHY
+from streams.domain.nir import nir_key
+from streams.generate import GeneratorSettings, generate_events
+from streams.pipeline import (
+    DLQ_HEADERS,
+    MAX_PAYLOAD,
+    InputRecord,
+    OutputRecord,
+    Pipeline,
+)
+from streams.policy.engine import Minimiser
+from streams.policy.outputs import output_schema
+from streams.pseudonym import StaticKeyRing, generate_keys
+from streams.publish import event_encoder
+from streams.registry import InMemorySchemaRegistry
+from streams.settings import DLQ_TOPIC, INGRESS_TOPIC, Settings
+from streams.validation import EventValidator
+from streams.wire import frame, unframe
+
+FIXED = 1_601_510_400_000  # 2020-10-01T00:00Z, after every generated event (July-August 2020)
+FIXED_ISO = b"2020-10-01T00:00:00.000+00:00"
+MS_PER_DAY = 86_400_000
+AGENCIES = ["cnam", "spf", *(f"ars.{r}" for r in DEFAULT_GEOGRAPHY.region_names)]
+# Distinctive identifying values, so a leak into any header is found by a byte search.
+LAST_NAME = "Quennehenvilliers"
+PHONE = "0698765432"
+EMAIL = "q.quennehenvilliers@example.org"
+POLICY_SET = load_policy_set(Settings())  # loaded once: policies are immutable
+
+
+class Harness:
+    """A pipeline built like the worker's, with the registry and an ingress encoder at hand."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        """Build the pipeline with in-memory registry, throw-away keys and the fixed clock."""
+        self.settings = settings or Settings()
+        self.registry = InMemorySchemaRegistry()
+        self.keys = StaticKeyRing(generate_keys(AGENCIES))
+        self.pipeline = build_pipeline(
+            self.settings, self.registry, self.keys, clock_ms=lambda: FIXED, policy_set=POLICY_SET
+        )
+        self.encoder = event_encoder(self.registry, self.settings.ingress_topic)
+
+    def record(self, value: bytes | None, headers: tuple[tuple[str, bytes], ...] = ()) -> InputRecord:
+        """Wrap a value as the record at ingress partition 4, offset 1234."""
+        return InputRecord(self.settings.ingress_topic, 4, 1234, b"ingress-key", value, headers)
+
+    def encode(self, event: Mapping[str, Any]) -> bytes:
+        """Frame and encode an event with the v1 contract, as the screening system does."""
+        return self.encoder.encode(dict(event))
+
+    def view_of(self, out: OutputRecord) -> dict[str, Any]:
+        """Decode an output record with the schema its frame names."""
+        schema_id, body = unframe(out.value)
+        schema = strip_logical_types(json.loads(self.registry.get_schema(schema_id)))
+        parsed = fastavro.parse_schema(schema)
+        view = fastavro.schemaless_reader(io.BytesIO(body), parsed, None)
+        assert isinstance(view, dict)
+        return view
+
+
+def _event(result: str = "POSITIVE", mode: str = "P", **changes: Any) -> dict[str, Any]:
+    """A generated event forced to the given result and mode, with distinctive identifiers."""
+    event = dict(next(iter(generate_events(1, GeneratorSettings(seed=11)))))
+    event.update(result=result, processing_mode=mode, last_name=LAST_NAME, phone=PHONE, email=EMAIL)
+    event.update(changes)
+    return event
+
+
+def _headers(out: OutputRecord) -> dict[str, bytes]:
+    names = [k for k, _ in out.headers]
+    assert len(names) == len(set(names)), f"duplicate headers: {names}"
+    return dict(out.headers)
+
+
+def _leaks(out: OutputRecord, event: Mapping[str, Any]) -> list[str]:
+    """The identifying fields of ``event`` whose value occurs in any header name or value."""
+    blob = b"\n".join(k.encode() + b"=" + v for k, v in out.headers)
+    names = ("nir", "last_name", "phone", "email")
+    return [name for name in names if event[name].encode() in blob]
+
+
+def test_positive_production_event_reaches_cnam_its_ars_and_spf() -> None:
+    """A valid P/POSITIVE event yields one record for cnam, the ARS of its region, and spf."""
+    harness = Harness()
+    event = _event()
+    region = DEFAULT_GEOGRAPHY.region_of(event["commune_code"])
+    outputs = harness.pipeline.process(harness.record(harness.encode(event)))
+    assert sorted(o.topic for o in outputs) == [
+        "surveillance.spf.results.v1",
+        f"tracing.ars.{region}.results.v1",
+        "tracing.cnam.results.v1",
+    ]
+    assert not any(o.dead_letter for o in outputs)
+    assert harness.pipeline.stats.dead_letters == {}
+
+
+def test_outputs_carry_policy_headers_and_event_ref_key() -> None:
+    """Each output has recipient/agency/version headers; key = route key = its view's event_ref."""
+    harness = Harness()
+    event = _event()
+    region = DEFAULT_GEOGRAPHY.region_of(event["commune_code"])
+    outputs = harness.pipeline.process(harness.record(harness.encode(event)))
+    expected_agency = {
+        "tracing.cnam.results.v1": ("cnam", "cnam"),
+        f"tracing.ars.{region}.results.v1": ("ars", f"ars.{region}"),
+        "surveillance.spf.results.v1": ("spf", "spf"),
+    }
+    versions = {p.recipient: p.version for p in POLICY_SET.policies}
+    refs = set()
+    for out in outputs:
+        headers = _headers(out)
+        recipient, agency = expected_agency[out.topic]
+        assert headers["policy.recipient"] == recipient.encode()
+        assert headers["policy.agency"] == agency.encode()
+        assert headers["policy.version"] == versions[recipient].encode()
+        view = harness.view_of(out)
+        assert out.key == view["event_ref"].encode() == out.route_key
+        refs.add(view["event_ref"])
+        if recipient != "cnam":  # only contact tracing may see identity, never in headers
+            assert _leaks(out, event) == []
+    assert len(refs) == 3  # agency-specific references: not joinable across agencies
+    assert event["event_id"] not in refs
+
+
+def test_spf_view_holds_no_direct_identifier() -> None:
+    """The surveillance record decodes to its policy's fields only: no NIR, name, phone or email."""
+    harness = Harness()
+    event = _event()
+    outputs = harness.pipeline.process(harness.record(harness.encode(event)))
+    (spf,) = [o for o in outputs if o.topic == "surveillance.spf.results.v1"]
+    view = harness.view_of(spf)
+    assert set(view) == {
+        "event_ref",
+        "pseudonym",
+        "age_band",
+        "sex",
+        "department",
+        "test_kind",
+        "sampled_on",
+        "result",
+        "symptomatic",
+        "collective_housing",
+    }
+    assert spf.value is not None
+    for secret in (event["nir"], LAST_NAME, PHONE, EMAIL):
+        assert secret.encode() not in spf.value
+
+
+@pytest.mark.parametrize("mode", ["T", "D"])
+def test_non_production_event_yields_nothing(mode: str) -> None:
+    """Test (T) and debug (D) events reach no recipient and are not dead-lettered."""
+    harness = Harness()
+    outputs = harness.pipeline.process(harness.record(harness.encode(_event(mode=mode))))
+    assert outputs == []
+    assert harness.pipeline.stats.dead_letters == {}
+    assert harness.pipeline.stats.consumed == 1
+
+
+def test_negative_production_event_reaches_spf_only() -> None:
+    """A P/NEGATIVE event goes to surveillance only (tracing recipients take positives)."""
+    harness = Harness()
+    outputs = harness.pipeline.process(harness.record(harness.encode(_event(result="NEGATIVE"))))
+    assert [o.topic for o in outputs] == ["surveillance.spf.results.v1"]
+
+
+def _bad_nir(nir: str) -> str:
+    """The same NIR with its last two digits changed to a wrong key."""
+    wrong = nir_key(nir[:13]) % 97 + 1
+    return nir[:13] + f"{wrong:02d}"
+
+
+def _bad_inputs(harness: Harness) -> dict[str, tuple[bytes | None, str]]:
+    """Bad ingress values and the exact dead-letter code each must get."""
+    event = _event()
+    good = harness.encode(event)
+    birth_future = FIXED // MS_PER_DAY + 10
+    return {
+        "random": (bytes([0x8F]) + random.Random(5).randbytes(60), "bad_magic"),
+        "short": (b"\x00\x01", "truncated_header"),
+        "none": (None, "empty_payload"),
+        "wrong_magic": (b"\x01" + good[1:], "bad_magic"),
+        "unknown_id": (frame(4242, good[5:]), "unknown_schema_id"),
+        "bad_nir": (harness.encode({**event, "nir": _bad_nir(event["nir"])}), "invalid_nir"),
+        "unknown_commune": (harness.encode({**event, "commune_code": "97501"}), "unknown_commune"),
+        "birth_future": (harness.encode({**event, "birth_date": birth_future}), "out_of_range_date"),
+        "oversized_field": (harness.encode({**event, "city": "S" * 600}), "oversized_field"),
+        "oversized_payload": (good + b"\x00" * MAX_PAYLOAD, "oversized_payload"),
+        "trailing": (good + b"\x00", "trailing_bytes"),
+    }
+
+
+BAD_CASES = list(_bad_inputs(Harness()))
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_yields_one_complete_dead_letter(case: str) -> None:
+    """Each bad input gives exactly one DLQ record: raw value, exact code and every dlq header."""
+    harness = Harness()
+    value, code = _bad_inputs(harness)[case]
+    record = harness.record(value, (("trace-id", b"abc"),))
+    outputs = harness.pipeline.process(record)
+    assert len(outputs) == 1
+    (out,) = outputs
+    assert out.dead_letter
+    assert out.topic == DLQ_TOPIC
+    assert out.value == value
+    assert out.key == record.key
+    headers = _headers(out)
+    assert headers["dlq.reason.code"] == code.encode()
+    assert headers["dlq.reason"]
+    assert headers["dlq.stage"] in {b"decode", b"validate"}
+    assert headers["dlq.source.topic"] == INGRESS_TOPIC.encode()
+    assert headers["dlq.source.partition"] == b"4"
+    assert headers["dlq.source.offset"] == b"1234"
+    assert headers["dlq.time"] == FIXED_ISO
+    assert headers["dlq.processor.version"] == __version__.encode()
+    assert headers["dlq.replay.count"] == b"0"
+    assert headers["trace-id"] == b"abc"
+    assert harness.pipeline.stats.dead_letters == {code: 1}
+    assert harness.pipeline.stats.produced == {}
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_dead_letter_headers_never_contain_identifiers(case: str) -> None:
+    """No DLQ header (name or value, reason included) contains the NIR, name, phone or email."""
+    harness = Harness()
+    event = _event()
+    value, _ = _bad_inputs(harness)[case]
+    (out,) = harness.pipeline.process(harness.record(value))
+    assert _leaks(out, event) == []
+    assert _leaks(out, {**event, "nir": _bad_nir(event["nir"])}) == []
+
+
+def test_validation_failures_are_staged_validate() -> None:
+    """Business-rule rejections name the validate stage; framing rejections the decode stage."""
+    harness = Harness()
+    cases = _bad_inputs(harness)
+    stage = {
+        name: _headers(harness.pipeline.process(harness.record(value))[0])["dlq.stage"]
+        for name, (value, _) in cases.items()
+    }
+    assert stage["bad_nir"] == stage["unknown_commune"] == stage["birth_future"] == b"validate"
+    assert stage["random"] == stage["unknown_id"] == stage["oversized_payload"] == b"decode"
+
+
+def test_replayed_record_keeps_count_and_replaces_old_dlq_headers() -> None:
+    """A replayed record failing again keeps dlq.replay.count and has each dlq header once."""
+    harness = Harness()
+    old = tuple((name, b"old") for name in DLQ_HEADERS if name != "dlq.replay.count")
+    headers = (("trace-id", b"abc"), *old, ("dlq.replay.count", b"1"))
+    (out,) = harness.pipeline.process(harness.record(b"\x07not-framed", headers))
+    got = _headers(out)
+    assert got["dlq.replay.count"] == b"1"
+    assert got["dlq.reason.code"] == b"bad_magic"
+    assert got["dlq.time"] == FIXED_ISO
+    assert got["trace-id"] == b"abc"
+    assert b"old" not in got.values()
+    assert sum(1 for k, _ in out.headers if k.startswith("dlq.")) == len(DLQ_HEADERS)
+
+
+def test_topic_prefix_applies_to_outputs_and_dead_letters() -> None:
+    """With topic_prefix "t1.", every output topic and the DLQ topic carry the prefix."""
+    harness = Harness(Settings(topic_prefix="t1."))
+    outputs = harness.pipeline.process(harness.record(harness.encode(_event())))
+    assert len(outputs) == 3
+    assert all(o.topic.startswith("t1.") for o in outputs)
+    assert "t1.tracing.cnam.results.v1" in {o.topic for o in outputs}
+    (dead,) = harness.pipeline.process(harness.record(b"\x09junk"))
+    assert dead.topic == "t1." + DLQ_TOPIC
+    assert _headers(dead)["dlq.source.topic"] == b"t1." + INGRESS_TOPIC.encode()
+
+
+class ExplodingMinimiser(Minimiser):
+    """A minimiser with a bug: apply raises an exception whose text quotes the NIR."""
+
+    def apply(self, record: Mapping[str, Any]) -> Any:
+        """Fail the way a buggy operator would, leaking data into the message."""
+        raise ValueError(f"cannot pseudonymise {record['nir']} for {record['last_name']}")
+
+
+def test_internal_error_is_dead_lettered_without_the_exception_text() -> None:
+    """An unexpected exception becomes internal_error at its stage; its message is not copied."""
+    settings = Settings()
+    registry = InMemorySchemaRegistry()
+    keys = StaticKeyRing(generate_keys(AGENCIES))
+    policy_set = POLICY_SET
+    minimiser = ExplodingMinimiser(policy_set.policies, policy_set.input_schema, keys, DEFAULT_GEOGRAPHY)
+    encoders: dict[str, ViewEncoder] = {
+        a.agency: register_encoder(registry, subject_for(a.topic), output_schema(a.policy, policy_set.input_schema))
+        for a in minimiser.agencies
+    }
+    pipeline = Pipeline(
+        EventDecoder(registry, policy_set.input_schema),
+        EventValidator(DEFAULT_GEOGRAPHY, lambda: FIXED),
+        minimiser,
+        encoders,
+        settings.dlq_topic,
+        lambda: FIXED,
+    )
+    event = _event()
+    value = event_encoder(registry, settings.ingress_topic).encode(event)
+    (out,) = pipeline.process(InputRecord(settings.ingress_topic, 0, 7, None, value))
+    headers = _headers(out)
+    assert headers["dlq.reason.code"] == b"internal_error"
+    assert headers["dlq.stage"] == b"minimise"
+    assert b"ValueError" in headers["dlq.reason"]
+    assert b"pseudonymise" not in headers["dlq.reason"]
+    assert out.value == value
+    assert _leaks(out, event) == []
+
+
+def test_process_many_concatenates_in_order() -> None:
+    """process_many returns each record's outputs in input order and counts every input."""
+    harness = Harness()
+    records = [
+        harness.record(b"\x05bad"),
+        harness.record(harness.encode(_event(result="NEGATIVE"))),
+        harness.record(harness.encode(_event(mode="T"))),
+    ]
+    outputs = harness.pipeline.process_many(records)
+    assert [o.topic for o in outputs] == [DLQ_TOPIC, "surveillance.spf.results.v1"]
+    assert harness.pipeline.stats.consumed == 3
+    assert harness.pipeline.stats.produced == {"surveillance.spf.results.v1": 1}
+
+
+def test_source_timestamp_is_forwarded_on_outputs_only_when_known() -> None:
+    """Outputs carry source.timestamp-ms from the ingress record; without one, no such header."""
+    harness = Harness()
+    value = harness.encode(_event())
+    stamped = InputRecord(INGRESS_TOPIC, 0, 1, None, value, (), timestamp_ms=1_598_000_000_123)
+    outputs = harness.pipeline.process(stamped)
+    assert {_headers(o)["source.timestamp-ms"] for o in outputs} == {b"1598000000123"}
+    unstamped = harness.pipeline.process(harness.record(value))
+    assert all("source.timestamp-ms" not in _headers(o) for o in unstamped)
