@@ -212,15 +212,15 @@ def _publish(settings: Settings, events: Any, version: int, count: int) -> int:
 def _write_events(out: Path, events: Any, version: int, count: int) -> None:
     import fastavro
 
-    from streams.contracts import input_schema, strip_logical_types, to_readable
+    from streams.contracts import input_schema, to_readable
 
     schema = input_schema(version)
     with click.progressbar(events, length=count, label="generating", file=sys.stderr) as bar:
         if out.suffix == ".avro":
             with out.open("wb") as handle:
-                # Logical types are kept in the file's schema; values are already wire-native.
-                parsed = fastavro.parse_schema(strip_logical_types(schema))
-                fastavro.writer(handle, parsed, bar)
+                # The file's schema keeps its logical types; fastavro writes the wire-native
+                # ints (days, epoch millis) of the generated events as they are.
+                fastavro.writer(handle, fastavro.parse_schema(schema), bar)
         else:
             with out.open("w", encoding="utf-8") as handle:
                 for event in bar:

@@ -160,6 +160,9 @@ def to_wire(record: Mapping[str, Any], schema: Schema) -> dict[str, Any]:
     out = dict(record)
     for info in iter_fields(schema):
         value = out.get(info.name)
+        if info.logical == "uuid" and value is not None and not isinstance(value, str):
+            out[info.name] = str(value)
+            continue
         if isinstance(value, dt.datetime) and info.logical == "timestamp-millis":
             out[info.name] = int(value.timestamp() * 1000)
             continue

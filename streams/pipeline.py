@@ -184,7 +184,7 @@ def dead_letter(record: InputRecord, code: str, reason: str, stage: str, dlq_top
         (H_OFFSET, str(record.offset).encode()),
         (H_TIME, when.encode()),
         (H_VERSION, __version__.encode()),
-        (H_REPLAYS, previous.get(H_REPLAYS, b"0")),
+        (H_REPLAYS, previous.get(H_REPLAYS) or b"0"),
     ]
     route = f"{record.topic}:{record.partition}".encode()
     return OutputRecord(dlq_topic, record.key, record.value, headers, route, dead_letter=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from click.testing import CliRunner, Result
 
 from streams.assembly import load_policy_set
 from streams.cli import main
-from streams.contracts import input_schema, to_readable
+from streams.contracts import input_schema, to_readable, to_wire
 from streams.domain.geography import DEFAULT_GEOGRAPHY
 from streams.generate import GeneratorSettings, generate_events
 from streams.settings import Settings
@@ -175,14 +176,15 @@ def test_generate_jsonl_writes_the_requested_count(tmp_path: Path) -> None:
 
 
 def test_generate_avro_writes_the_requested_count(tmp_path: Path) -> None:
-    """`generate --count 50 --out x.avro` writes an Avro container file of 50 events."""
+    """`generate --count 50 --out x.avro` writes a container file of 50 events with logical types."""
     out = tmp_path / "x.avro"
     result = _run("generate", "--count", "50", "--out", str(out))
     assert result.exit_code == 0, result.output
     with out.open("rb") as handle:
         records = list(fastavro.reader(handle))
     assert len(records) == 50
-    assert records[0] == next(iter(generate_events(1)))
+    assert isinstance(records[0]["sampled_at"], datetime.datetime)  # the file keeps its logical types
+    assert to_wire(records[0], input_schema(1)) == next(iter(generate_events(1)))
 
 
 def test_generate_without_destination_is_usage_error() -> None:
