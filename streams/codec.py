@@ -90,7 +90,12 @@ class EventDecoder:
 
     def decode(self, data: bytes | None) -> tuple[int, Record]:
         """Return (writer schema id, record); reject framing, unknown ids and bad bodies."""
-        schema_id, body = unframe(data)
+        try:
+            schema_id, body = unframe(data)
+        except RecordRejected as rejection:
+            if rejection.code == "bad_magic" and data is not None:
+                raise self._classify_bad_magic(data) from None
+            raise
         writer = self._writer(schema_id)
         buffer = io.BytesIO(body)
         try:
@@ -109,6 +114,34 @@ class EventDecoder:
         for name, default in writer.defaults:
             record.setdefault(name, default)
         return schema_id, record
+
+    def _classify_bad_magic(self, data: bytes) -> RecordRejected:
+        """Tell a framed record with a wrong magic byte from bytes that are not framed at all.
+
+        The 4 bytes after the first are looked up as a schema id, like any framed record's.
+        """
+        schema_id = int.from_bytes(data[1:5], "big")
+        try:
+            writer: _Writer | None = self._writer(schema_id) if len(data) > 5 else None
+        except RecordRejected:
+            writer = None
+        if writer is not None:
+            buffer = io.BytesIO(data[5:])
+            try:
+                fastavro.schemaless_reader(buffer, writer.parsed, None)
+                complete = buffer.tell() == len(data) - 5
+            except Exception:
+                complete = False
+            if complete:
+                return RecordRejected(
+                    "bad_magic",
+                    f"first byte is {data[0]}, not the Confluent magic byte 0, but a valid record of "
+                    f"schema {schema_id} follows: the producer uses another framing",
+                )
+        return RecordRejected(
+            "not_framed",
+            f"payload is not in the Confluent wire format (first byte {data[0]}, no known schema id and record follow)",
+        )
 
 
 class ViewEncoder:

@@ -193,7 +193,7 @@ def _bad_inputs(harness: Harness) -> dict[str, tuple[bytes | None, str]]:
     good = harness.encode(event)
     birth_future = FIXED // MS_PER_DAY + 10
     return {
-        "random": (bytes([0x8F]) + random.Random(5).randbytes(60), "bad_magic"),
+        "random": (bytes([0x8F]) + random.Random(5).randbytes(60), "not_framed"),
         "short": (b"\x00\x01", "truncated_header"),
         "none": (None, "empty_payload"),
         "wrong_magic": (b"\x01" + good[1:], "bad_magic"),
@@ -269,7 +269,7 @@ def test_replayed_record_keeps_count_and_replaces_old_dlq_headers() -> None:
     (out,) = harness.pipeline.process(harness.record(b"\x07not-framed", headers))
     got = _headers(out)
     assert got["dlq.replay.count"] == b"1"
-    assert got["dlq.reason.code"] == b"bad_magic"
+    assert got["dlq.reason.code"] == b"not_framed"
     assert got["dlq.time"] == FIXED_ISO
     assert got["trace-id"] == b"abc"
     assert b"old" not in got.values()
