@@ -1,0 +1,182 @@
+"""Helpers of ``throughput.py``: worker processes, paced publishing, reading outputs back.
+
+Not a benchmark itself; see ``throughput.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+
+from streams.settings import Settings
+from streams.topics import admin_client
+
+Raw = tuple[bytes, bytes, tuple[tuple[str, bytes], ...]]
+MASK = (1 << 64) - 1
+
+
+class Expected:
+    """Expected outputs per topic: a count and an order-independent digest of (key, value)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.sums: Counter[str] = Counter()
+        self.production = 0  # events with processing_mode P (= expected SPF records)
+
+    def add(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        """Account for one output record."""
+        self.counts[topic] += 1
+        self.sums[topic] = (self.sums[topic] + digest(key, value)) & MASK
+
+
+def digest(key: bytes | None, value: bytes | None) -> int:
+    """64-bit hash of one record's key and value."""
+    h = hashlib.blake2b(key or b"", digest_size=8)
+    h.update(b"\x00" + (value or b""))
+    return int.from_bytes(h.digest(), "big")
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User+system CPU seconds of a live process (0 when unknown)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def start_workers(
+    count: int, settings: Settings, keys: Path, run_dir: Path
+) -> list[subprocess.Popen[bytes]]:
+    """Start ``count`` worker processes, each with its own state dir and log file."""
+    workers = []
+    for i in range(count):
+        state = run_dir / f"worker{i}"
+        state.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+            "SCHEMA_REGISTRY_URL": settings.registry_url,
+            "SCREENING_KEYS_FILE": str(keys),
+            "SCREENING_TOPIC_PREFIX": settings.topic_prefix,
+            "SCREENING_STATE_DIR": str(state),
+        }
+        with (state / "worker.log").open("ab") as log:
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "streams.cli", "worker"],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    return workers
+
+
+def stop_workers(workers: list[subprocess.Popen[bytes]]) -> list[int | None]:
+    """SIGTERM every worker, wait up to 60 s each, kill the stragglers; return exit codes."""
+    for w in workers:
+        if w.poll() is None:
+            w.send_signal(signal.SIGTERM)
+    for w in workers:
+        try:
+            w.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            w.kill()
+            w.wait()
+    return [w.returncode for w in workers]
+
+
+def wait_members(settings: Settings, count: int, timeout_s: float = 120) -> None:
+    """Block until the worker group is Stable with ``count`` members."""
+    admin = admin_client(settings.bootstrap_servers)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            info = admin.describe_groups([settings.group_id]).get(settings.group_id, {})
+            if info.get("group_state") == "Stable" and len(info.get("members") or []) == count:
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"group {settings.group_id} never had {count} stable members")
+    finally:
+        admin.close()
+
+
+async def paced_publish(
+    settings: Settings, records: list[Raw], partitions: int, rate: float
+) -> float:
+    """Send ``records`` at ``rate`` per second (5 ms ticks); return the seconds taken."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        acks="all",
+        linger_ms=2,
+        enable_idempotence=True,
+    )
+    await producer.start()
+    try:
+        start, sent, pending = time.monotonic(), 0, []
+        while sent < len(records):
+            due = min(len(records), int((time.monotonic() - start) * rate) + 1)
+            for key, value, headers in records[sent:due]:
+                pending.append(
+                    await producer.send(
+                        settings.ingress_topic,
+                        value,
+                        key=key,
+                        partition=zlib.crc32(key) % partitions,
+                        headers=list(headers),
+                    )
+                )
+            sent = due
+            if len(pending) >= 2000:
+                await asyncio.gather(*pending)
+                pending.clear()
+            await asyncio.sleep(0.005)
+        await asyncio.gather(*pending)
+        return time.monotonic() - start
+    finally:
+        await producer.stop()
+
+
+def read_all(bootstrap: str, topics: Iterable[str]) -> Iterator[ConsumerRecord]:
+    """Every record of ``topics`` from the beginning to the current end (with timestamps)."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        isolation_level="read_committed",
+        fetch_max_bytes=64 << 20,
+    )
+    try:
+        tps = [
+            TopicPartition(t, p)
+            for t in topics
+            for p in sorted(consumer.partitions_for_topic(t) or ())
+        ]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        left = {tp for tp in tps if ends[tp] > 0}
+        idle = time.monotonic()
+        while left and time.monotonic() - idle < 15:
+            batch = consumer.poll(timeout_ms=500, max_records=10_000)
+            if batch:
+                idle = time.monotonic()
+            for records in batch.values():
+                yield from records
+            left = {tp for tp in left if consumer.position(tp) < ends[tp]}
+    finally:
+        consumer.close()

@@ -1,0 +1,315 @@
+"""End-to-end throughput and latency of real worker processes on the real local broker.
+
+Starts (or reuses) the local Kafka broker and Apicurio registry (``localstack.up``), creates
+fresh topics under a new prefix (``bench<unix time>.``) and throw-away keys, and then:
+
+* ``--mode backlog`` (default): PRE-LOADS ``--events`` events into the ingress topic, then
+  starts ``--workers`` processes (``python -m streams.cli worker``, one state dir each) and
+  samples the group's committed lag every ~0.5 s (``kafka_io.wait_for_lag_zero``) until zero.
+  Reports the steady drain rate (consumed 10 % → 90 % of the backlog, start-up excluded), the
+  rates from worker start and from the first output to lag zero, and outputs/s. Latencies of a
+  backlog are queueing time, not processing time. Lag zero is seen up to ~1.5 s late (faust
+  commits every second), which the "→ lag zero" rates include.
+* ``--mode live``: starts the workers, drains a 500-event warm-up, waits until every worker has
+  joined the group, then publishes at a fixed ``--rate`` for ``--duration`` seconds: the
+  latency percentiles are then the real end-to-end processing latency.
+
+Latency = output record timestamp − ``source.timestamp-ms`` header (the ingress record's
+timestamp), both set by producers on this machine at send time. Outputs are read back with
+kafka-python and checked: per-topic counts and an order-independent digest of (key, value)
+against the in-process Pipeline built with the same keys and registry (``--verify full``), or
+only SPF count == production-mode events (``--verify spf``). Dead letters should be 0.
+
+Workers are stopped with SIGTERM; bench topics and the consumer group are deleted at the end
+unless ``--keep-topics`` (registry subjects are left). The broker and registry keep running.
+
+Run: ``python bench/throughput.py [--events 100000] [--workers 1] [--mode backlog|live]
+[--rate 2000] [--duration 30] [--verify full|spf] [--guarantee G] [--keep-topics]``;
+the 1.4 M backlog benchmark: ``python bench/throughput.py --events 1400000 --verify spf``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from _common import agency_names, framed_stream, output_topics, percentiles, table
+from _stack import (
+    MASK,
+    Expected,
+    Raw,
+    cpu_seconds,
+    digest,
+    paced_publish,
+    read_all,
+    start_workers,
+    stop_workers,
+    wait_members,
+)
+
+from streams import localstack
+from streams.assembly import build_pipeline, load_policy_set
+from streams.kafka_io import wait_for_lag_zero
+from streams.pipeline import H_CODE, H_SOURCE_TS, InputRecord
+from streams.pseudonym import StaticKeyRing, generate_keys, write_key_file
+from streams.publish import publish_raw
+from streams.registry import HttpSchemaRegistry
+from streams.settings import Settings, settings_from_env
+from streams.topics import admin_client, ensure_topics, topic_specs
+
+WARMUP = 500  # live mode: events drained before timing, so workers have joined and warmed up
+
+
+@dataclass
+class Timing:
+    """What happened while the workers ran (monotonic and wall-clock seconds)."""
+
+    started: float = 0.0
+    started_wall: float = 0.0
+    done: float = 0.0
+    done_wall: float = 0.0
+    live_from_ms: int = 0
+    samples: list[tuple[float, int]] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    def mark_start(self) -> None:
+        """Start the clock (worker start in backlog mode, publishing start in live mode)."""
+        self.started, self.started_wall = time.monotonic(), time.time()
+        self.live_from_ms = int(self.started_wall * 1000)
+
+
+@dataclass
+class Outputs:
+    """What the workers produced, read back from the broker."""
+
+    got: Counter[str] = field(default_factory=Counter)
+    sums: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    latencies: list[int] = field(default_factory=list)
+    first_ms: int = 1 << 62
+    last_ms: int = 0
+
+
+def steady_rate(samples: list[tuple[float, int]], total: int) -> float:
+    """Drain rate between consuming 10 % and 90 % of ``total`` (lag samples (time, lag))."""
+    done = [(t, total - lag) for t, lag in samples]
+    a = next(((t, c) for t, c in done if c >= 0.1 * total), None)
+    b = next(((t, c) for t, c in done if c >= 0.9 * total), None)
+    return (b[1] - a[1]) / (b[0] - a[0]) if a and b and b[0] > a[0] else float("nan")
+
+
+def collect(settings: Settings, topics: list[str], live_from_ms: int) -> Outputs:
+    """Read every output and dead letter back; time only outputs of sources after the start."""
+    out = Outputs()
+    for r in read_all(settings.bootstrap_servers, [*topics, settings.dlq_topic]):
+        headers = dict(r.headers)
+        if r.topic == settings.dlq_topic:
+            out.reasons[headers.get(H_CODE, b"?").decode()] += 1
+            continue
+        out.got[r.topic] += 1
+        out.sums[r.topic] = (out.sums[r.topic] + digest(r.key, r.value)) & MASK
+        source = int(headers.get(H_SOURCE_TS, b"0"))
+        if source >= live_from_ms:  # live mode: the warm-up is not timed
+            out.first_ms, out.last_ms = min(out.first_ms, r.timestamp), max(out.last_ms, r.timestamp)
+            out.latencies.append(r.timestamp - source)
+    return out
+
+
+def verify_table(settings: Settings, mode: str, out: Outputs, expected: Expected) -> str:
+    """Produced vs expected records per topic (ARS topics summed), and dead letters."""
+    rows: dict[str, list[int]] = {}
+    topics = sorted({*out.got, *expected.counts})
+    ars = [t for t in topics if ".tracing.ars." in t]
+    for topic in topics:
+        name = f"tracing.ars.* ({len(ars)} topics)" if topic in ars else topic
+        row = rows.setdefault(name, [0, 0, 1])
+        got, want = out.got[topic], expected.counts[topic]
+        row[0] += got
+        row[1] += want
+        row[2] &= got == want and out.sums[topic] == expected.sums[topic]
+    body: list[tuple[object, ...]] = [
+        (name, g, e, "yes" if ok else "NO") if mode == "full" else (name, g, "-", "-")
+        for name, (g, e, ok) in rows.items()
+    ]
+    dead = sum(out.reasons.values())
+    verdict = f"NO {dict(out.reasons)}" if dead else "yes"
+    body.append((f"{settings.dlq_topic} (dead letters)", dead, 0, verdict))
+    title = ("expected = in-process Pipeline on the same events with the same keys; match = "
+             "same count and (key, value) digest" if mode == "full"
+             else "expected: skipped (--verify spf)")
+    return table(("topic", "produced", "expected", "match"), body, title=title)
+
+
+def parse_args() -> argparse.Namespace:
+    """Command-line flags (see module docstring)."""
+    raw = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
+    p.add_argument("--mode", choices=("backlog", "live"), default="backlog")
+    p.add_argument("--events", type=int, default=100_000, help="backlog size (backlog mode)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--rate", type=float, default=2000.0, help="events/s published (live mode)")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of publishing (live mode)")
+    p.add_argument("--v2-share", type=float, default=0.0, help="share of events written as v2")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verify", choices=("full", "spf"), default="full")
+    p.add_argument("--timeout", type=float, default=3600.0, help="max seconds to wait for lag zero")
+    p.add_argument("--guarantee", choices=("at_least_once", "exactly_once"),
+                   help="SCREENING_PROCESSING_GUARANTEE for the workers (default: theirs)")
+    p.add_argument("--keep-topics", action="store_true")
+    return p.parse_args()
+
+
+def main() -> None:
+    """Set up, run the workers, read back, report, clean up."""
+    args = parse_args()
+    if args.guarantee:
+        os.environ["SCREENING_PROCESSING_GUARANTEE"] = args.guarantee  # inherited by the workers
+    stack = localstack.StackSettings.from_env(os.environ)
+    ends = localstack.up(stack, echo=lambda line: print(f"  {line}"))
+    prefix = f"bench{int(time.time())}."
+    settings = settings_from_env().with_(bootstrap_servers=ends.bootstrap_servers,
+                                         registry_url=ends.registry_url, topic_prefix=prefix)
+    run_dir = stack.state_dir / "bench" / prefix.rstrip(".")
+    policy_set = load_policy_set(settings)
+    keys = generate_keys(agency_names(policy_set))
+    keys_file = run_dir / "throwaway-keys.json"
+    write_key_file(keys_file, keys)
+    admin = admin_client(settings.bootstrap_servers)
+    try:
+        specs = topic_specs(settings, output_topics(policy_set))
+        parts = ensure_topics(admin, specs, settings.replication_factor)
+    finally:
+        admin.close()
+    registry = HttpSchemaRegistry(settings.registry_url)
+    reference = build_pipeline(settings, registry, StaticKeyRing(keys), policy_set=policy_set)
+    live = args.mode == "live"
+    count = WARMUP + int(args.rate * args.duration) if live else args.events
+    expected = Expected()
+    guarantee = os.environ.get("SCREENING_PROCESSING_GUARANTEE", "worker default")
+    print(f"{args.mode}: {count:,} events, {args.workers} worker(s) ({guarantee}), prefix {prefix}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; state {run_dir}")
+
+    def feed() -> Iterator[Raw]:
+        stream = framed_stream(count, settings, registry, seed=args.seed, v2_share=args.v2_share)
+        for i, (key, value, event) in enumerate(stream):
+            expected.production += event["processing_mode"] == "P"
+            if args.verify == "full":
+                for r in reference.process(InputRecord(settings.ingress_topic, 0, i, key, value)):
+                    expected.add(r.topic, r.key, r.value)
+            yield key, value, ()
+
+    def publish(records: list[Raw] | Iterator[Raw]) -> None:
+        topic = settings.ingress_topic
+        asyncio.run(publish_raw(settings.bootstrap_servers, topic, records, parts[topic]))
+
+    broker = [int(p) for p in re.findall(r"pid (\d+)", localstack.status(stack).get("kafka", ""))]
+    broker_pid = broker[0] if broker else None
+    workers: list[subprocess.Popen[bytes]] = []
+    timing = Timing()
+    try:
+        t0 = time.monotonic()
+        records = list(feed()) if live else []
+        publish(records[:WARMUP] if live else feed())
+        what = f"generated {count:,} events, pre-loaded {WARMUP}" if live else f"pre-loaded {count:,}"
+        print(f"{what} events in {time.monotonic() - t0:.1f} s")
+        timing.mark_start()
+        workers = start_workers(args.workers, settings, keys_file, run_dir)
+        base = {w.pid: 0.0 for w in workers}
+        if live:
+            wait_for_lag_zero(settings.bootstrap_servers, settings.group_id, settings.ingress_topic,
+                              timeout_s=args.timeout)
+            wait_members(settings, args.workers)
+            print(f"workers ready after {time.monotonic() - timing.started:.1f} s; publishing "
+                  f"{count - WARMUP:,} events at {args.rate:,.0f}/s")
+            base = {w.pid: cpu_seconds(w.pid) for w in workers}
+            timing.mark_start()
+        cpu0 = (cpu_seconds(broker_pid), time.process_time())
+        if live:
+            partitions = parts[settings.ingress_topic]
+            took = asyncio.run(paced_publish(settings, records[WARMUP:], partitions, args.rate))
+            print(f"published {count - WARMUP:,} events in {took:.1f} s "
+                  f"= {(count - WARMUP) / took:,.0f}/s")
+        def sample(lag: int) -> None:
+            if any(w.poll() is not None for w in workers):
+                raise RuntimeError(f"a worker exited early; see {run_dir}/worker*/worker.log")
+            timing.samples.append((time.monotonic(), lag))
+
+        wait_for_lag_zero(settings.bootstrap_servers, settings.group_id, settings.ingress_topic,
+                          timeout_s=args.timeout, sleep=lambda _s: time.sleep(0.4), on_progress=sample)
+        timing.done, timing.done_wall = time.monotonic(), time.time()
+        timing.cpu = {f"worker {i} (pid {w.pid})": cpu_seconds(w.pid) - base[w.pid]
+                      for i, w in enumerate(workers)}
+        timing.cpu["kafka broker"] = cpu_seconds(broker_pid) - cpu0[0]
+        timing.cpu["this bench process"] = time.process_time() - cpu0[1]
+        codes = stop_workers(workers)
+        print(f"lag zero {timing.done - timing.started:.1f} s after "
+              f"{'publishing started' if live else 'worker start'}; "
+              f"workers stopped, exit codes {codes}")
+        outputs = collect(settings, [prefix + t for t in output_topics(policy_set)],
+                          timing.live_from_ms if live else 0)
+        report(args, settings, count - WARMUP if live else count, timing, outputs, expected)
+    finally:
+        stop_workers(workers)
+        if not args.keep_topics:
+            cleanup(settings, [t for t in parts if t.startswith(prefix)])
+
+
+def report(args: argparse.Namespace, settings: Settings, n: int, timing: Timing, out: Outputs,
+           expected: Expected) -> None:
+    """Print rates, latency, CPU and the verification tables."""
+    wall = timing.done - timing.started
+    n_out = len(out.latencies)
+    span = max(out.last_ms - out.first_ms, 1) / 1000
+    first = out.first_ms / 1000 - timing.started_wall
+    rows: list[tuple[object, ...]] = [
+        ("events: drain, steady (10%→90% of backlog)", steady_rate(timing.samples, n),
+         "start-up excluded") if args.mode == "backlog"
+        else ("events: offered rate", args.rate, f"for {args.duration:.0f} s"),
+        ("events: start → lag zero", n / wall, f"{wall:.1f} s"),
+        ("events: first output → lag zero", n / max(timing.done_wall - out.first_ms / 1000, 1e-3),
+         f"first output {first:+.1f} s after start"),
+        ("outputs: first → last output", n_out / span, f"{n_out:,} outputs in {span:.1f} s"),
+    ]
+    print()
+    print(table(("rate", "per second", "note"), rows))
+    pct = percentiles(out.latencies)
+    print()
+    heads = ("end-to-end latency (output ts − source ts)", "outputs", "p50 ms", "p95 ms", "p99 ms")
+    print(table((*heads, "max ms"),
+                [("live events" if args.mode == "live" else "backlog (mostly queueing)",
+                  len(out.latencies), pct["p50"], pct["p95"], pct["p99"], pct["max"])]))
+    print()
+    print(table(("process", "CPU s", "of wall"),
+                [(k, v, f"{v / wall:.0%}") for k, v in timing.cpu.items()],
+                title=f"CPU over {wall:.1f} s (at most {os.cpu_count()} × 100 %):"))
+    print()
+    print(verify_table(settings, args.verify, out, expected))
+    total = n + (WARMUP if args.mode == "live" else 0)
+    n_out = sum(out.got.values())
+    spf = sum(c for t, c in out.got.items() if t.endswith("surveillance.spf.results.v1"))
+    print(f"\noutputs per event {n_out / total:.3f}; SPF records {spf:,} == production-mode events "
+          f"{expected.production:,}: {'yes' if spf == expected.production else 'NO'}")
+
+
+def cleanup(settings: Settings, topics: list[str]) -> None:
+    """Delete the bench topics and consumer group (best effort)."""
+    admin = admin_client(settings.bootstrap_servers)
+    try:
+        admin.delete_topics(topics, raise_errors=False)
+        admin.delete_groups([settings.group_id])
+        print(f"deleted {len(topics)} bench topics and group {settings.group_id}")
+    except Exception as exc:  # best effort: never hide the benchmark's own error
+        print(f"cleanup failed: {type(exc).__name__}: {exc}")
+    finally:
+        admin.close()
+
+
+if __name__ == "__main__":
+    main()
