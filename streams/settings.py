@@ -28,6 +28,7 @@ class Settings:
     app_id: str = "screening-streams"
     policy_dir: Path | None = None
     keys_file: Path | None = None
+    geography_file: Path | None = None  # JSON departments -> region added to the routing table
     ingress_partitions: int = 6
     output_partitions: int = 3
     replication_factor: int = 1
@@ -68,6 +69,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "app_id": ("SCREENING_APP_ID", str),
     "policy_dir": ("SCREENING_POLICY_DIR", Path),
     "keys_file": ("SCREENING_KEYS_FILE", Path),
+    "geography_file": ("SCREENING_GEOGRAPHY_FILE", Path),
     "ingress_partitions": ("SCREENING_INGRESS_PARTITIONS", int),
     "output_partitions": ("SCREENING_OUTPUT_PARTITIONS", int),
     "replication_factor": ("SCREENING_REPLICATION_FACTOR", int),
