@@ -57,6 +57,18 @@ def end_offsets(bootstrap_servers: str, topics: Iterable[str]) -> dict[TopicPart
         consumer.close()
 
 
+def beginning_offsets(bootstrap_servers: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
+    """Return the first offset still held (after retention) of every partition of ``topics``."""
+    consumer = _consumer(bootstrap_servers)
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        return dict(consumer.beginning_offsets(tps)) if tps else {}
+    except KafkaError as exc:
+        raise KafkaIOError(f"cannot read beginning offsets: {exc}") from exc
+    finally:
+        consumer.close()
+
+
 def per_topic(offsets: Mapping[TopicPartition, int]) -> dict[str, int]:
     """Sum partition offsets by topic."""
     totals: dict[str, int] = {}
