@@ -6,33 +6,16 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from streams import localstack
+from streams.cli_common import common_options
+from streams.cli_common import settings as _settings
 from streams.errors import ScreeningStreamsError
-from streams.settings import Settings, env_var, settings_from_env
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _settings(**overrides: Any) -> Settings:
-    return settings_from_env().with_(**overrides)
-
-
-def common_options(func: F) -> F:
-    """Options shared by commands that talk to Kafka and the registry."""
-    options = [
-        click.option("--bootstrap-servers", envvar=env_var("bootstrap_servers"), help="Kafka bootstrap servers."),
-        click.option("--registry-url", envvar=env_var("registry_url"), help="Confluent-compatible registry base URL."),
-        click.option("--topic-prefix", envvar=env_var("topic_prefix"), help="Prefix of every topic name."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+from streams.settings import Settings, env_var
 
 
 class _Group(click.Group):
@@ -231,16 +214,25 @@ def _write_events(out: Path, events: Any, version: int, count: int) -> None:
 @main.command("worker")
 @common_options
 @click.option("--keys-file", type=click.Path(path_type=Path), envvar=env_var("keys_file"))
+@click.option(
+    "--geography-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar=env_var("geography_file"),
+    help='JSON {"departments": {"975": "28"}}: departments added to the routing table.',
+)
 @click.option("--loglevel", envvar=env_var("log_level"), default="warning", show_default=True)
 def worker(
     bootstrap_servers: str | None,
     registry_url: str | None,
     topic_prefix: str | None,
     keys_file: Path | None,
+    geography_file: Path | None,
     loglevel: str,
 ) -> None:
     """Run a worker: consume the ingress topic, publish minimised views (scale by processes)."""
     from streams.assembly import build_pipeline, load_policy_set, output_topics
+    from streams.domain.geography import DEFAULT_GEOGRAPHY
+    from streams.domain.geography_file import load_geography_file
     from streams.pseudonym import StaticKeyRing
     from streams.registry import HttpSchemaRegistry
     from streams.topics import admin_client, ensure_topics, topic_specs
@@ -251,14 +243,18 @@ def worker(
         registry_url=registry_url,
         topic_prefix=topic_prefix,
         keys_file=keys_file,
+        geography_file=geography_file,
         log_level=loglevel,
     )
+    geography = load_geography_file(settings.geography_file) if settings.geography_file else DEFAULT_GEOGRAPHY
     key_ring = StaticKeyRing.from_file(settings.keys_file) if settings.keys_file else StaticKeyRing.from_env()
-    policy_set = load_policy_set(settings)
-    pipeline = build_pipeline(settings, HttpSchemaRegistry(settings.registry_url), key_ring, policy_set=policy_set)
+    policy_set = load_policy_set(settings, geography=geography)
+    registry = HttpSchemaRegistry(settings.registry_url)
+    pipeline = build_pipeline(settings, registry, key_ring, geography=geography, policy_set=policy_set)
     admin = admin_client(settings.bootstrap_servers)
     try:
-        partitions = ensure_topics(admin, topic_specs(settings, output_topics(policy_set)), settings.replication_factor)
+        topics = output_topics(policy_set, geography)
+        partitions = ensure_topics(admin, topic_specs(settings, topics), settings.replication_factor)
     finally:
         admin.close()
     sys.argv = [sys.argv[0]]  # faust's Worker parses argv itself
@@ -282,9 +278,11 @@ def demo(count: int, seed: int, keep_running: bool) -> None:
     run_demo(count=count, seed=seed, keep_running=keep_running, echo=click.echo)
 
 
+from streams.cli_dlq import dlq  # noqa: E402  (registers the `dlq` group)
 from streams.cli_policy import policy  # noqa: E402  (registers the `policy` group)
 
 main.add_command(policy)
+main.add_command(dlq)
 
 if __name__ == "__main__":
     main()
