@@ -13,13 +13,22 @@ import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from streams.pipeline import OutputRecord
+from streams.errors import RegistryError
+from streams.pipeline import InputRecord, OutputRecord, Pipeline
 
 log = logging.getLogger(__name__)
 
 #: ``send(topic, key, value, partition, headers)`` returns an awaitable delivery.
 SendFn = Callable[[str, bytes | None, bytes | None, int, Sequence[tuple[str, bytes]]], Awaitable[Awaitable[Any]]]
 SleepFn = Callable[[float], Awaitable[None]]
+
+
+def partition_for(record: OutputRecord, partitions: Mapping[str, int]) -> int:
+    """Stable partition of a record: CRC-32 of its route key modulo its topic's partition count."""
+    count = partitions.get(record.topic)
+    if count is None:
+        raise KeyError(f"no partition count known for topic {record.topic!r}")
+    return zlib.crc32(record.route_key) % count
 
 
 class Dispatcher:
@@ -42,10 +51,7 @@ class Dispatcher:
 
     def partition_for(self, record: OutputRecord) -> int:
         """Stable partition of a record: CRC-32 of its route key modulo the partition count."""
-        count = self._partitions.get(record.topic)
-        if count is None:
-            raise KeyError(f"no partition count known for topic {record.topic!r}")
-        return zlib.crc32(record.route_key) % count
+        return partition_for(record, self._partitions)
 
     async def _enqueue(self, record: OutputRecord) -> Awaitable[Any]:
         """Hand one record to the producer; an enqueue error becomes a failed delivery."""
@@ -86,3 +92,21 @@ class Dispatcher:
             await self._sleep(backoff)
             backoff = min(backoff * 2, self._max_backoff_s)
             pending = failed
+
+
+async def outputs_with_retry(
+    pipeline: Pipeline, records: list[InputRecord], sleep: SleepFn = asyncio.sleep
+) -> list[OutputRecord]:
+    """Run the pipeline over a batch, retrying while the schema registry is unreachable.
+
+    Per-record problems are already dead letters; a registry outage is infrastructure, so
+    the batch waits (never acknowledged as done) until the registry answers again.
+    """
+    backoff = 0.5
+    while True:
+        try:
+            return pipeline.process_many(records)
+        except RegistryError as exc:
+            log.warning("schema registry unavailable (%s); retrying batch in %.1f s", type(exc).__name__, backoff)
+            await sleep(backoff)
+            backoff = min(backoff * 2, 30.0)

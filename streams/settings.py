@@ -14,6 +14,7 @@ INGRESS_TOPIC = "screening.results.v1"
 DLQ_TOPIC = "screening.results.dlq.v1"
 AUDIT_TOPIC = "screening.audit.v1"
 
+GUARANTEES = ("exactly_once", "at_least_once")
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
 DEFAULT_REGISTRY = "http://127.0.0.1:18081/apis/ccompat/v7"
 
@@ -36,6 +37,7 @@ class Settings:
     batch_within_s: float = 0.05
     state_dir: Path = Path(".state")
     log_level: str = "warning"
+    processing_guarantee: str = "exactly_once"  # or "at_least_once"
 
     @property
     def ingress_topic(self) -> str:
@@ -77,6 +79,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "batch_within_s": ("SCREENING_BATCH_WITHIN_S", float),
     "state_dir": ("SCREENING_STATE_DIR", Path),
     "log_level": ("SCREENING_LOG_LEVEL", str),
+    "processing_guarantee": ("SCREENING_PROCESSING_GUARANTEE", str),
 }
 
 
@@ -93,6 +96,11 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         except ValueError as exc:
             raise ConfigError(f"environment {variable}={raw!r}: expected {kind.__name__}") from exc
     settings = Settings(**values)
+    if settings.processing_guarantee not in GUARANTEES:
+        raise ConfigError(
+            f"environment SCREENING_PROCESSING_GUARANTEE={settings.processing_guarantee!r}: "
+            f"expected one of {', '.join(GUARANTEES)}"
+        )
     if settings.batch_size < 1 or settings.ingress_partitions < 1 or settings.output_partitions < 1:
         raise ConfigError("batch size and partition counts must be at least 1")
     return settings

@@ -12,15 +12,16 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import faust
+from faust.app.base import BootStrategy
 
-from streams.dispatch import Dispatcher
-from streams.errors import RegistryError
+from streams.dispatch import Dispatcher, outputs_with_retry
 from streams.pipeline import InputRecord, Pipeline
 from streams.settings import Settings
+from streams.transactional import TransactionalRunner
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,17 @@ def _quiet_framework_loggers(level: int = logging.WARNING) -> None:
 
 
 def build_app(settings: Settings, pipeline: Pipeline, partitions: Mapping[str, int]) -> faust.App:
-    """Create the faust app and its agent for ``pipeline``; topics must already exist."""
+    """Create the faust app running ``pipeline``; topics must already exist.
+
+    ``exactly_once`` (default) hosts the :class:`TransactionalRunner` as a faust task;
+    ``at_least_once`` uses a plain faust agent with batched sends (faster, may duplicate
+    records after a crash).
+    """
+    exactly_once = settings.processing_guarantee == "exactly_once"
     app = faust.App(
-        settings.group_id,
+        # In exactly-once mode the runner owns the consumer group; faust's own consumer must
+        # not join it (different assignor), so the faust app gets an id of its own.
+        f"{settings.group_id}.host" if exactly_once else settings.group_id,
         id_format="{id}",
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
         value_serializer="raw",
@@ -51,6 +60,57 @@ def build_app(settings: Settings, pipeline: Pipeline, partitions: Mapping[str, i
         broker_commit_interval=1.0,
         stream_buffer_maxsize=8192,
     )
+    if exactly_once:
+        # faust hosts the runner (lifecycle, signals, logging, timers) but runs no Kafka
+        # client of its own: the runner's consumer and transactional producers do the I/O.
+        app.boot_strategy = BootStrategy(app, enable_kafka_consumer=False, enable_kafka_producer=False)
+        runner = TransactionalRunner(settings, pipeline, partitions)
+
+        @app.task  # type: ignore[untyped-decorator]
+        async def transactional() -> None:
+            await _or_die(runner.run())
+
+        counters: Callable[[], str] = lambda: f"transactions={runner.transactions} aborts={runner.aborts}"  # noqa: E731
+    else:
+        counters = _install_agent(app, settings, pipeline, partitions)
+
+    started = time.monotonic()
+
+    @app.timer(interval=10.0)  # type: ignore[untyped-decorator]
+    async def report() -> None:
+        stats = pipeline.stats
+        elapsed = max(time.monotonic() - started, 1e-9)
+        log.info(
+            "consumed=%d (%.0f/s) produced=%d dead_letters=%s %s",
+            stats.consumed,
+            stats.consumed / elapsed,
+            sum(stats.produced.values()),
+            dict(stats.dead_letters),
+            counters(),
+        )
+
+    return app
+
+
+async def _or_die(work: Awaitable[None]) -> None:
+    """Await ``work``; on anything but cancellation, exit the process without acknowledging.
+
+    Returning normally would let faust ack (and skip) the batch in flight; exiting leaves its
+    offsets uncommitted, so it is consumed again after the restart.
+    """
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        log.critical("unrecoverable %s in the processing loop; exiting without ack", type(exc).__name__)
+        os._exit(70)
+
+
+def _install_agent(
+    app: faust.App, settings: Settings, pipeline: Pipeline, partitions: Mapping[str, int]
+) -> Callable[[], str]:
+    """The at-least-once path: a faust agent over batches, acked after delivery."""
     ingress = app.topic(settings.ingress_topic, key_type=bytes, value_type=bytes, internal=False)
 
     def send(
@@ -61,27 +121,7 @@ def build_app(settings: Settings, pipeline: Pipeline, partitions: Mapping[str, i
     dispatcher = Dispatcher(send, partitions)
 
     async def handle(records: list[InputRecord]) -> None:
-        backoff = 0.5
-        while True:
-            try:
-                outputs = pipeline.process_many(records)
-                break
-            except RegistryError as exc:  # infrastructure: retry, never ack undone work
-                log.warning("schema registry unavailable (%s); retrying batch in %.1f s", type(exc).__name__, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-        await dispatcher.dispatch(outputs)
-
-    async def handle_or_die(records: list[InputRecord]) -> None:
-        try:
-            await handle(records)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            # Returning would let faust ack (and skip) the batch. Stop hard instead: the
-            # uncommitted batch is consumed again after restart.
-            log.critical("unrecoverable %s while handling a batch; exiting without ack", type(exc).__name__)
-            os._exit(70)
+        await dispatcher.dispatch(await outputs_with_retry(pipeline, records))
 
     @app.agent(ingress, name="minimise")
     async def minimise(stream: faust.StreamT[bytes]) -> None:
@@ -101,24 +141,9 @@ def build_app(settings: Settings, pipeline: Pipeline, partitions: Mapping[str, i
             ]
             # Shielded: a shutdown waits for the batch to be handed to the producer, whose
             # flush precedes faust's offset commit. Pipeline errors never escape (dead letters).
-            await asyncio.shield(handle_or_die(records))
+            await asyncio.shield(_or_die(handle(records)))
 
-    started = time.monotonic()
-
-    @app.timer(interval=10.0)  # type: ignore[untyped-decorator]
-    async def report() -> None:
-        stats = pipeline.stats
-        elapsed = max(time.monotonic() - started, 1e-9)
-        log.info(
-            "consumed=%d (%.0f/s) produced=%d dead_letters=%s retries=%d",
-            stats.consumed,
-            stats.consumed / elapsed,
-            sum(stats.produced.values()),
-            dict(stats.dead_letters),
-            dispatcher.retries,
-        )
-
-    return app
+    return lambda: f"retries={dispatcher.retries}"
 
 
 def run_worker(app: faust.App, loglevel: str = "warning") -> None:
