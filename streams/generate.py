@@ -300,7 +300,8 @@ class _EventFactory:
             symptomatic = True if u < 0.55 else (False if u < 0.85 else None)
         else:
             symptomatic = True if u < 0.22 else (False if u < 0.85 else None)
-        onset = sampled_day - int(r() * 8) if symptomatic and r() < 0.9 else None
+        # Onset a few days before sampling, never before birth (newborns).
+        onset = max(birth_day, sampled_day - int(r() * 8)) if symptomatic and r() < 0.9 else None
 
         # Prescriber (about 70%).
         prescriber: tuple[str | None, ...] = _NO_PRESCRIBER
