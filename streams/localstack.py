@@ -621,13 +621,17 @@ def _stop(services: list[_Service], echo: Echo) -> None:
         svc.pid_file.unlink(missing_ok=True)
 
 
-def down(settings: StackSettings, *, echo: Echo = print) -> None:
-    """Stop the local broker and registry recorded in the state dir; keep the jar cache."""
+def down(settings: StackSettings, *, echo: Echo = print, only: str | None = None) -> None:
+    """Stop the local broker and registry recorded in the state dir; keep the jar cache.
+
+    ``only="kafka"`` (or ``"registry"``) stops just that one, e.g. for broker-restart tests:
+    the registry keeps its in-memory schemas.
+    """
     if not settings.state_dir.exists():
         echo("nothing to stop")
         return
     with _locked(settings):
-        services = list(_services(settings))
+        services = [svc for svc in _services(settings) if only is None or svc.name == only]
         if not any(_running_pid(svc) is not None for svc in services):
             echo("nothing running")
         _stop(services, echo)
