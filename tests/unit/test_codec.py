@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
+import fastavro
 import pytest
 
 from streams.codec import EventDecoder, ViewEncoder, is_readable_by, register_encoder
-from streams.contracts import canonical_json, input_schema
+from streams.contracts import canonical_json, input_schema, strip_logical_types
 from streams.errors import RecordRejected
 from streams.generate import GeneratorSettings, generate_events
 from streams.registry import InMemorySchemaRegistry
-from streams.wire import frame, unframe
+from streams.wire import HEADER_SIZE, frame, unframe
 
 SUBJECT = "screening.results.v1-value"
 V2_FIELDS = ("variant_screening", "vaccination_status")
@@ -171,3 +173,153 @@ def test_register_encoder_registers_the_canonical_schema() -> None:
     encoder = _encoder(registry, 1)
     assert encoder.schema_id == 9
     assert json.loads(registry.get_schema(9)) == input_schema(1)
+
+
+# -- encoding rules fastavro does not enforce (negative indices, booleans, integer widths) --------
+
+
+def _field_span(event: dict[str, Any], name: str, version: int = 1) -> tuple[int, int]:
+    """Where field ``name`` starts and ends in the framed encoding of ``event`` (header included)."""
+    schema = strip_logical_types(input_schema(version))
+    names = [f["name"] for f in schema["fields"]]
+
+    def offset(count: int) -> int:
+        buffer = io.BytesIO()
+        prefix = {**schema, "fields": schema["fields"][:count]}
+        fastavro.schemaless_writer(buffer, fastavro.parse_schema(prefix), event)
+        return HEADER_SIZE + len(buffer.getvalue())
+
+    index = names.index(name)
+    return offset(index), offset(index + 1)
+
+
+def _splice(data: bytes, start: int, end: int, replacement: bytes) -> bytes:
+    return data[:start] + replacement + data[end:]
+
+
+def _plain_fastavro(data: bytes, version: int = 1) -> dict[str, Any]:
+    """What fastavro alone reads from a framed body (no project checks)."""
+    parsed = fastavro.parse_schema(strip_logical_types(input_schema(version)))
+    record = fastavro.schemaless_reader(io.BytesIO(data[HEADER_SIZE:]), parsed, None)
+    assert isinstance(record, dict)
+    return record
+
+
+# (changes, field, byte offset inside the field, corrupt byte, what plain fastavro reads instead)
+SILENT_CORRUPTIONS = {
+    "enum index -3 reads D as P": ({"processing_mode": "D"}, "processing_mode", 0, b"\x05", "P"),
+    "enum index -3 reads INDETERMINATE as POSITIVE": ({"result": "INDETERMINATE"}, "result", 0, b"\x05", "POSITIVE"),
+    "enum index -1": ({"sex": "M"}, "sex", 0, b"\x01", "M"),
+    "union index -2 reads null": ({"phone": None}, "phone", 0, b"\x03", None),
+    "union index -1 reads the boolean branch": ({"symptomatic": True}, "symptomatic", 0, b"\x01", True),
+    "boolean byte 2": ({"health_care_worker": False}, "health_care_worker", 0, b"\x02", True),
+    "boolean byte 0xff": ({"health_care_worker": False}, "health_care_worker", 0, b"\xff", True),
+    "boolean byte 7 inside a union": ({"symptomatic": False}, "symptomatic", 1, b"\x07", True),
+}
+
+
+@pytest.mark.parametrize("case", list(SILENT_CORRUPTIONS))
+def test_corrupt_index_or_boolean_that_fastavro_accepts_is_undecodable(case: str) -> None:
+    """A negative enum/union index or a boolean byte other than 0/1 is undecodable, though fastavro reads a value."""
+    changes, name, inside, corrupt_byte, fastavro_reads = SILENT_CORRUPTIONS[case]
+    registry = InMemorySchemaRegistry()
+    event = _event(**changes)
+    data = _encoder(registry, 1).encode(event)
+    start, _ = _field_span(event, name)
+    corrupt = _splice(data, start + inside, start + inside + 1, corrupt_byte)
+    assert corrupt != data
+    assert _plain_fastavro(corrupt)[name] == fastavro_reads  # the weakness this check covers
+    rejection = _rejection(EventDecoder(registry, input_schema(1)), corrupt)
+    assert (rejection.code, rejection.stage) == ("undecodable", "decode")
+
+
+def test_negative_enum_index_inside_a_v2_union_is_undecodable() -> None:
+    """A v2 field (nullable enum) with a negative symbol index is rejected, like a v1 one."""
+    registry = InMemorySchemaRegistry()
+    event = _event(2, vaccination_status="UNKNOWN")
+    data = _encoder(registry, 2).encode(event)
+    start, end = _field_span(event, "vaccination_status", 2)
+    assert data[start:end] == b"\x02\x08"  # branch 1, symbol 4
+    corrupt = _splice(data, start, end, b"\x02\x01")  # symbol -1: fastavro reads UNKNOWN
+    assert _plain_fastavro(corrupt, 2)["vaccination_status"] == "UNKNOWN"
+    assert _rejection(EventDecoder(registry, input_schema(1)), corrupt).code == "undecodable"
+
+
+def test_integers_wider_than_their_type_are_undecodable() -> None:
+    """An int beyond 32 bits or a varint beyond 64 bits (fastavro wraps them) is rejected."""
+    registry = InMemorySchemaRegistry()
+    event = _event()
+    data = _encoder(registry, 1).encode(event)
+    decoder = EventDecoder(registry, input_schema(1))
+    start, end = _field_span(event, "birth_date")
+    wide_int = _splice(data, start, end, b"\x80\x80\x80\x80\x10")  # zig-zag 2**32 -> 2**31
+    assert _plain_fastavro(wide_int)["birth_date"] == 2**31
+    assert _rejection(decoder, wide_int).code == "undecodable"
+    start, end = _field_span(event, "emitted_at")
+    wide_long = _splice(data, start, end, b"\xff" * 9 + b"\x7f")  # 70 bits of payload
+    assert _rejection(decoder, wide_long).code == "undecodable"
+    too_long = _splice(data, start, end, b"\x80" * 10 + b"\x00")  # 11-byte varint
+    assert _rejection(decoder, too_long).code == "undecodable"
+
+
+def test_legal_non_canonical_encodings_still_decode() -> None:
+    """Over-long varints and arrays split in blocks (one with a byte size) are valid Avro and decode unchanged."""
+    registry = InMemorySchemaRegistry()
+    event = _event(last_name="Zqzqzq", address_lines=["12 rue Pasteur", "Bâtiment B"])
+    data = _encoder(registry, 1).encode(event)
+    decoder = EventDecoder(registry, input_schema(1))
+    start, _ = _field_span(event, "last_name")
+    assert data[start] == 12  # zig-zag length 6, one byte
+    overlong = _splice(data, start, start + 1, b"\x8c\x80\x00")  # length 6 in three bytes
+    assert decoder.decode(overlong) == (1, event)
+    start, end = _field_span(event, "address_lines")
+    first, second = (line.encode() for line in event["address_lines"])
+    item = bytes([2 * len(first)]) + first
+    rest = bytes([2 * len(second)]) + second
+    blocks = b"\x02" + item + b"\x01" + bytes([2 * len(rest)]) + rest + b"\x00"  # counts 1, then -1 with size
+    assert decoder.decode(_splice(data, start, end, blocks)) == (1, event)
+
+
+EXOTIC_EXTRA_FIELDS = [
+    {"name": "x_map", "type": {"type": "map", "values": "double"}},
+    {"name": "x_fixed", "type": {"type": "fixed", "name": "Tag", "size": 3}},
+    {"name": "x_float", "type": "float"},
+    {"name": "x_bytes", "type": "bytes"},
+    {"name": "x_tag_again", "type": ["null", "Tag"]},
+    {
+        "name": "x_tree",
+        "type": {
+            "type": "record",
+            "name": "Node",
+            "fields": [
+                {"name": "mode", "type": "ProcessingMode"},
+                {"name": "children", "type": {"type": "array", "items": "Node"}},
+            ],
+        },
+    },
+]
+
+
+def test_compatible_writer_with_every_avro_type_decodes_and_is_checked_too() -> None:
+    """A v1-compatible writer with maps, fixed, float, bytes, named, recursive types decodes; its enums are checked."""
+    registry = InMemorySchemaRegistry()
+    writer = input_schema(1)
+    writer = {**writer, "fields": [*writer["fields"], *EXOTIC_EXTRA_FIELDS]}
+    schema_id = registry.register(SUBJECT, json.dumps(writer))
+    event = _event()
+    extra = {
+        "x_map": {"a": 1.5, "b": -2.0},
+        "x_fixed": b"abc",
+        "x_float": 0.5,
+        "x_bytes": b"\x00\xff",
+        "x_tag_again": b"xyz",
+        "x_tree": {"mode": "T", "children": [{"mode": "D", "children": []}]},
+    }
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, fastavro.parse_schema(strip_logical_types(writer)), {**event, **extra})
+    data = frame(schema_id, buffer.getvalue())
+    decoder = EventDecoder(registry, input_schema(1))
+    assert decoder.decode(data) == (schema_id, {**event, **extra})
+    nested_mode = data.rindex(b"\x04\x00\x00")  # the child: mode D (index 2), no children, end of parent's array
+    corrupt = _splice(data, nested_mode, nested_mode + 1, b"\x05")  # index -3: fastavro reads P
+    assert _rejection(decoder, corrupt).code == "undecodable"
