@@ -21,7 +21,7 @@ from typing import Protocol
 from streams.errors import ConfigError
 
 KEY_BYTES = 32
-PSEUDONYM_BYTES = 15  # 120 bits -> 24 base32 characters
+PSEUDONYM_BYTES = 15  # 120 bits -> 20 base64url characters (no padding: 15 = 5 × 3)
 
 
 class KeyRing(Protocol):
@@ -112,6 +112,6 @@ def make_pseudonymiser(key: bytes, domain: str, cache_size: int = 1 << 16) -> Ca
     def pseudonymise(value: str) -> str:
         mac = base.copy()
         mac.update(value.encode())
-        return base64.b32encode(mac.digest()[:PSEUDONYM_BYTES]).decode("ascii")
+        return base64.urlsafe_b64encode(mac.digest()[:PSEUDONYM_BYTES]).decode("ascii")
 
     return pseudonymise

@@ -110,7 +110,7 @@ def _build_pseudonymise(ctx: BuildContext, args: Mapping[str, Any]) -> ValueFn:
 register(
     Operator(
         name="pseudonymise",
-        doc="keyed HMAC-SHA-256 pseudonym with the agency's own secret (base32, 24 chars)",
+        doc="keyed HMAC-SHA-256 pseudonym with the agency's own secret (base64url, 20 chars)",
         input_kinds=(STRING,),
         output_type=lambda fields, args: "string",
         build=_build_pseudonymise,

@@ -33,9 +33,9 @@ def test_same_key_and_value_give_same_pseudonym() -> None:
 
 
 def test_pseudonym_is_truncated_hmac_sha256_with_domain_prefix() -> None:
-    """The pseudonym is base32 of the first 15 bytes of HMAC-SHA-256(key, domain NUL value)."""
+    """The pseudonym is base64url of the first 15 bytes of HMAC-SHA-256(key, domain NUL value)."""
     mac = hmac.new(KEY_A, b"nir\x00" + NIR.encode(), hashlib.sha256).digest()
-    assert make_pseudonymiser(KEY_A, "nir")(NIR) == base64.b32encode(mac[:15]).decode()
+    assert make_pseudonymiser(KEY_A, "nir")(NIR) == base64.urlsafe_b64encode(mac[:15]).decode()
 
 
 def test_different_agency_keys_give_different_pseudonyms() -> None:
@@ -59,11 +59,11 @@ def test_domain_and_value_boundary_cannot_be_shifted() -> None:
 
 
 @pytest.mark.parametrize("value", ["", NIR, "é" * 100, "x" * 10_000])
-def test_pseudonym_is_24_base32_characters(value: str) -> None:
-    """Every pseudonym is 24 characters of the RFC 4648 base32 alphabet, without padding."""
+def test_pseudonym_is_20_base64url_characters(value: str) -> None:
+    """Every pseudonym is 20 characters of the RFC 4648 URL-safe base64 alphabet, without padding."""
     pseudonym = make_pseudonymiser(KEY_A, "nir")(value)
-    assert len(pseudonym) == 24
-    assert set(pseudonym) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
+    assert len(pseudonym) == 20
+    assert set(pseudonym) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 def test_generate_keys_makes_one_distinct_key_per_agency() -> None:
