@@ -27,7 +27,13 @@ log = logging.getLogger(__name__)
 
 
 def _quiet_framework_loggers(level: int = logging.WARNING) -> None:
-    """Keep faust, mode and aiokafka above DEBUG: their hot-path logging is costly."""
+    """Keep faust, mode and aiokafka above DEBUG, whatever the worker's level.
+
+    Their hot-path logging is costly, and it is identifying: aiokafka's producer logs every
+    record's key and value at DEBUG ("Sending (key=%s value=%s) to %s"), i.e. the raw DLQ
+    payloads and the contact-tracing views, with NIRs, names and phones. Never lower this cap
+    (tests/integration/test_logs.py fails if it is removed).
+    """
     for name in ("faust", "mode", "aiokafka", "kafka"):
         logging.getLogger(name).setLevel(max(level, logging.INFO))
 
