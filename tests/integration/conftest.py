@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,13 +88,13 @@ def make_env(stack: localstack.Endpoints, tmp: Path, name: str) -> Env:
 class Worker:
     """A real worker process (``screening-streams worker``) of one environment."""
 
-    def __init__(self, env: Env, log_path: Path) -> None:
-        """Start the worker; its output goes to ``log_path``."""
+    def __init__(self, env: Env, log_path: Path, extra_env: Mapping[str, str] | None = None) -> None:
+        """Start the worker (``extra_env`` on top of the environment's); its output goes to ``log_path``."""
         self.log_path = log_path
         with log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "streams.cli", "worker"],
-                env=env.process_env(),
+                env={**env.process_env(), **(extra_env or {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

@@ -1,0 +1,173 @@
+"""DLQ replay round trip on the real broker: quarantine, fix the geography without code, replay once.
+
+Only the public contract is used: the ``screening-streams worker`` and ``screening-streams dlq``
+commands configured by environment variables, and the topics. An event from Saint-Pierre-et-
+Miquelon (commune 97501, department 975, in no region) is dead-lettered with
+``unknown_commune``. Replaying it before the fix sends it back to the DLQ with a higher replay
+count; after the fix (``SCREENING_GEOGRAPHY_FILE`` mapping 975 to region 28) one replay
+delivers it exactly once, and later replays send nothing unless asked (``--again``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kafka import TopicPartition
+
+from streams import localstack
+from streams.assembly import load_policy_set
+from streams.domain.geography import DEFAULT_GEOGRAPHY
+from streams.generate import GeneratorSettings, generate_events
+from streams.kafka_io import ReadRecord, read_from, wait_for_lag_zero
+from streams.policy.engine import Minimiser
+from streams.publish import event_encoder, framed_events, publish_raw
+from streams.registry import HttpSchemaRegistry
+
+from .conftest import Env, Worker, make_env
+
+STRAY_ID = "97500000-0000-4000-8000-000000000975"
+
+
+def _read_all(env: Env, topic: str) -> list[ReadRecord]:
+    full = env.settings.topic_prefix + topic if not topic.startswith(env.settings.topic_prefix) else topic
+    return read_from(env.settings.bootstrap_servers, {TopicPartition(full, p): 0 for p in range(env.partitions[full])})
+
+
+def _cli(env: Env, *args: str) -> str:
+    """Run ``screening-streams dlq ARGS`` as an operator would, with the environment's variables."""
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "dlq", *args],
+        env=env.process_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _drain(env: Env) -> None:
+    s = env.settings
+    wait_for_lag_zero(s.bootstrap_servers, s.group_id, s.ingress_topic, timeout_s=180)
+
+
+@pytest.fixture(scope="module")
+def round_trip(stack: localstack.Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Run the whole story once and record what each step produced."""
+    tmp = tmp_path_factory.mktemp("dlq")
+    env = make_env(stack, tmp, "dlq")
+    encoder = event_encoder(HttpSchemaRegistry(env.settings.registry_url), env.settings.ingress_topic, 1)
+    events = list(generate_events(12, GeneratorSettings(seed=975, positive_share=0.5)))
+    stray = dict(events[0], event_id=STRAY_ID, commune_code="97501", result="POSITIVE", processing_mode="P")
+    asyncio.run(
+        publish_raw(
+            env.settings.bootstrap_servers,
+            env.settings.ingress_topic,
+            framed_events([*events, stray], encoder),
+            env.partitions[env.settings.ingress_topic],
+        )
+    )
+    seen: dict[str, Any] = {"env": env, "stray": stray}
+
+    before_fix = Worker(env, tmp / "worker-1.log")
+    try:
+        _drain(env)
+        seen["dlq_initial"] = _read_all(env, env.settings.dlq_topic)
+        seen["replay_before_fix"] = _cli(env, "replay", "--code", "unknown_commune")
+        _drain(env)
+        seen["dlq_after_failed_replay"] = _read_all(env, env.settings.dlq_topic)
+    finally:
+        seen["exit_1"] = before_fix.stop()
+        seen["log_1"] = before_fix.log()
+
+    geography_file = tmp / "geography.json"
+    geography_file.write_text(json.dumps({"departments": {"975": "28"}}), encoding="utf-8")
+    seen["geography_file"] = geography_file
+    fixed = Worker(env, tmp / "worker-2.log", extra_env={"SCREENING_GEOGRAPHY_FILE": str(geography_file)})
+    try:
+        seen["replay_after_fix"] = _cli(env, "replay", "--code", "unknown_commune")
+        _drain(env)
+        seen["replay_again_unasked"] = _cli(env, "replay", "--code", "unknown_commune")
+        seen["replay_again_dry_run"] = _cli(env, "replay", "--code", "unknown_commune", "--again", "--dry-run")
+        seen["replay_again_capped"] = _cli(
+            env, "replay", "--code", "unknown_commune", "--again", "--dry-run", "--max-replays", "1"
+        )
+        _drain(env)
+        seen["dlq_final"] = _read_all(env, env.settings.dlq_topic)
+        seen["list"] = _cli(env, "list")
+        seen["show"] = _cli(env, "show", "--code", "unknown_commune", "--limit", "5", "--hex")
+    finally:
+        seen["exit_2"] = fixed.stop()
+        seen["log_2"] = fixed.log()
+    yield seen
+
+
+def _headers(record: ReadRecord) -> dict[str, str]:
+    return {k: v.decode() for k, v in record.headers if k.startswith("dlq.")}
+
+
+def test_event_of_a_department_in_no_region_is_dead_lettered_as_unknown_commune(round_trip: dict[str, Any]) -> None:
+    """Commune 97501 (department 975) is quarantined with unknown_commune, raw input kept; valid events are not."""
+    assert round_trip["exit_1"] == 0, round_trip["log_1"][-2000:]
+    (record,) = round_trip["dlq_initial"]
+    assert record.key == STRAY_ID.encode()
+    headers = _headers(record)
+    assert headers["dlq.reason.code"] == "unknown_commune" and headers["dlq.replay.count"] == "0"
+
+
+def test_a_replay_that_fails_again_returns_once_with_count_plus_one(round_trip: dict[str, Any]) -> None:
+    """Before the fix, a replay terminates after one record and yields one new dead letter: count 1, traceable."""
+    assert round_trip["replay_before_fix"].startswith("replayed 1 dead letters")
+    original, again = sorted(round_trip["dlq_after_failed_replay"], key=lambda r: _headers(r)["dlq.replay.count"])
+    assert again.key == original.key and again.value == original.value
+    assert _headers(again)["dlq.replay.count"] == "1"
+    assert _headers(again)["dlq.replay.of"] == f"{original.topic}:{original.partition}:{original.offset}"
+    assert _headers(again)["dlq.reason.code"] == "unknown_commune"
+
+
+def test_after_the_geography_fix_one_replay_delivers_the_event_exactly_once(round_trip: dict[str, Any]) -> None:
+    """With 975 -> 28 the replay reaches ARS Normandie, CNAM and SPF exactly once each, and the DLQ grows no more."""
+    assert round_trip["exit_2"] == 0, round_trip["log_2"][-2000:]
+    out = round_trip["replay_after_fix"]
+    assert out.startswith("replayed 1 dead letters") and "skipped 1 an earlier replay already sent back" in out
+    env: Env = round_trip["env"]
+    policy_set = load_policy_set(env.settings)
+    geography = DEFAULT_GEOGRAPHY.with_departments({"975": "28"})
+    minimiser = Minimiser(policy_set.policies, policy_set.input_schema, env.keys, geography)
+    expected = {view.agency.topic: view.record["event_ref"] for view in minimiser.apply(round_trip["stray"])}
+    assert set(expected) == {"tracing.ars.28.results.v1", "tracing.cnam.results.v1", "surveillance.spf.results.v1"}
+    for topic, ref in expected.items():
+        copies = [r for r in _read_all(env, topic) if r.key == ref.encode()]
+        assert len(copies) == 1, f"{topic}: {len(copies)} copies"
+    assert len(round_trip["dlq_final"]) == len(round_trip["dlq_after_failed_replay"]) == 2
+
+
+def test_later_replays_send_nothing_unless_asked_again(round_trip: dict[str, Any]) -> None:
+    """A second replay skips DLQ records already sent back; --again would resend them, bounded by --max-replays."""
+    out = round_trip["replay_again_unasked"]
+    assert out.startswith("replayed 0 dead letters") and "skipped 2 an earlier replay already sent back" in out
+    assert "dry run: would replay 2 dead letters" in round_trip["replay_again_dry_run"]
+    capped = round_trip["replay_again_capped"]
+    assert "dry run: would replay 1 dead letters" in capped
+    assert "skipped 1 already replayed 1 times or more" in capped
+
+
+def test_list_and_show_describe_without_identifying_data(round_trip: dict[str, Any]) -> None:
+    """dlq list counts the two unknown_commune letters; dlq show never prints the event's identifying fields."""
+    listing = round_trip["list"]
+    row = next(line.split() for line in listing.splitlines() if line.startswith("unknown_commune"))
+    assert row[1:] == ["validate", round_trip["env"].settings.ingress_topic, "2", "1"]
+    shown = round_trip["show"]
+    assert shown.count("dead letter ") == 2 and "dlq.replay.of" in shown
+    stray = round_trip["stray"]
+    for field in ("nir", "last_name", "first_names", "phone", "email", "postcode", "city"):
+        value = stray.get(field)
+        if isinstance(value, str) and len(value) >= 4:
+            assert value not in shown, field
+    assert STRAY_ID not in shown
