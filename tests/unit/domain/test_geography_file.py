@@ -81,7 +81,7 @@ def test_wrong_shape_fails_fast(tmp_path: Path, content: object) -> None:
 def test_unreadable_or_invalid_json_fails_fast(tmp_path: Path) -> None:
     """A missing file or broken JSON is a ConfigError naming the file, not an OSError or ValueError."""
     missing = tmp_path / "absent.json"
-    with pytest.raises(ConfigError, match="absent.json"):
+    with pytest.raises(ConfigError, match=r"absent\.json"):
         load_geography_file(missing)
     broken = _write(tmp_path, '{"departments": {"975": "28"')
     with pytest.raises(ConfigError, match=r"not valid JSON"):
