@@ -145,10 +145,15 @@ class TransactionalRunner:
         try:
             while True:
                 batches = await consumer.getmany(timeout_ms=200, max_records=self.settings.batch_size * 4)
-                for tp, messages in batches.items():
-                    async with self._busy:
-                        if tp in consumer.assignment():
-                            await self._commit_batch(consumer, tp, messages)
+                if not batches:
+                    continue
+                # Partitions have independent producers: their transactions overlap, so one
+                # round costs about one commit latency instead of one per partition.
+                async with self._busy:
+                    owned = consumer.assignment()
+                    await asyncio.gather(
+                        *(self._commit_batch(consumer, tp, msgs) for tp, msgs in batches.items() if tp in owned)
+                    )
         finally:
             for tp in list(self._producers):
                 await self._drop(tp)
