@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streams import localstack
+from streams import localstack, stackfetch
 from streams.errors import ConfigError, LocalStackError
 from streams.localstack import StackSettings
 
@@ -112,7 +112,7 @@ def test_server_properties_follow_port_setting() -> None:
 
 def test_pom_lists_kafka_and_log4j_binding() -> None:
     """The throw-away pom pulls kafka_2.13 at the chosen version plus a log4j2 slf4j binding."""
-    pom = localstack.render_pom("4.4.0")
+    pom = stackfetch.render_pom("4.4.0")
     assert "<artifactId>kafka_2.13</artifactId><version>4.4.0</version>" in pom
     assert "log4j-slf4j-impl" in pom and "log4j-core" in pom
 
