@@ -124,6 +124,52 @@ def wait_for_lag_zero(
         sleep(0.25)
 
 
+def group_state(bootstrap_servers: str, group_id: str) -> tuple[str, int]:
+    """The group's state (e.g. ``Stable``) and number of members."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    try:
+        described = admin.describe_groups([group_id])
+    except KafkaError as exc:
+        raise KafkaIOError(f"cannot describe group {group_id}: {exc}") from exc
+    finally:
+        admin.close()
+    info = described.get(group_id, {}) if isinstance(described, dict) else {}
+    return str(info.get("group_state", "Unknown")), len(info.get("members") or ())
+
+
+def wait_for_members(
+    bootstrap_servers: str,
+    group_id: str,
+    *,
+    timeout_s: float,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> float:
+    """Block until the group is ``Stable`` with at least one member; return the seconds waited."""
+    start = clock()
+    while True:
+        try:
+            state, members = group_state(bootstrap_servers, group_id)
+        except KafkaIOError:
+            state, members = "Unknown", 0
+        if state == "Stable" and members:
+            return clock() - start
+        if clock() - start > timeout_s:
+            raise KafkaIOError(f"group {group_id} has no stable member after {timeout_s:.0f} s (state {state})")
+        sleep(0.2)
+
+
+def count_records(bootstrap_servers: str, start: Mapping[TopicPartition, int]) -> dict[str, int]:
+    """Count the committed records per topic from ``start`` to the current ends.
+
+    Offsets over-count on transactional topics (commit markers take offsets), so this reads.
+    """
+    counts: dict[str, int] = {tp.topic: 0 for tp in start}
+    for record in read_from(bootstrap_servers, start):
+        counts[record.topic] += 1
+    return counts
+
+
 def read_from(
     bootstrap_servers: str,
     start: Mapping[TopicPartition, int],
