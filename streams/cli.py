@@ -87,6 +87,23 @@ def topics_create(bootstrap_servers: str | None, registry_url: str | None, topic
 
 
 @main.group()
+def acl() -> None:
+    """Kafka ACLs derived from the policies (one principal per agency)."""
+
+
+@acl.command("plan")
+@common_options
+def acl_plan_command(bootstrap_servers: str | None, registry_url: str | None, topic_prefix: str | None) -> None:
+    """Print the kafka-acls.sh commands that give each agency read access to its own topic only."""
+    from streams.acl import acl_plan
+    from streams.assembly import load_policy_set
+
+    settings = _settings(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
+    for rule in acl_plan(settings, load_policy_set(settings)):
+        click.echo(rule.command(settings.bootstrap_servers))
+
+
+@main.group()
 def keys() -> None:
     """Pseudonymisation keys (one secret per agency)."""
 

@@ -45,36 +45,25 @@ def _consumer(bootstrap_servers: str, isolation: str = "read_committed") -> Kafk
         raise KafkaIOError(f"cannot connect a consumer to {bootstrap_servers}: {exc}") from exc
 
 
-def end_offsets(bootstrap_servers: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
-    """Return the end offset of every partition of ``topics`` (existing topics only)."""
+def _offsets(bootstrap_servers: str, topics: Iterable[str], which: str) -> dict[TopicPartition, int]:
     consumer = _consumer(bootstrap_servers)
     try:
         tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-        return dict(consumer.end_offsets(tps)) if tps else {}
+        return dict(getattr(consumer, f"{which}_offsets")(tps)) if tps else {}
     except KafkaError as exc:
-        raise KafkaIOError(f"cannot read end offsets: {exc}") from exc
+        raise KafkaIOError(f"cannot read {which} offsets: {exc}") from exc
     finally:
         consumer.close()
+
+
+def end_offsets(bootstrap_servers: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
+    """Return the end offset of every partition of ``topics`` (existing topics only)."""
+    return _offsets(bootstrap_servers, topics, "end")
 
 
 def beginning_offsets(bootstrap_servers: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
     """Return the first offset still held (after retention) of every partition of ``topics``."""
-    consumer = _consumer(bootstrap_servers)
-    try:
-        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-        return dict(consumer.beginning_offsets(tps)) if tps else {}
-    except KafkaError as exc:
-        raise KafkaIOError(f"cannot read beginning offsets: {exc}") from exc
-    finally:
-        consumer.close()
-
-
-def per_topic(offsets: Mapping[TopicPartition, int]) -> dict[str, int]:
-    """Sum partition offsets by topic."""
-    totals: dict[str, int] = {}
-    for tp, offset in offsets.items():
-        totals[tp.topic] = totals.get(tp.topic, 0) + offset
-    return totals
+    return _offsets(bootstrap_servers, topics, "beginning")
 
 
 def group_lag(bootstrap_servers: str, group_id: str, topic: str) -> int:

@@ -1,0 +1,69 @@
+"""Kafka ACLs derived from the policies: each agency reads its own topic and nothing else.
+
+Pure: produces :class:`AclBinding` values and ``kafka-acls.sh`` command lines; applying them
+(with kafka-python's admin client on a SASL-enabled cluster) is the next step of the roadmap.
+Principals: the screening system writes the ingress; the processor reads it and writes agency
+topics, dead letters and the audit; operators read dead letters and replay to the ingress;
+each agency (``ars.11``, ``cnam``, ``spf``...) reads exactly its topic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streams.assembly import PolicySet, agency_names, output_topics
+from streams.domain.geography import DEFAULT_GEOGRAPHY, Geography
+from streams.settings import Settings
+
+PROCESSOR = "User:screening-processor"
+PRODUCER = "User:screening-system"
+OPERATOR = "User:screening-operator"
+
+
+@dataclass(frozen=True, order=True)
+class AclBinding:
+    """One ALLOW rule: ``principal`` may ``operation`` on a resource (literal or prefixed name)."""
+
+    principal: str
+    resource_type: str  # TOPIC | GROUP | TRANSACTIONAL_ID
+    name: str
+    operation: str  # READ | WRITE | DESCRIBE
+    pattern: str = "LITERAL"  # or PREFIXED
+
+    def command(self, bootstrap: str) -> str:
+        """The equivalent ``kafka-acls.sh`` invocation."""
+        flag = {"TOPIC": "--topic", "GROUP": "--group", "TRANSACTIONAL_ID": "--transactional-id"}[self.resource_type]
+        return (
+            f"kafka-acls.sh --bootstrap-server {bootstrap} --add --allow-principal {self.principal} "
+            f"--operation {self.operation.capitalize()} {flag} {self.name} "
+            f"--resource-pattern-type {self.pattern.lower()}"
+        )
+
+
+def agency_principal(agency: str) -> str:
+    """The SASL principal of one agency, e.g. ``User:agency-ars.11``."""
+    return f"User:agency-{agency}"
+
+
+def acl_plan(settings: Settings, policy_set: PolicySet, geography: Geography = DEFAULT_GEOGRAPHY) -> list[AclBinding]:
+    """Every ALLOW rule the deployment needs; anything not listed is denied by the broker."""
+    prefix = settings.topic_prefix
+    outputs = [prefix + t for t in output_topics(policy_set, geography)]
+    rules = [
+        AclBinding(PRODUCER, "TOPIC", settings.ingress_topic, "WRITE"),
+        AclBinding(PROCESSOR, "TOPIC", settings.ingress_topic, "READ"),
+        AclBinding(PROCESSOR, "GROUP", settings.group_id, "READ"),
+        AclBinding(PROCESSOR, "TRANSACTIONAL_ID", f"{settings.group_id}-", "WRITE", "PREFIXED"),
+        AclBinding(PROCESSOR, "TOPIC", settings.dlq_topic, "WRITE"),
+        AclBinding(PROCESSOR, "TOPIC", settings.audit_topic, "WRITE"),
+        AclBinding(OPERATOR, "TOPIC", settings.dlq_topic, "READ"),
+        AclBinding(OPERATOR, "TOPIC", settings.ingress_topic, "WRITE"),
+    ]
+    rules += [AclBinding(PROCESSOR, "TOPIC", topic, "WRITE") for topic in outputs]
+    for agency, topic in zip(agency_names(policy_set, geography), outputs, strict=True):
+        principal = agency_principal(agency)
+        rules += [
+            AclBinding(principal, "TOPIC", topic, "READ"),
+            AclBinding(principal, "GROUP", f"agency-{agency}", "READ", "PREFIXED"),
+        ]
+    return sorted(rules)
