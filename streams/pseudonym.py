@@ -104,14 +104,14 @@ def make_pseudonymiser(key: bytes, domain: str, cache_size: int = 1 << 16) -> Ca
     """Return ``f(value) -> pseudonym`` for one agency key and one input domain (e.g. ``nir``).
 
     The domain is mixed into the MAC so that pseudonyms of different fields never collide.
-    Results are memoised in a bounded LRU cache (a hit costs ~0.04 µs instead of ~2 µs).
+    Results are memoised in a bounded LRU cache (a hit costs ~0.04 µs instead of ~2 µs);
+    ``cache_size=0`` disables it for values that never repeat (event ids).
     """
     base = hmac.new(key, domain.encode() + b"\x00", hashlib.sha256)
 
-    @lru_cache(maxsize=cache_size)
     def pseudonymise(value: str) -> str:
         mac = base.copy()
         mac.update(value.encode())
         return base64.urlsafe_b64encode(mac.digest()[:PSEUDONYM_BYTES]).decode("ascii")
 
-    return pseudonymise
+    return lru_cache(maxsize=cache_size)(pseudonymise) if cache_size else pseudonymise

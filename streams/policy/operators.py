@@ -101,7 +101,9 @@ register(
 
 
 def _build_pseudonymise(ctx: BuildContext, args: Mapping[str, Any]) -> ValueFn:
-    pseudo = make_pseudonymiser(ctx.keys.key_for(ctx.agency), domain=ctx.sources[0])
+    # Memoise person identifiers (people are re-tested); unique ids (memoise: false) never hit.
+    cache = (1 << 16) if args.get("memoise", True) else 0
+    pseudo = make_pseudonymiser(ctx.keys.key_for(ctx.agency), domain=ctx.sources[0], cache_size=cache)
     if args.get("normalise") == "nir":
         return lambda v: pseudo(normalise_nir(v))
     return pseudo
@@ -114,7 +116,7 @@ register(
         input_kinds=(STRING,),
         output_type=lambda fields, args: "string",
         build=_build_pseudonymise,
-        args={"normalise": str},
+        args={"normalise": str, "memoise": bool},
     )
 )
 

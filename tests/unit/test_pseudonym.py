@@ -173,3 +173,11 @@ def test_short_key_from_env_is_rejected() -> None:
 def test_sixteen_byte_key_is_accepted() -> None:
     """A 16-byte key is the shortest accepted."""
     assert StaticKeyRing({"cnam": b"k" * 16}).key_for("cnam") == b"k" * 16
+
+
+def test_uncached_pseudonymiser_gives_the_same_pseudonyms_without_a_cache() -> None:
+    """cache_size=0 (for never-repeating event ids) keeps the values and holds no cache."""
+    cached = make_pseudonymiser(KEY_A, "event_id")
+    uncached = make_pseudonymiser(KEY_A, "event_id", cache_size=0)
+    assert uncached("e-1") == cached("e-1") and uncached("e-2") == cached("e-2")
+    assert hasattr(cached, "cache_info") and not hasattr(uncached, "cache_info")
