@@ -8,12 +8,13 @@ Each test module gets its own topic prefix, so modules never see each other's re
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,9 @@ import pytest
 
 from streams import localstack
 from streams.assembly import agency_names, load_policy_set, output_topics
+from streams.kafka_io import wait_for_lag_zero
 from streams.pseudonym import StaticKeyRing
+from streams.publish import publish_raw
 from streams.settings import Settings, settings_from_env
 from streams.topics import admin_client, ensure_topics, topic_specs
 
@@ -59,6 +62,16 @@ class Env:
             "SCREENING_STATE_DIR": str(self.settings.state_dir),
             "SCREENING_LOG_LEVEL": "info",
         }
+
+    def publish(self, records: Iterable[tuple[bytes | None, bytes | None, Sequence[tuple[str, bytes]]]]) -> int:
+        """Publish raw ``(key, value, headers)`` records to this environment's ingress topic."""
+        s = self.settings
+        return asyncio.run(publish_raw(s.bootstrap_servers, s.ingress_topic, records, self.partitions[s.ingress_topic]))
+
+    def drain(self, timeout_s: float = 240) -> float:
+        """Wait until the worker group has committed the whole ingress topic; return the seconds."""
+        s = self.settings
+        return wait_for_lag_zero(s.bootstrap_servers, s.group_id, s.ingress_topic, timeout_s=timeout_s)
 
 
 def make_env(stack: localstack.Endpoints, tmp: Path, name: str) -> Env:

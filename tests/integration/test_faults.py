@@ -8,7 +8,6 @@ topics are read with an independent ``read_committed`` consumer and counted by r
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import time
@@ -23,9 +22,9 @@ from streams import localstack
 from streams.assembly import load_policy_set
 from streams.domain.geography import DEFAULT_GEOGRAPHY
 from streams.generate import GeneratorSettings, generate_events
-from streams.kafka_io import KafkaIOError, group_lag, read_from, wait_for_lag_zero
+from streams.kafka_io import KafkaIOError, group_lag, read_from
 from streams.policy.engine import Minimiser
-from streams.publish import event_encoder, framed_events, publish_raw
+from streams.publish import event_encoder, framed_events
 from streams.registry import HttpSchemaRegistry
 
 from .conftest import Env, Worker, make_env
@@ -36,14 +35,7 @@ pytestmark = pytest.mark.fault
 def _publish(env: Env, count: int, seed: int) -> list[dict[str, Any]]:
     events = list(generate_events(count, GeneratorSettings(seed=seed, positive_share=0.3)))
     encoder = event_encoder(HttpSchemaRegistry(env.settings.registry_url), env.settings.ingress_topic, 1)
-    asyncio.run(
-        publish_raw(
-            env.settings.bootstrap_servers,
-            env.settings.ingress_topic,
-            framed_events(events, encoder),
-            env.partitions[env.settings.ingress_topic],
-        )
-    )
+    env.publish(framed_events(events, encoder))
     return events
 
 
@@ -109,9 +101,7 @@ def test_kill_minus_nine_five_times_loses_and_duplicates_nothing(stack: localsta
         )
     final = Worker(env, tmp_path / "final.log")
     try:
-        wait_for_lag_zero(
-            env.settings.bootstrap_servers, env.settings.group_id, env.settings.ingress_topic, timeout_s=600
-        )
+        env.drain(timeout_s=600)
     finally:
         assert final.stop() == 0, final.log()[-2000:]
     figures = _audit(env, events)
@@ -137,9 +127,7 @@ def test_broker_restart_mid_run_loses_and_duplicates_nothing(stack: localstack.E
         localstack.down(settings, only="kafka", echo=lambda line: None)
         time.sleep(3.0)
         localstack.up(settings, echo=lambda line: None)
-        wait_for_lag_zero(
-            env.settings.bootstrap_servers, env.settings.group_id, env.settings.ingress_topic, timeout_s=600
-        )
+        env.drain(timeout_s=600)
         assert worker.process.poll() is None, "the worker must survive a broker restart"
     finally:
         code = worker.stop()

@@ -6,7 +6,6 @@ with plain fastavro against the checked-in output contracts, not with the projec
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import random
@@ -24,10 +23,10 @@ from streams.assembly import load_policy_set
 from streams.contracts import load_schema, schema_dir, strip_logical_types
 from streams.domain.geography import DEFAULT_GEOGRAPHY
 from streams.generate import GeneratorSettings, generate_events
-from streams.kafka_io import ReadRecord, read_from, wait_for_lag_zero
+from streams.kafka_io import ReadRecord, read_from
 from streams.policy.engine import Minimiser
 from streams.policy.outputs import contract_path
-from streams.publish import event_encoder, framed_events, publish_raw
+from streams.publish import event_encoder, framed_events
 from streams.registry import HttpSchemaRegistry
 from streams.wire import frame
 
@@ -67,19 +66,10 @@ def flow(stack: localstack.Endpoints, tmp_path_factory: pytest.TempPathFactory) 
         records += mixed[chunk_start : chunk_start + len(mixed) // 4]
         if i < len(poison):
             records.append(poison[i])
-    asyncio.run(
-        publish_raw(
-            env.settings.bootstrap_servers,
-            env.settings.ingress_topic,
-            records,
-            env.partitions[env.settings.ingress_topic],
-        )
-    )
+    env.publish(records)
     worker = Worker(env, tmp / "worker.log")
     try:
-        wait_for_lag_zero(
-            env.settings.bootstrap_servers, env.settings.group_id, env.settings.ingress_topic, timeout_s=240
-        )
+        env.drain(timeout_s=240)
     finally:
         code = worker.stop()
     yield {

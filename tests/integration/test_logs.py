@@ -7,7 +7,6 @@ letters, shutdown) is then searched for every NIR, name, phone, email and addres
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -17,8 +16,7 @@ import pytest
 
 from streams import localstack
 from streams.generate import GeneratorSettings, generate_events
-from streams.kafka_io import wait_for_lag_zero
-from streams.publish import event_encoder, publish_raw
+from streams.publish import event_encoder
 from streams.registry import HttpSchemaRegistry
 from streams.wire import HEADER_SIZE
 
@@ -67,19 +65,10 @@ def test_worker_debug_log_holds_no_identifying_value(
             value = value[: HEADER_SIZE + 80]  # undecodable, cut inside the identity
         published.append({**event, **bad})
         records.append((str(event["event_id"]).encode(), value, ()))
-    asyncio.run(
-        publish_raw(
-            env.settings.bootstrap_servers,
-            env.settings.ingress_topic,
-            records,
-            env.partitions[env.settings.ingress_topic],
-        )
-    )
+    env.publish(records)
     worker = Worker(env, tmp / "worker.log")
     try:
-        wait_for_lag_zero(
-            env.settings.bootstrap_servers, env.settings.group_id, env.settings.ingress_topic, timeout_s=240
-        )
+        env.drain(timeout_s=240)
     finally:
         code = worker.stop()
     log = worker.log()

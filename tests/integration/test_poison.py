@@ -9,7 +9,6 @@ Run once per processing guarantee (transactional, and the faust agent).
 
 from __future__ import annotations
 
-import asyncio
 import random
 import sys
 import time
@@ -26,9 +25,9 @@ from streams.assembly import load_policy_set
 from streams.codec import ViewEncoder
 from streams.domain.geography import DEFAULT_GEOGRAPHY
 from streams.generate import GeneratorSettings, generate_events
-from streams.kafka_io import ReadRecord, read_from, wait_for_lag_zero
+from streams.kafka_io import ReadRecord, read_from
 from streams.policy.engine import Minimiser
-from streams.publish import event_encoder, publish_raw
+from streams.publish import event_encoder
 from streams.registry import HttpSchemaRegistry
 from streams.settings import GUARANTEES
 from streams.wire import HEADER_SIZE, frame
@@ -99,20 +98,11 @@ def poisoned(
             key = f"poison-{n:03d}-{kind}".encode()
             poison[key] = (make(event, encoder, rng, n), code)
             records.append((key, poison[key][0], ()))
-    asyncio.run(
-        publish_raw(
-            env.settings.bootstrap_servers,
-            env.settings.ingress_topic,
-            records,
-            env.partitions[env.settings.ingress_topic],
-        )
-    )
+    env.publish(records)
     worker = Worker(env, tmp / "worker.log")
     started = time.monotonic()
     try:
-        waited = wait_for_lag_zero(
-            env.settings.bootstrap_servers, env.settings.group_id, env.settings.ingress_topic, timeout_s=240
-        )
+        waited = env.drain(timeout_s=240)
     finally:
         code = worker.stop()
     print(
