@@ -98,6 +98,19 @@ def make_env(stack: localstack.Endpoints, tmp: Path, name: str) -> Env:
     return Env(settings, partitions, keys_file, StaticKeyRing(keys))
 
 
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_orphan_workers() -> Iterator[None]:
+    """Kill any worker a failing test left running, so no process outlives the session."""
+    yield
+    for process in _STARTED:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 class Worker:
     """A real worker process (``screening-streams worker``) of one environment."""
 
@@ -111,6 +124,7 @@ class Worker:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+        _STARTED.append(self.process)
 
     def stop(self) -> int:
         """SIGTERM and wait; return the exit code."""
