@@ -62,7 +62,7 @@ from streams.pseudonym import StaticKeyRing, generate_keys, write_key_file
 from streams.publish import publish_raw
 from streams.registry import HttpSchemaRegistry
 from streams.settings import Settings, settings_from_env
-from streams.topics import admin_client, ensure_topics, topic_specs
+from streams.topics import admin_client, create_topics
 
 WARMUP = 500  # live mode: events drained before timing, so workers have joined and warmed up
 
@@ -141,9 +141,12 @@ def verify_table(settings: Settings, mode: str, out: Outputs, expected: Expected
     dead = sum(out.reasons.values())
     verdict = f"NO {dict(out.reasons)}" if dead else "yes"
     body.append((f"{settings.dlq_topic} (dead letters)", dead, 0, verdict))
-    title = ("expected = in-process Pipeline on the same events with the same keys; match = "
-             "same count and (key, value) digest" if mode == "full"
-             else "expected: skipped (--verify spf)")
+    title = (
+        "expected = in-process Pipeline on the same events with the same keys; match = "
+        "same count and (key, value) digest"
+        if mode == "full"
+        else "expected: skipped (--verify spf)"
+    )
     return table(("topic", "produced", "expected", "match"), body, title=title)
 
 
@@ -160,8 +163,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verify", choices=("full", "spf"), default="full")
     p.add_argument("--timeout", type=float, default=3600.0, help="max seconds to wait for lag zero")
-    p.add_argument("--guarantee", choices=("at_least_once", "exactly_once"),
-                   help="SCREENING_PROCESSING_GUARANTEE for the workers (default: theirs)")
+    p.add_argument(
+        "--guarantee",
+        choices=("at_least_once", "exactly_once"),
+        help="SCREENING_PROCESSING_GUARANTEE for the workers (default: theirs)",
+    )
     p.add_argument("--keep-topics", action="store_true")
     return p.parse_args()
 
@@ -174,27 +180,25 @@ def main() -> None:
     stack = localstack.StackSettings.from_env(os.environ)
     ends = localstack.up(stack, echo=lambda line: print(f"  {line}"))
     prefix = f"bench{int(time.time())}."
-    settings = settings_from_env().with_(bootstrap_servers=ends.bootstrap_servers,
-                                         registry_url=ends.registry_url, topic_prefix=prefix)
+    settings = settings_from_env().with_(
+        bootstrap_servers=ends.bootstrap_servers, registry_url=ends.registry_url, topic_prefix=prefix
+    )
     run_dir = stack.state_dir / "bench" / prefix.rstrip(".")
     policy_set = load_policy_set(settings)
     keys = generate_keys(agency_names(policy_set))
     keys_file = run_dir / "throwaway-keys.json"
     write_key_file(keys_file, keys)
-    admin = admin_client(settings.bootstrap_servers)
-    try:
-        specs = topic_specs(settings, output_topics(policy_set))
-        parts = ensure_topics(admin, specs, settings.replication_factor)
-    finally:
-        admin.close()
+    parts = create_topics(settings, output_topics(policy_set))
     registry = HttpSchemaRegistry(settings.registry_url)
     reference = build_pipeline(settings, registry, StaticKeyRing(keys), policy_set=policy_set)
     live = args.mode == "live"
     count = WARMUP + int(args.rate * args.duration) if live else args.events
     expected = Expected()
     guarantee = os.environ.get("SCREENING_PROCESSING_GUARANTEE", "worker default")
-    print(f"{args.mode}: {count:,} events, {args.workers} worker(s) ({guarantee}), prefix {prefix}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; state {run_dir}")
+    print(
+        f"{args.mode}: {count:,} events, {args.workers} worker(s) ({guarantee}), prefix {prefix}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; state {run_dir}"
+    )
 
     def feed() -> Iterator[Raw]:
         stream = framed_stream(count, settings, registry, seed=args.seed, v2_share=args.v2_share)
@@ -223,37 +227,46 @@ def main() -> None:
         workers = start_workers(args.workers, settings, keys_file, run_dir)
         base = {w.pid: 0.0 for w in workers}
         if live:
-            wait_for_lag_zero(settings.bootstrap_servers, settings.group_id, settings.ingress_topic,
-                              timeout_s=args.timeout)
+            wait_for_lag_zero(
+                settings.bootstrap_servers, settings.group_id, settings.ingress_topic, timeout_s=args.timeout
+            )
             wait_members(settings, args.workers)
-            print(f"workers ready after {time.monotonic() - timing.started:.1f} s; publishing "
-                  f"{count - WARMUP:,} events at {args.rate:,.0f}/s")
+            print(
+                f"workers ready after {time.monotonic() - timing.started:.1f} s; publishing "
+                f"{count - WARMUP:,} events at {args.rate:,.0f}/s"
+            )
             base = {w.pid: cpu_seconds(w.pid) for w in workers}
             timing.mark_start()
         cpu0 = (cpu_seconds(broker_pid), time.process_time())
         if live:
             partitions = parts[settings.ingress_topic]
             took = asyncio.run(paced_publish(settings, records[WARMUP:], partitions, args.rate))
-            print(f"published {count - WARMUP:,} events in {took:.1f} s "
-                  f"= {(count - WARMUP) / took:,.0f}/s")
+            print(f"published {count - WARMUP:,} events in {took:.1f} s = {(count - WARMUP) / took:,.0f}/s")
+
         def sample(lag: int) -> None:
             if any(w.poll() is not None for w in workers):
                 raise RuntimeError(f"a worker exited early; see {run_dir}/worker*/worker.log")
             timing.samples.append((time.monotonic(), lag))
 
-        wait_for_lag_zero(settings.bootstrap_servers, settings.group_id, settings.ingress_topic,
-                          timeout_s=args.timeout, sleep=lambda _s: time.sleep(0.4), on_progress=sample)
+        wait_for_lag_zero(
+            settings.bootstrap_servers,
+            settings.group_id,
+            settings.ingress_topic,
+            timeout_s=args.timeout,
+            sleep=lambda _s: time.sleep(0.4),
+            on_progress=sample,
+        )
         timing.done, timing.done_wall = time.monotonic(), time.time()
-        timing.cpu = {f"worker {i} (pid {w.pid})": cpu_seconds(w.pid) - base[w.pid]
-                      for i, w in enumerate(workers)}
+        timing.cpu = {f"worker {i} (pid {w.pid})": cpu_seconds(w.pid) - base[w.pid] for i, w in enumerate(workers)}
         timing.cpu["kafka broker"] = cpu_seconds(broker_pid) - cpu0[0]
         timing.cpu["this bench process"] = time.process_time() - cpu0[1]
         codes = stop_workers(workers)
-        print(f"lag zero {timing.done - timing.started:.1f} s after "
-              f"{'publishing started' if live else 'worker start'}; "
-              f"workers stopped, exit codes {codes}")
-        outputs = collect(settings, [prefix + t for t in output_topics(policy_set)],
-                          timing.live_from_ms if live else 0)
+        print(
+            f"lag zero {timing.done - timing.started:.1f} s after "
+            f"{'publishing started' if live else 'worker start'}; "
+            f"workers stopped, exit codes {codes}"
+        )
+        outputs = collect(settings, [prefix + t for t in output_topics(policy_set)], timing.live_from_ms if live else 0)
         report(args, settings, count - WARMUP if live else count, timing, outputs, expected)
     finally:
         stop_workers(workers)
@@ -261,20 +274,24 @@ def main() -> None:
             cleanup(settings, [t for t in parts if t.startswith(prefix)])
 
 
-def report(args: argparse.Namespace, settings: Settings, n: int, timing: Timing, out: Outputs,
-           expected: Expected) -> None:
+def report(
+    args: argparse.Namespace, settings: Settings, n: int, timing: Timing, out: Outputs, expected: Expected
+) -> None:
     """Print rates, latency, CPU and the verification tables."""
     wall = timing.done - timing.started
     n_out = len(out.latencies)
     span = max(out.last_ms - out.first_ms, 1) / 1000
     first = out.first_ms / 1000 - timing.started_wall
     rows: list[tuple[object, ...]] = [
-        ("events: drain, steady (10%→90% of backlog)", steady_rate(timing.samples, n),
-         "start-up excluded") if args.mode == "backlog"
+        ("events: drain, steady (10%→90% of backlog)", steady_rate(timing.samples, n), "start-up excluded")
+        if args.mode == "backlog"
         else ("events: offered rate", args.rate, f"for {args.duration:.0f} s"),
         ("events: start → lag zero", n / wall, f"{wall:.1f} s"),
-        ("events: first output → lag zero", n / max(timing.done_wall - out.first_ms / 1000, 1e-3),
-         f"first output {first:+.1f} s after start"),
+        (
+            "events: first output → lag zero",
+            n / max(timing.done_wall - out.first_ms / 1000, 1e-3),
+            f"first output {first:+.1f} s after start",
+        ),
         ("outputs: first → last output", n_out / span, f"{n_out:,} outputs in {span:.1f} s"),
     ]
     print()
@@ -282,20 +299,38 @@ def report(args: argparse.Namespace, settings: Settings, n: int, timing: Timing,
     pct = percentiles(out.latencies)
     print()
     heads = ("end-to-end latency (output ts − source ts)", "outputs", "p50 ms", "p95 ms", "p99 ms")
-    print(table((*heads, "max ms"),
-                [("live events" if args.mode == "live" else "backlog (mostly queueing)",
-                  len(out.latencies), pct["p50"], pct["p95"], pct["p99"], pct["max"])]))
+    print(
+        table(
+            (*heads, "max ms"),
+            [
+                (
+                    "live events" if args.mode == "live" else "backlog (mostly queueing)",
+                    len(out.latencies),
+                    pct["p50"],
+                    pct["p95"],
+                    pct["p99"],
+                    pct["max"],
+                )
+            ],
+        )
+    )
     print()
-    print(table(("process", "CPU s", "of wall"),
-                [(k, v, f"{v / wall:.0%}") for k, v in timing.cpu.items()],
-                title=f"CPU over {wall:.1f} s (at most {os.cpu_count()} × 100 %):"))
+    print(
+        table(
+            ("process", "CPU s", "of wall"),
+            [(k, v, f"{v / wall:.0%}") for k, v in timing.cpu.items()],
+            title=f"CPU over {wall:.1f} s (at most {os.cpu_count()} × 100 %):",
+        )
+    )
     print()
     print(verify_table(settings, args.verify, out, expected))
     total = n + (WARMUP if args.mode == "live" else 0)
     n_out = sum(out.got.values())
     spf = sum(c for t, c in out.got.items() if t.endswith("surveillance.spf.results.v1"))
-    print(f"\noutputs per event {n_out / total:.3f}; SPF records {spf:,} == production-mode events "
-          f"{expected.production:,}: {'yes' if spf == expected.production else 'NO'}")
+    print(
+        f"\noutputs per event {n_out / total:.3f}; SPF records {spf:,} == production-mode events "
+        f"{expected.production:,}: {'yes' if spf == expected.production else 'NO'}"
+    )
 
 
 def cleanup(settings: Settings, topics: list[str]) -> None:

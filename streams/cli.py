@@ -73,15 +73,10 @@ def broker_wipe() -> None:
 def topics_create(bootstrap_servers: str | None, registry_url: str | None, topic_prefix: str | None) -> None:
     """Create every topic the processor uses (idempotent) and list their partitions."""
     from streams.assembly import load_policy_set, output_topics
-    from streams.topics import admin_client, ensure_topics, topic_specs
+    from streams.topics import create_topics
 
     settings = _settings(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
-    topics = output_topics(load_policy_set(settings))
-    admin = admin_client(settings.bootstrap_servers)
-    try:
-        counts = ensure_topics(admin, topic_specs(settings, topics), settings.replication_factor)
-    finally:
-        admin.close()
+    counts = create_topics(settings, output_topics(load_policy_set(settings)))
     for name, count in sorted(counts.items()):
         click.echo(f"{name}  partitions={count}")
 
@@ -252,7 +247,7 @@ def worker(
     from streams.domain.geography_file import load_geography_file
     from streams.pseudonym import StaticKeyRing
     from streams.registry import HttpSchemaRegistry
-    from streams.topics import admin_client, ensure_topics, topic_specs
+    from streams.topics import create_topics
     from streams.worker import build_app, run_worker
 
     settings = _settings(
@@ -268,12 +263,7 @@ def worker(
     policy_set = load_policy_set(settings, geography=geography)
     registry = HttpSchemaRegistry(settings.registry_url)
     pipeline = build_pipeline(settings, registry, key_ring, geography=geography, policy_set=policy_set)
-    admin = admin_client(settings.bootstrap_servers)
-    try:
-        topics = output_topics(policy_set, geography)
-        partitions = ensure_topics(admin, topic_specs(settings, topics), settings.replication_factor)
-    finally:
-        admin.close()
+    partitions = create_topics(settings, output_topics(policy_set, geography))
     sys.argv = [sys.argv[0]]  # faust's Worker parses argv itself
     run_worker(build_app(settings, pipeline, partitions), loglevel=settings.log_level)
 

@@ -34,7 +34,7 @@ from streams.pseudonym import generate_keys, write_key_file
 from streams.publish import event_encoder, framed_events, publish_raw
 from streams.registry import HttpSchemaRegistry
 from streams.settings import Settings, settings_from_env
-from streams.topics import admin_client, ensure_topics, topic_specs
+from streams.topics import create_topics
 from streams.wire import frame
 
 Echo = Callable[[str], None]
@@ -70,11 +70,7 @@ def run_demo(count: int, seed: int, keep_running: bool, echo: Echo = print) -> N
     write_key_file(keys_file, generate_keys(agencies))
     echo(f"throw-away pseudonymisation keys for {len(agencies)} agencies: {keys_file}")
 
-    admin = admin_client(settings.bootstrap_servers)
-    try:
-        partitions = ensure_topics(admin, topic_specs(settings, outputs), settings.replication_factor)
-    finally:
-        admin.close()
+    partitions = create_topics(settings, outputs)
     topics = sorted(partitions)
     before = end_offsets(settings.bootstrap_servers, topics)
 

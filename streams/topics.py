@@ -87,3 +87,12 @@ def partition_counts(admin: KafkaAdminClient, names: list[str]) -> dict[str, int
     except KafkaError as exc:
         raise TopicError(f"cannot describe topics: {exc}") from exc
     return {str(t.get("name") or t.get("topic")): len(t["partitions"]) for t in described if t.get("partitions")}
+
+
+def create_topics(settings: Settings, output_topics: Iterable[str]) -> dict[str, int]:
+    """Create every topic of ``settings`` and ``output_topics`` (idempotent); return partition counts."""
+    admin = admin_client(settings.bootstrap_servers)
+    try:
+        return ensure_topics(admin, topic_specs(settings, output_topics), settings.replication_factor)
+    finally:
+        admin.close()

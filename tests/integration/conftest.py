@@ -26,7 +26,7 @@ from streams.kafka_io import wait_for_lag_zero
 from streams.pseudonym import StaticKeyRing
 from streams.publish import publish_raw
 from streams.settings import Settings, settings_from_env
-from streams.topics import admin_client, ensure_topics, topic_specs
+from streams.topics import create_topics
 
 
 @pytest.fixture(scope="session")
@@ -90,11 +90,7 @@ def make_env(stack: localstack.Endpoints, tmp: Path, name: str) -> Env:
     keys = generate_keys(agency_names(policy_set))
     keys_file = tmp / "keys.json"
     write_key_file(keys_file, keys)
-    admin = admin_client(settings.bootstrap_servers)
-    try:
-        partitions = ensure_topics(admin, topic_specs(settings, output_topics(policy_set)))
-    finally:
-        admin.close()
+    partitions = create_topics(settings, output_topics(policy_set))
     return Env(settings, partitions, keys_file, StaticKeyRing(keys))
 
 
