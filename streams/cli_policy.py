@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import click
 
-from streams.assembly import PolicySet, load_policy_set
+from streams.assembly import PolicySet, agency_names, load_policy_set
 from streams.contracts import schema_dir, to_readable, to_wire
 from streams.errors import ConfigError
 from streams.settings import settings_from_env
@@ -107,7 +107,7 @@ def dry_run(event_file: Path, policy_dir: Path | None) -> None:
     except RecordRejected as exc:
         click.echo(f"validation: REJECTED -> dead-letter topic ({exc.code}: {exc})")
         return
-    agencies = ["cnam", "spf"] + [f"ars.{r}" for r in DEFAULT_GEOGRAPHY.region_names]
+    agencies = agency_names(policy_set)
     # Throw-away keys: a dry run shows shapes, never real pseudonyms.
     keyring = StaticKeyRing(generate_keys(agencies), source="dry-run throw-away keys")
     minimiser = Minimiser(policy_set.policies, policy_set.input_schema, keyring, DEFAULT_GEOGRAPHY)

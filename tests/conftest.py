@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from streams.assembly import PolicySet, load_policy_set
+from streams.assembly import PolicySet, agency_names, load_policy_set
 from streams.domain.geography import DEFAULT_GEOGRAPHY
 from streams.policy.engine import Minimiser
 from streams.pseudonym import StaticKeyRing
@@ -18,7 +18,7 @@ FIXED_NOW_MS = 1_767_225_600_000
 
 def all_agencies() -> list[str]:
     """Every agency that holds a key: national recipients and one regional agency per region."""
-    return ["cnam", "spf", *(f"ars.{r}" for r in sorted(DEFAULT_GEOGRAPHY.region_names))]
+    return agency_names(load_policy_set(Settings()))
 
 
 def deterministic_keys() -> StaticKeyRing:
