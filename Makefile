@@ -22,6 +22,7 @@ demo: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check streams tests $(wildcard bench)
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/screening-streams policy check
 
 unit: $(BIN)/.installed

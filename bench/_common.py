@@ -1,7 +1,7 @@
 """Helpers shared by the benchmarks in this folder (not a benchmark itself).
 
-Percentiles and table printing, the agency names and output topics the policies produce, and
-deterministic framed ingress events (v1/v2 mix). Scripts import it as ``_common`` because
+Percentiles and table printing, and deterministic framed ingress events (v1/v2 mix); the agency
+names and output topics come from :mod:`streams.assembly`. Scripts import it as ``_common`` because
 ``python bench/<name>.py`` puts ``bench/`` first on ``sys.path``.
 """
 
@@ -11,12 +11,10 @@ import math
 import random
 from collections.abc import Iterator, Sequence
 
-from streams.assembly import PolicySet
-from streams.codec import ViewEncoder
-from streams.domain.geography import DEFAULT_GEOGRAPHY
-from streams.generate import GeneratorSettings, generate_events
-from streams.publish import event_encoder
-from streams.registry import SchemaRegistryClient
+from streams.contracts.codec import ViewEncoder
+from streams.contracts.registry import SchemaRegistryClient
+from streams.domain.generate import GeneratorSettings, generate_events
+from streams.kafka.publish import event_encoder
 from streams.settings import Settings
 
 Row = Sequence[object]
@@ -67,29 +65,6 @@ def _fmt(value: object) -> str:
         return f"{value:,}"
     return str(value)
 
-
-def agency_names(policy_set: PolicySet) -> list[str]:
-    """Every agency that needs a key: one per recipient, one per region for routed ones."""
-    names: list[str] = []
-    for policy in policy_set.policies:
-        if policy.route == "region":
-            names += [f"{policy.recipient}.{r}" for r in sorted(DEFAULT_GEOGRAPHY.region_names)]
-        else:
-            names.append(policy.recipient)
-    return names
-
-
-def output_topics(policy_set: PolicySet) -> list[str]:
-    """Every output topic (without prefix) the policies can write to."""
-    topics: list[str] = []
-    for policy in policy_set.policies:
-        if policy.route == "region":
-            topics += [
-                policy.topic.replace("{region}", r) for r in sorted(DEFAULT_GEOGRAPHY.region_names)
-            ]
-        else:
-            topics.append(policy.topic)
-    return topics
 
 
 def framed_stream(

@@ -21,8 +21,8 @@ from aiokafka import AIOKafkaProducer
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
+from streams.kafka.topics import admin_client
 from streams.settings import Settings
-from streams.topics import admin_client
 
 Raw = tuple[bytes, bytes, tuple[tuple[str, bytes], ...]]
 MASK = (1 << 64) - 1

@@ -10,7 +10,7 @@ with logical types stripped exactly as on the hot path (``contracts.strip_logica
 
 * fastavro ``schemaless_reader`` / ``schemaless_writer`` on a parsed schema,
 * ``avro`` 1.12 ``DatumReader`` / ``DatumWriter`` with ``BinaryDecoder`` / ``BinaryEncoder``,
-* for reference, the project's own path: ``streams.codec.EventDecoder.decode`` (unframing,
+* for reference, the project's own path: ``streams.contracts.codec.EventDecoder.decode`` (unframing,
   writer-schema cache, trailing-byte check) and ``ViewEncoder.encode`` (framed output).
 
 Every call is timed on its own with ``perf_counter_ns`` (the timer itself costs ~0.1 µs, shown
@@ -35,19 +35,19 @@ from typing import Any
 import avro.io
 import avro.schema
 import fastavro
-from _common import agency_names, percentiles, table
+from _common import percentiles, table
 
-from streams.assembly import load_policy_set
-from streams.codec import EventDecoder, ViewEncoder
-from streams.contracts import Schema, strip_logical_types
+from streams.assembly import agency_names, load_policy_set
+from streams.contracts.codec import EventDecoder, ViewEncoder
+from streams.contracts.registry import InMemorySchemaRegistry
+from streams.contracts.schemas import Schema, strip_logical_types
+from streams.contracts.wire import frame
+from streams.domain.generate import GeneratorSettings, generate_events
 from streams.domain.geography import DEFAULT_GEOGRAPHY
-from streams.generate import GeneratorSettings, generate_events
 from streams.policy.engine import Minimiser
 from streams.policy.outputs import output_schema
-from streams.pseudonym import StaticKeyRing, generate_keys
-from streams.registry import InMemorySchemaRegistry
+from streams.policy.pseudonyms import StaticKeyRing, generate_keys
 from streams.settings import Settings
-from streams.wire import frame
 
 Case = tuple[str, str, Callable[[Any], Any], Sequence[Any]]
 

@@ -26,14 +26,14 @@ import pstats
 import time
 from collections.abc import Sequence
 
-from _common import agency_names, framed_stream, percentiles, table
+from _common import framed_stream, percentiles, table
 
-from streams.assembly import build_pipeline, load_policy_set, subject_for
-from streams.codec import ViewEncoder, register_encoder
+from streams.assembly import agency_names, build_pipeline, load_policy_set, subject_for
+from streams.contracts.codec import ViewEncoder, register_encoder
+from streams.contracts.registry import InMemorySchemaRegistry
 from streams.pipeline import InputRecord, Pipeline, PipelineStats
 from streams.policy.outputs import output_schema
-from streams.pseudonym import StaticKeyRing, generate_keys
-from streams.registry import InMemorySchemaRegistry
+from streams.policy.pseudonyms import StaticKeyRing, generate_keys
 from streams.settings import Settings
 
 STAGES = ("decode", "validate", "minimise", "encode")

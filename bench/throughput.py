@@ -1,11 +1,11 @@
 """End-to-end throughput and latency of real worker processes on the real local broker.
 
-Starts (or reuses) the local Kafka broker and Apicurio registry (``localstack.up``), creates
+Starts (or reuses) the local Kafka broker and Apicurio registry (``lifecycle.up``), creates
 fresh topics under a new prefix (``bench<unix time>.``) and throw-away keys, and then:
 
 * ``--mode backlog`` (default): PRE-LOADS ``--events`` events into the ingress topic, then
   starts ``--workers`` processes (``python -m streams.cli worker``, one state dir each) and
-  samples the group's committed lag every ~0.5 s (``kafka_io.wait_for_lag_zero``) until zero.
+  samples the group's committed lag every ~0.5 s (``streams.kafka.offsets.wait_for_lag_zero``) until zero.
   Reports the steady drain rate (consumed 10 % → 90 % of the backlog, start-up excluded), the
   rates from worker start and from the first output to lag zero, and outputs/s. Latencies of a
   backlog are queueing time, not processing time. Lag zero is seen up to ~1.5 s late (faust
@@ -40,7 +40,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from _common import agency_names, framed_stream, output_topics, percentiles, table
+from _common import framed_stream, percentiles, table
 from _stack import (
     MASK,
     Expected,
@@ -54,15 +54,16 @@ from _stack import (
     wait_members,
 )
 
-from streams import localstack
-from streams.assembly import build_pipeline, load_policy_set
-from streams.kafka_io import wait_for_lag_zero
+from streams.assembly import agency_names, build_pipeline, load_policy_set, output_topics
+from streams.contracts.registry import HttpSchemaRegistry
+from streams.kafka.offsets import wait_for_lag_zero
+from streams.kafka.publish import publish_raw
+from streams.kafka.topics import admin_client, create_topics
 from streams.pipeline import H_CODE, H_SOURCE_TS, InputRecord
-from streams.pseudonym import StaticKeyRing, generate_keys, write_key_file
-from streams.publish import publish_raw
-from streams.registry import HttpSchemaRegistry
+from streams.policy.pseudonyms import StaticKeyRing, generate_keys, write_key_file
 from streams.settings import Settings, settings_from_env
-from streams.topics import admin_client, create_topics
+from streams.stack import lifecycle
+from streams.stack.settings import StackSettings
 
 WARMUP = 500  # live mode: events drained before timing, so workers have joined and warmed up
 
@@ -177,8 +178,8 @@ def main() -> None:
     args = parse_args()
     if args.guarantee:
         os.environ["SCREENING_PROCESSING_GUARANTEE"] = args.guarantee  # inherited by the workers
-    stack = localstack.StackSettings.from_env(os.environ)
-    ends = localstack.up(stack, echo=lambda line: print(f"  {line}"))
+    stack = StackSettings.from_env(os.environ)
+    ends = lifecycle.up(stack, echo=lambda line: print(f"  {line}"))
     prefix = f"bench{int(time.time())}."
     settings = settings_from_env().with_(
         bootstrap_servers=ends.bootstrap_servers, registry_url=ends.registry_url, topic_prefix=prefix
@@ -213,7 +214,7 @@ def main() -> None:
         topic = settings.ingress_topic
         asyncio.run(publish_raw(settings.bootstrap_servers, topic, records, parts[topic]))
 
-    broker = [int(p) for p in re.findall(r"pid (\d+)", localstack.status(stack).get("kafka", ""))]
+    broker = [int(p) for p in re.findall(r"pid (\d+)", lifecycle.status(stack).get("kafka", ""))]
     broker_pid = broker[0] if broker else None
     workers: list[subprocess.Popen[bytes]] = []
     timing = Timing()

@@ -9,17 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from streams.codec import EventDecoder, ViewEncoder, register_encoder
-from streams.contracts import Schema, input_schema
+from streams.contracts.codec import EventDecoder, ViewEncoder, register_encoder
+from streams.contracts.registry import SchemaRegistryClient
+from streams.contracts.schemas import Schema, input_schema
 from streams.domain.geography import DEFAULT_GEOGRAPHY, Geography
+from streams.domain.validation import EventValidator, wall_clock_ms
 from streams.pipeline import Pipeline
 from streams.policy.engine import Minimiser, _regions_of
 from streams.policy.model import Policy, default_policy_dir, load_policies
 from streams.policy.outputs import output_schema
-from streams.pseudonym import KeyRing
-from streams.registry import SchemaRegistryClient
+from streams.policy.pseudonyms import KeyRing
 from streams.settings import Settings
-from streams.validation import EventValidator, wall_clock_ms
 
 INPUT_VERSION = 1  # the reader contract the processor is built against
 

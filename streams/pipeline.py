@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from streams import __version__
-from streams.codec import EventDecoder, ViewEncoder
+from streams.contracts.codec import EventDecoder, ViewEncoder
+from streams.domain.validation import EventValidator, wall_clock_ms
 from streams.errors import RecordRejected
 from streams.policy.engine import Minimiser
-from streams.validation import EventValidator, wall_clock_ms
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 faust acks and skips a message whose agent raised (faust-streaming #315), so nothing here
 may raise out of the loop: per-record failures are dead letters (see ``pipeline``), delivery
-failures are retried by the :class:`~streams.dispatch.Dispatcher` before the batch is acked.
+failures are retried by the :class:`~streams.kafka.dispatch.Dispatcher` before the batch is acked.
 Offsets are committed by faust only for acked events, after flushing the producer.
 """
 
@@ -18,10 +18,10 @@ from typing import Any
 import faust
 from faust.app.base import BootStrategy
 
-from streams.dispatch import Dispatcher, outputs_with_retry
+from streams.kafka.dispatch import Dispatcher, outputs_with_retry
+from streams.kafka.transactional import TransactionalRunner
 from streams.pipeline import InputRecord, Pipeline
 from streams.settings import Settings
-from streams.transactional import TransactionalRunner
 
 log = logging.getLogger(__name__)
 

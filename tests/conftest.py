@@ -9,7 +9,7 @@ import pytest
 from streams.assembly import PolicySet, agency_names, load_policy_set
 from streams.domain.geography import DEFAULT_GEOGRAPHY
 from streams.policy.engine import Minimiser
-from streams.pseudonym import StaticKeyRing
+from streams.policy.pseudonyms import StaticKeyRing
 from streams.settings import Settings
 
 #: 2026-01-01T00:00Z: "now" for every unit test (synthetic events are from 2020).

@@ -1,4 +1,4 @@
-"""The policy engine: load and validate per-recipient policies, compile them, apply them.
+"""The policy engine: load, validate, compile and apply per-recipient policies; pseudonyms, derived contracts, explain.
 
-It knows nothing of Kafka: records in, views out.
+May import: streams.contracts, streams.domain, streams.errors. It knows nothing of Kafka: records in, views out.
 """

@@ -12,12 +12,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from streams.contracts import Schema, fields_by_name
+from streams.contracts.schemas import Schema, fields_by_name
 from streams.domain.geography import Geography
 from streams.errors import RecordRejected
 from streams.policy.model import DERIVED_FILTERS, Condition, FieldRule, Policy
 from streams.policy.operators import OPERATORS, BuildContext
-from streams.pseudonym import KeyRing
+from streams.policy.pseudonyms import KeyRing
 
 Record = dict[str, Any]
 Getter = Callable[[Mapping[str, Any]], Any]

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from streams.contracts import FieldInfo, Schema, fields_by_name
+from streams.contracts.schemas import FieldInfo, Schema, fields_by_name
 from streams.errors import ConfigError
 from streams.policy.operators import OPERATORS
 

@@ -13,10 +13,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.contracts import FieldInfo
+from streams.contracts.schemas import FieldInfo
 from streams.domain.geography import Geography, department_of
 from streams.domain.nir import normalise_nir
-from streams.pseudonym import KeyRing, make_pseudonymiser
+from streams.policy.pseudonyms import KeyRing, make_pseudonymiser
 
 ValueFn = Callable[..., Any]
 _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from streams.contracts import Schema, fields_by_name
+from streams.contracts.schemas import Schema, fields_by_name
 from streams.policy.model import Policy
 from streams.policy.operators import OPERATORS
 

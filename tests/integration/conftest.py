@@ -1,6 +1,6 @@
 """Integration fixtures: the real local Kafka broker and Apicurio registry, once per session.
 
-The stack is fetched with mvn and started by ``streams.localstack`` unless
+The stack is fetched with mvn and started by ``streams.stack.lifecycle`` unless
 ``KAFKA_BOOTSTRAP_SERVERS`` (and ``SCHEMA_REGISTRY_URL``) point at running servers. A stack
 this session started is stopped at the end; one that was already running is left alone.
 Each test module gets its own topic prefix, so modules never see each other's records.
@@ -20,26 +20,27 @@ from pathlib import Path
 
 import pytest
 
-from streams import localstack
 from streams.assembly import agency_names, load_policy_set, output_topics
-from streams.kafka_io import wait_for_lag_zero
-from streams.pseudonym import StaticKeyRing
-from streams.publish import publish_raw
+from streams.kafka.offsets import wait_for_lag_zero
+from streams.kafka.publish import publish_raw
+from streams.kafka.topics import create_topics
+from streams.policy.pseudonyms import StaticKeyRing
 from streams.settings import Settings, settings_from_env
-from streams.topics import create_topics
+from streams.stack import lifecycle
+from streams.stack.settings import Endpoints, StackSettings
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[localstack.Endpoints]:
+def stack() -> Iterator[Endpoints]:
     """Bring up (or reuse) the real broker and registry for the whole test session."""
-    settings = localstack.StackSettings.from_env(os.environ)
-    was_running = all(state.startswith("up") for state in localstack.status(settings).values())
+    settings = StackSettings.from_env(os.environ)
+    was_running = all(state.startswith("up") for state in lifecycle.status(settings).values())
     started = time.monotonic()
-    endpoints = localstack.up(settings, echo=lambda line: print(f"[stack] {line}", file=sys.stderr))
+    endpoints = lifecycle.up(settings, echo=lambda line: print(f"[stack] {line}", file=sys.stderr))
     print(f"[stack] ready in {time.monotonic() - started:.1f} s", file=sys.stderr)
     yield endpoints
     if endpoints.managed and not was_running and not os.environ.get("SCREENING_KEEP_STACK"):
-        localstack.down(settings, echo=lambda line: print(f"[stack] {line}", file=sys.stderr))
+        lifecycle.down(settings, echo=lambda line: print(f"[stack] {line}", file=sys.stderr))
 
 
 @dataclass
@@ -74,9 +75,9 @@ class Env:
         return wait_for_lag_zero(s.bootstrap_servers, s.group_id, s.ingress_topic, timeout_s=timeout_s)
 
 
-def make_env(stack: localstack.Endpoints, tmp: Path, name: str) -> Env:
+def make_env(stack: Endpoints, tmp: Path, name: str) -> Env:
     """Create a fresh topic namespace with throw-away keys on the shared stack."""
-    from streams.pseudonym import generate_keys, write_key_file
+    from streams.policy.pseudonyms import generate_keys, write_key_file
 
     prefix = f"it.{name}.{uuid.uuid4().hex[:8]}."
     settings = settings_from_env({}).with_(

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 
-from streams import localstack
-from streams.demo import run_demo
-from streams.generate import GeneratorSettings, generate_events
+from streams.cli.demo import run_demo
+from streams.domain.generate import GeneratorSettings, generate_events
+from streams.stack.settings import Endpoints
 
 
-def test_demo_summary_counts_records_and_dead_letters(stack: localstack.Endpoints) -> None:
+def test_demo_summary_counts_records_and_dead_letters(stack: Endpoints) -> None:
     """The demo's per-topic counts equal the production events (SPF) and the 4 poison records (DLQ)."""
     lines: list[str] = []
     run_demo(count=2_000, seed=3, keep_running=True, echo=lines.append)

@@ -20,14 +20,14 @@ from typing import Any
 import pytest
 from kafka import TopicPartition
 
-from streams import localstack
 from streams.assembly import load_policy_set
+from streams.contracts.registry import HttpSchemaRegistry
+from streams.domain.generate import GeneratorSettings, generate_events
 from streams.domain.geography import DEFAULT_GEOGRAPHY
-from streams.generate import GeneratorSettings, generate_events
-from streams.kafka_io import ReadRecord, read_from, wait_for_lag_zero
+from streams.kafka.offsets import ReadRecord, read_from, wait_for_lag_zero
+from streams.kafka.publish import event_encoder, framed_events, publish_raw
 from streams.policy.engine import Minimiser
-from streams.publish import event_encoder, framed_events, publish_raw
-from streams.registry import HttpSchemaRegistry
+from streams.stack.settings import Endpoints
 
 from .conftest import Env, Worker, make_env
 
@@ -58,7 +58,7 @@ def _drain(env: Env) -> None:
 
 
 @pytest.fixture(scope="module")
-def round_trip(stack: localstack.Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def round_trip(stack: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Run the whole story once and record what each step produced."""
     tmp = tmp_path_factory.mktemp("dlq")
     env = make_env(stack, tmp, "dlq")

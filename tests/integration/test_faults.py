@@ -18,14 +18,15 @@ from typing import Any
 import pytest
 from kafka import TopicPartition
 
-from streams import localstack
 from streams.assembly import load_policy_set
+from streams.contracts.registry import HttpSchemaRegistry
+from streams.domain.generate import GeneratorSettings, generate_events
 from streams.domain.geography import DEFAULT_GEOGRAPHY
-from streams.generate import GeneratorSettings, generate_events
-from streams.kafka_io import KafkaIOError, group_lag, read_from
+from streams.kafka.offsets import KafkaIOError, group_lag, read_from
+from streams.kafka.publish import event_encoder, framed_events
 from streams.policy.engine import Minimiser
-from streams.publish import event_encoder, framed_events
-from streams.registry import HttpSchemaRegistry
+from streams.stack import lifecycle
+from streams.stack.settings import Endpoints, StackSettings
 
 from .conftest import Env, Worker, make_env
 
@@ -77,7 +78,7 @@ def _report(name: str, figures: dict[str, Any]) -> None:
     print(f"\n[fault] {name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
 
 
-def test_kill_minus_nine_five_times_loses_and_duplicates_nothing(stack: localstack.Endpoints, tmp_path: Path) -> None:
+def test_kill_minus_nine_five_times_loses_and_duplicates_nothing(stack: Endpoints, tmp_path: Path) -> None:
     """kill -9 of the worker at random moments of a 50 000-event backlog, 5 times: exactly once."""
     env = make_env(stack, tmp_path, "kill9")
     events = _publish(env, 50_000, seed=9)
@@ -113,20 +114,20 @@ def test_kill_minus_nine_five_times_loses_and_duplicates_nothing(stack: localsta
     assert figures["dead_lettered"] == 0
 
 
-def test_broker_restart_mid_run_loses_and_duplicates_nothing(stack: localstack.Endpoints, tmp_path: Path) -> None:
+def test_broker_restart_mid_run_loses_and_duplicates_nothing(stack: Endpoints, tmp_path: Path) -> None:
     """Stopping and restarting the broker while the worker drains a backlog: exactly once."""
     if not stack.managed or os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         pytest.skip("needs the locally managed broker to restart it")
     env = make_env(stack, tmp_path, "restart")
     events = _publish(env, 30_000, seed=21)
     worker = Worker(env, tmp_path / "worker.log")
-    settings = localstack.StackSettings.from_env(os.environ)
+    settings = StackSettings.from_env(os.environ)
     try:
         time.sleep(5.0)
         lag_before = _lag(env)
-        localstack.down(settings, only="kafka", echo=lambda line: None)
+        lifecycle.down(settings, only="kafka", echo=lambda line: None)
         time.sleep(3.0)
-        localstack.up(settings, echo=lambda line: None)
+        lifecycle.up(settings, echo=lambda line: None)
         env.drain(timeout_s=600)
         assert worker.process.poll() is None, "the worker must survive a broker restart"
     finally:

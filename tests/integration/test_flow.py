@@ -18,17 +18,17 @@ import fastavro
 import pytest
 from kafka import TopicPartition
 
-from streams import localstack
 from streams.assembly import load_policy_set
-from streams.contracts import load_schema, schema_dir, strip_logical_types
+from streams.contracts.registry import HttpSchemaRegistry
+from streams.contracts.schemas import load_schema, schema_dir, strip_logical_types
+from streams.contracts.wire import frame
+from streams.domain.generate import GeneratorSettings, generate_events
 from streams.domain.geography import DEFAULT_GEOGRAPHY
-from streams.generate import GeneratorSettings, generate_events
-from streams.kafka_io import ReadRecord, read_from
+from streams.kafka.offsets import ReadRecord, read_from
+from streams.kafka.publish import event_encoder, framed_events
 from streams.policy.engine import Minimiser
 from streams.policy.outputs import contract_path
-from streams.publish import event_encoder, framed_events
-from streams.registry import HttpSchemaRegistry
-from streams.wire import frame
+from streams.stack.settings import Endpoints
 
 from .conftest import Env, Worker, make_env
 
@@ -40,7 +40,7 @@ def _nir_with_bad_key(nir: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def flow(stack: localstack.Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def flow(stack: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Publish v1+v2 events with poison records between them through one real worker."""
     tmp = tmp_path_factory.mktemp("flow")
     env = make_env(stack, tmp, "flow")
@@ -164,9 +164,9 @@ def test_spf_counts_every_production_event(flow: dict[str, Any]) -> None:
     assert Counter(e["processing_mode"] for e in flow["events"])["P"] < EVENTS  # T/D present, dropped
 
 
-def test_registry_client_against_the_real_registry(stack: localstack.Endpoints, tmp_path: Path) -> None:
+def test_registry_client_against_the_real_registry(stack: Endpoints, tmp_path: Path) -> None:
     """Registering is idempotent, ids resolve back, and an unknown id is SchemaNotFound."""
-    from streams.registry import SchemaNotFound
+    from streams.contracts.registry import SchemaNotFound
 
     registry = HttpSchemaRegistry(stack.registry_url)
     schema = json.dumps(

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from streams import localstack
-from streams.generate import GeneratorSettings, generate_events
-from streams.publish import event_encoder
-from streams.registry import HttpSchemaRegistry
-from streams.wire import HEADER_SIZE
+from streams.contracts.registry import HttpSchemaRegistry
+from streams.contracts.wire import HEADER_SIZE
+from streams.domain.generate import GeneratorSettings, generate_events
+from streams.kafka.publish import event_encoder
+from streams.stack.settings import Endpoints
 
 from .conftest import Env, Worker, make_env
 
@@ -44,7 +44,7 @@ def _identifying_values(events: Iterable[Mapping[str, Any]]) -> set[str]:
 
 
 def test_worker_debug_log_holds_no_identifying_value(
-    stack: localstack.Endpoints, tmp_path_factory: pytest.TempPathFactory
+    stack: Endpoints, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """A DEBUG worker's whole log, over valid and invalid events, contains no NIR, name, phone, email or address."""
     tmp = tmp_path_factory.mktemp("logs")

@@ -20,17 +20,17 @@ from typing import Any
 import pytest
 from kafka import TopicPartition
 
-from streams import localstack
 from streams.assembly import load_policy_set
-from streams.codec import ViewEncoder
+from streams.contracts.codec import ViewEncoder
+from streams.contracts.registry import HttpSchemaRegistry
+from streams.contracts.wire import HEADER_SIZE, frame
+from streams.domain.generate import GeneratorSettings, generate_events
 from streams.domain.geography import DEFAULT_GEOGRAPHY
-from streams.generate import GeneratorSettings, generate_events
-from streams.kafka_io import ReadRecord, read_from
+from streams.kafka.offsets import ReadRecord, read_from
+from streams.kafka.publish import event_encoder
 from streams.policy.engine import Minimiser
-from streams.publish import event_encoder
-from streams.registry import HttpSchemaRegistry
 from streams.settings import GUARANTEES
-from streams.wire import HEADER_SIZE, frame
+from streams.stack.settings import Endpoints
 
 from .conftest import Env, Worker, make_env
 
@@ -53,7 +53,7 @@ POISONS: dict[str, tuple[Poison, str]] = {
     "truncated": (lambda e, enc, rng, n: enc.encode(e)[: HEADER_SIZE + rng.randint(0, 100)], "undecodable"),
     "nir": (lambda e, enc, rng, n: enc.encode({**e, "nir": _wrong_key(e["nir"])}), "invalid_nir"),
     "commune": (lambda e, enc, rng, n: enc.encode({**e, "commune_code": "97501"}), "unknown_commune"),
-    # result is the last field: index -3 is read by fastavro as POSITIVE (see streams.codec)
+    # result is the last field: index -3 is read by fastavro as POSITIVE (see streams.contracts.codec)
     "negative-enum": (lambda e, enc, rng, n: enc.encode({**e, "result": "NEGATIVE"})[:-1] + b"\x05", "undecodable"),
 }
 
@@ -77,7 +77,7 @@ def _read_all(env: Env, topic: str) -> list[ReadRecord]:
 
 @pytest.fixture(scope="module", params=GUARANTEES)
 def poisoned(
-    stack: localstack.Endpoints, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+    stack: Endpoints, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[dict[str, Any]]:
     """Publish valid events with poison between them, run one worker until lag 0, stop it."""
     tmp = tmp_path_factory.mktemp("poison")

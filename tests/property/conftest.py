@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from streams.assembly import PolicySet
-from streams.contracts import input_schema
+from streams.contracts.schemas import input_schema
 from streams.domain.geography import DEFAULT_GEOGRAPHY
 from streams.policy.engine import Minimiser
-from streams.pseudonym import StaticKeyRing
+from streams.policy.pseudonyms import StaticKeyRing
 
 
 @pytest.fixture(scope="session")

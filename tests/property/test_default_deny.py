@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams.assembly import PolicySet
-from streams.contracts import fields_by_name, input_schema
+from streams.contracts.schemas import fields_by_name, input_schema
+from streams.domain.generate import GeneratorSettings, generate_events
 from streams.domain.geography import COMMUNES, DEFAULT_GEOGRAPHY
-from streams.generate import GeneratorSettings, generate_events
 from streams.policy.engine import Minimiser
 
 BATCH = 25

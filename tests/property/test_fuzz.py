@@ -27,17 +27,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams.assembly import PolicySet, build_pipeline
-from streams.codec import ViewEncoder
-from streams.contracts import input_schema, strip_logical_types
+from streams.contracts.codec import ViewEncoder
+from streams.contracts.registry import InMemorySchemaRegistry
+from streams.contracts.schemas import input_schema, strip_logical_types
+from streams.contracts.wire import HEADER_SIZE, frame
+from streams.domain.generate import GeneratorSettings, generate_events
 from streams.domain.nir import nir_key
-from streams.generate import GeneratorSettings, generate_events
+from streams.domain.validation import EARLIEST_BIRTH_DAY, EARLIEST_TEST_MS, MAX_STRING, MS_PER_DAY
+from streams.kafka.publish import event_encoder
 from streams.pipeline import MAX_PAYLOAD, InputRecord, OutputRecord, Pipeline
-from streams.pseudonym import StaticKeyRing
-from streams.publish import event_encoder
-from streams.registry import InMemorySchemaRegistry
+from streams.policy.pseudonyms import StaticKeyRing
 from streams.settings import Settings
-from streams.validation import EARLIEST_BIRTH_DAY, EARLIEST_TEST_MS, MAX_STRING, MS_PER_DAY
-from streams.wire import HEADER_SIZE, frame
 
 NOW_MS = 1_767_225_600_000  # 2026-01-01T00:00Z, the pipeline's clock (generated events are from 2020)
 PER_CATEGORY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

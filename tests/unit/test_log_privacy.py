@@ -9,15 +9,15 @@ from typing import Any
 import pytest
 
 from streams.assembly import PolicySet, build_pipeline
+from streams.contracts.registry import InMemorySchemaRegistry
+from streams.contracts.wire import HEADER_SIZE
+from streams.domain.generate import GeneratorSettings, generate_events
 from streams.domain.geography import DEFAULT_GEOGRAPHY
-from streams.generate import GeneratorSettings, generate_events
+from streams.domain.validation import EventValidator
+from streams.kafka.publish import event_encoder
 from streams.pipeline import InputRecord
-from streams.pseudonym import StaticKeyRing
-from streams.publish import event_encoder
-from streams.registry import InMemorySchemaRegistry
+from streams.policy.pseudonyms import StaticKeyRing
 from streams.settings import Settings
-from streams.validation import EventValidator
-from streams.wire import HEADER_SIZE
 from streams.worker import _quiet_framework_loggers
 
 NOW_MS = 1_767_225_600_000  # 2026-01-01T00:00Z: after every generated event

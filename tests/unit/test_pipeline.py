@@ -13,11 +13,15 @@ import pytest
 
 from streams import __version__
 from streams.assembly import build_pipeline, load_policy_set, subject_for
-from streams.codec import EventDecoder, ViewEncoder, register_encoder
-from streams.contracts import strip_logical_types
+from streams.contracts.codec import EventDecoder, ViewEncoder, register_encoder
+from streams.contracts.registry import InMemorySchemaRegistry
+from streams.contracts.schemas import strip_logical_types
+from streams.contracts.wire import frame, unframe
+from streams.domain.generate import GeneratorSettings, generate_events
 from streams.domain.geography import DEFAULT_GEOGRAPHY
 from streams.domain.nir import nir_key
-from streams.generate import GeneratorSettings, generate_events
+from streams.domain.validation import EventValidator
+from streams.kafka.publish import event_encoder
 from streams.pipeline import (
     DLQ_HEADERS,
     MAX_PAYLOAD,
@@ -27,12 +31,8 @@ from streams.pipeline import (
 )
 from streams.policy.engine import Minimiser
 from streams.policy.outputs import output_schema
-from streams.pseudonym import StaticKeyRing, generate_keys
-from streams.publish import event_encoder
-from streams.registry import InMemorySchemaRegistry
+from streams.policy.pseudonyms import StaticKeyRing, generate_keys
 from streams.settings import DLQ_TOPIC, INGRESS_TOPIC, Settings
-from streams.validation import EventValidator
-from streams.wire import frame, unframe
 
 FIXED = 1_601_510_400_000  # 2020-10-01T00:00Z, after every generated event (July-August 2020)
 FIXED_ISO = b"2020-10-01T00:00:00.000+00:00"

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from streams.domain.generate import GeneratorSettings, generate_events
 from streams.errors import RecordRejected
-from streams.generate import GeneratorSettings, generate_events
 from streams.policy.engine import Minimiser
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from streams.contracts import input_schema
+from streams.contracts.schemas import input_schema
 from streams.domain.geography import DEFAULT_GEOGRAPHY
 from streams.errors import ConfigError
 from streams.policy.model import default_policy_dir, load_policies, parse_policy

@@ -7,7 +7,7 @@ import hashlib
 
 from streams.domain.geography import DEFAULT_GEOGRAPHY
 from streams.policy.operators import OPERATORS, BuildContext
-from streams.pseudonym import StaticKeyRing
+from streams.policy.pseudonyms import StaticKeyRing
 
 KEYS = StaticKeyRing({"spf": hashlib.sha256(b"k").digest()})
 

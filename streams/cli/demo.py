@@ -1,0 +1,164 @@
+"""The main job, end to end on real servers: the README's first command.
+
+Brings up the local broker and registry, creates topics, starts a real worker process,
+publishes N synthetic events plus a few poison records, waits until the worker has committed
+everything, prints per-topic counts, dead-letter reasons and sample minimised records decoded
+independently against the checked-in output contracts, then shuts down cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, cast
+
+import fastavro
+from kafka import TopicPartition
+
+from streams.assembly import agency_names, load_policy_set, output_topics
+from streams.contracts.registry import HttpSchemaRegistry
+from streams.contracts.schemas import load_schema, schema_dir, strip_logical_types, to_readable
+from streams.contracts.wire import frame
+from streams.domain.generate import GeneratorSettings, generate_events
+from streams.kafka.offsets import count_records, end_offsets, read_from, wait_for_lag_zero, wait_for_members
+from streams.kafka.publish import event_encoder, framed_events, publish_raw
+from streams.kafka.topics import create_topics
+from streams.pipeline import H_CODE
+from streams.policy.outputs import contract_path
+from streams.policy.pseudonyms import generate_keys, write_key_file
+from streams.settings import Settings, settings_from_env
+from streams.stack import lifecycle
+from streams.stack.settings import StackSettings
+
+Echo = Callable[[str], None]
+
+
+def poison_records(valid_body: bytes) -> list[tuple[bytes, bytes, tuple[tuple[str, bytes], ...]]]:
+    """Four kinds of bad input the demo mixes in: each must end in the dead-letter topic."""
+    return [
+        (b"poison-random", bytes(range(7, 60)), ()),
+        (b"poison-magic", b"\x07" + valid_body[1:], ()),
+        (b"poison-unknown-id", frame(987_654, valid_body[5:]), ()),
+        (b"poison-truncated", valid_body[:20], ()),
+    ]
+
+
+def _agencies_and_topics(settings: Settings) -> tuple[list[str], list[str]]:
+    policy_set = load_policy_set(settings)
+    return agency_names(policy_set), output_topics(policy_set)
+
+
+def run_demo(count: int, seed: int, keep_running: bool, echo: Echo = print) -> None:
+    """Run the whole job once and print the summary (see module docstring)."""
+    started = time.monotonic()
+    stack = StackSettings.from_env(os.environ)
+    endpoints = lifecycle.up(stack, echo=echo)
+    state = stack.state_dir / "demo"
+    state.mkdir(parents=True, exist_ok=True)
+    settings = settings_from_env().with_(
+        bootstrap_servers=endpoints.bootstrap_servers, registry_url=endpoints.registry_url, state_dir=state
+    )
+    agencies, outputs = _agencies_and_topics(settings)
+    keys_file = state / "throwaway-keys.json"
+    write_key_file(keys_file, generate_keys(agencies))
+    echo(f"throw-away pseudonymisation keys for {len(agencies)} agencies: {keys_file}")
+
+    partitions = create_topics(settings, outputs)
+    topics = sorted(partitions)
+    before = end_offsets(settings.bootstrap_servers, topics)
+
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "SCHEMA_REGISTRY_URL": settings.registry_url,
+        "SCREENING_KEYS_FILE": str(keys_file),
+        "SCREENING_STATE_DIR": str(state),
+        "SCREENING_TOPIC_PREFIX": settings.topic_prefix,
+    }
+    log_path = state / "worker.log"
+    with log_path.open("ab") as log_file:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    echo(f"worker started (pid {worker.pid}, log {log_path})")
+    try:
+        joined = wait_for_members(settings.bootstrap_servers, settings.group_id, timeout_s=120)
+        echo(f"worker joined the consumer group in {joined:.1f} s")
+        encoder = event_encoder(HttpSchemaRegistry(settings.registry_url), settings.ingress_topic, 1)
+        events = list(generate_events(count, GeneratorSettings(seed=seed)))
+        poison = poison_records(encoder.encode(dict(events[0])))
+        t_publish = time.monotonic()
+        records = [
+            *framed_events(events[: count // 2], encoder),
+            *poison,
+            *framed_events(events[count // 2 :], encoder),
+        ]
+        asyncio.run(
+            publish_raw(settings.bootstrap_servers, settings.ingress_topic, records, partitions[settings.ingress_topic])
+        )
+        published = time.monotonic()
+        echo(f"published {count} events + {len(poison)} poison records in {published - t_publish:.1f} s")
+        wait_for_lag_zero(
+            settings.bootstrap_servers, settings.group_id, settings.ingress_topic, timeout_s=600, on_progress=None
+        )
+        done = time.monotonic()
+        if worker.poll() is not None:
+            raise RuntimeError(f"worker exited with {worker.returncode}; see {log_path}")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+    delta = count_records(settings.bootstrap_servers, before)
+    _summary(settings, delta, before, count + len(poison), done - t_publish, echo)
+    echo(f"\ndemo finished in {time.monotonic() - started:.1f} s; worker stopped (exit {worker.returncode})")
+    if not keep_running:
+        lifecycle.down(stack, echo=echo)
+
+
+def _summary(
+    settings: Settings, delta: dict[str, int], before: dict[TopicPartition, int], sent: int, seconds: float, echo: Echo
+) -> None:
+    echo(f"\n{'topic':<40} {'records':>8}")
+    echo(f"{'-' * 40} {'-' * 8}")
+    ingress, dlq = settings.ingress_topic, settings.dlq_topic
+    echo(f"{ingress + ' (in)':<40} {delta.get(ingress, 0):>8}")
+    for topic in sorted(delta):
+        if topic not in (ingress, dlq, settings.audit_topic):
+            echo(f"{topic:<40} {delta[topic]:>8}")
+    echo(f"{dlq + ' (dead letters)':<40} {delta.get(dlq, 0):>8}")
+    echo(
+        f"\nend-to-end: {sent} records in {seconds:.1f} s = {sent / seconds:,.0f} records/s "
+        "(first publish to last commit, worker already in the group)"
+    )
+    reasons = Counter(
+        dict(r.headers).get(H_CODE, b"?").decode()
+        for r in read_from(settings.bootstrap_servers, {tp: o for tp, o in before.items() if tp.topic == dlq})
+    )
+    echo("dead-letter reasons: " + ", ".join(f"{code}={n}" for code, n in sorted(reasons.items())))
+    policy_set = load_policy_set(settings)
+    for policy in policy_set.policies:
+        topic = settings.topic_prefix + policy.topic.replace("{region}", "11")
+        sample = read_from(
+            settings.bootstrap_servers, {tp: o for tp, o in before.items() if tp.topic == topic}, limit=1
+        )
+        if not sample or sample[0].value is None:
+            continue
+        schema = load_schema(contract_path(schema_dir(), policy))
+        value = sample[0].value
+        parsed = fastavro.parse_schema(strip_logical_types(schema))
+        record = cast(dict[str, Any], fastavro.schemaless_reader(io.BytesIO(value[5:]), parsed, None))
+        echo(
+            f"\nsample from {topic} (schema id {int.from_bytes(value[1:5], 'big')}, "
+            f"policy {dict(sample[0].headers).get('policy.version', b'?').decode()}):"
+        )
+        echo(json.dumps(to_readable(record, schema), ensure_ascii=False))

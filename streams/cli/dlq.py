@@ -1,0 +1,229 @@
+"""``screening-streams dlq ...``: list, show and replay the dead letters of the ingress.
+
+The dead-letter topic holds raw input (identifying data): these commands print reason codes,
+coordinates and sizes, never a raw value. See :mod:`streams.dlq.replay` for the rules of a replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from kafka import TopicPartition
+
+from streams.cli.options import common_options, settings
+from streams.dlq.letters import DeadLetter, Selection, parse, render, render_summary, select, summarise, within
+from streams.dlq.replay import (
+    DEFAULT_MAX_REPLAYS,
+    ReplayPlan,
+    ledger_entry,
+    ledger_topic,
+    plan_replay,
+    replayed_coordinates,
+)
+from streams.errors import ScreeningStreamsError
+from streams.kafka.offsets import ReadRecord, beginning_offsets, end_offsets, read_from
+from streams.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+DAY_MS = 86_400_000
+
+
+class DlqError(ScreeningStreamsError):
+    """A dead-letter command cannot do what it was asked."""
+
+
+def _selection_options(func: F) -> F:
+    options = [
+        click.option(
+            "--code",
+            "codes",
+            multiple=True,
+            envvar="SCREENING_DLQ_CODE",
+            help="Only this reason code (repeatable), e.g. unknown_commune.",
+        ),
+        click.option("--partition", type=int, envvar="SCREENING_DLQ_PARTITION", help="DLQ partition."),
+        click.option("--offset", type=int, envvar="SCREENING_DLQ_OFFSET", help="DLQ offset (with --partition)."),
+        click.option(
+            "--source-partition", type=int, envvar="SCREENING_DLQ_SOURCE_PARTITION", help="Source (ingress) partition."
+        ),
+        click.option("--source-from", type=int, envvar="SCREENING_DLQ_SOURCE_FROM", help="Lowest source offset."),
+        click.option("--source-to", type=int, envvar="SCREENING_DLQ_SOURCE_TO", help="Highest source offset."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _selection(
+    codes: tuple[str, ...],
+    partition: int | None,
+    offset: int | None,
+    source_partition: int | None,
+    source_from: int | None,
+    source_to: int | None,
+) -> Selection:
+    if offset is not None and partition is None:
+        raise click.UsageError("--offset needs --partition (the record's DLQ partition)")
+    return Selection(frozenset(codes), source_partition, source_from, source_to, partition, offset)
+
+
+def _read_topic(bootstrap_servers: str, topic: str) -> list[ReadRecord]:
+    """Every record of ``topic`` below the end offsets taken now (nothing if it does not exist)."""
+    ends = end_offsets(bootstrap_servers, [topic])
+    starts = beginning_offsets(bootstrap_servers, [topic]) if ends else {}
+    pending = {tp: starts.get(tp, 0) for tp, end in ends.items() if starts.get(tp, 0) < end}
+    records = read_from(bootstrap_servers, pending) if pending else []
+    return within(records, {(tp.topic, tp.partition): end for tp, end in ends.items()})
+
+
+def _dead_letters(settings: Settings) -> list[DeadLetter]:
+    if not end_offsets(settings.bootstrap_servers, [settings.dlq_topic]):
+        raise DlqError(f"topic {settings.dlq_topic} does not exist: run `screening-streams topics`")
+    return [parse(r) for r in _read_topic(settings.bootstrap_servers, settings.dlq_topic)]
+
+
+@click.group()
+def dlq() -> None:
+    """Inspect and replay dead letters (rejected ingress records); raw values are never printed."""
+
+
+@dlq.command("list")
+@common_options
+@_selection_options
+def list_(
+    bootstrap_servers: str | None,
+    registry_url: str | None,
+    topic_prefix: str | None,
+    **criteria: Any,
+) -> None:
+    """Count dead letters per reason code, stage and source topic, with their time range."""
+    cfg = settings(bootstrap_servers=bootstrap_servers, registry_url=registry_url, topic_prefix=topic_prefix)
+    selection = _selection(**criteria)
+    letters = select(_dead_letters(cfg), selection)
+    click.echo(render_summary(summarise(letters), cfg.dlq_topic))
+
+
+@dlq.command("show")
+@common_options
+@_selection_options
+@click.option("--limit", "-n", type=click.IntRange(min=1), default=1, show_default=True, envvar="SCREENING_DLQ_LIMIT")
+@click.option(
+    "--hex",
+    "hex_preview",
+    is_flag=True,
+    default=False,
+    envvar="SCREENING_DLQ_HEX",
+    help="Also print the first 16 bytes of the raw value in hex (may hold identifying data).",
+)
+def show(
+    bootstrap_servers: str | None,
+    registry_url: str | None,
+    topic_prefix: str | None,
+    limit: int,
+    hex_preview: bool,
+    **criteria: Any,
+) -> None:
+    """Describe dead letters: one by --partition/--offset, or the first N matching --code."""
+    cfg = settings(bootstrap_servers=bootstrap_servers, registry_url=registry_url, topic_prefix=topic_prefix)
+    selection = _selection(**criteria)
+    if selection.partition is not None and selection.offset is not None:
+        tp = TopicPartition(cfg.dlq_topic, selection.partition)
+        ends = end_offsets(cfg.bootstrap_servers, [cfg.dlq_topic])
+        if tp not in ends:
+            raise DlqError(f"{cfg.dlq_topic} has no partition {selection.partition}")
+        found = read_from(cfg.bootstrap_servers, {tp: selection.offset}, limit=1) if selection.offset < ends[tp] else []
+        letters = select((parse(r) for r in found), selection)
+    else:
+        letters = select(_dead_letters(cfg), selection)
+    if not letters:
+        raise DlqError(f"no dead letter in {cfg.dlq_topic} matches the selection")
+    click.echo("\n\n".join(render(letter, hex_preview=hex_preview) for letter in letters[:limit]))
+    if len(letters) > limit:
+        click.echo(f"\n({limit} of {len(letters)} matching dead letters shown; --limit N for more)")
+
+
+@dlq.command("replay")
+@common_options
+@_selection_options
+@click.option("--dry-run", is_flag=True, default=False, envvar="SCREENING_DLQ_DRY_RUN", help="Say what would go.")
+@click.option(
+    "--max-replays",
+    type=click.IntRange(min=0),
+    default=DEFAULT_MAX_REPLAYS,
+    show_default=True,
+    envvar="SCREENING_DLQ_MAX_REPLAYS",
+    help="Refuse dead letters already replayed this many times.",
+)
+@click.option("--force", is_flag=True, default=False, envvar="SCREENING_DLQ_FORCE", help="Ignore --max-replays.")
+@click.option(
+    "--again",
+    is_flag=True,
+    default=False,
+    envvar="SCREENING_DLQ_AGAIN",
+    help="Also replay dead letters an earlier replay already sent back (duplicates downstream).",
+)
+def replay(
+    bootstrap_servers: str | None,
+    registry_url: str | None,
+    topic_prefix: str | None,
+    dry_run: bool,
+    max_replays: int,
+    force: bool,
+    again: bool,
+    **criteria: Any,
+) -> None:
+    """Send matching dead letters back to the ingress topic, unchanged, up to the DLQ's current end."""
+    cfg = settings(bootstrap_servers=bootstrap_servers, registry_url=registry_url, topic_prefix=topic_prefix)
+    selection = _selection(**criteria)
+    letters = select(_dead_letters(cfg), selection)  # bounded by the end offsets taken now
+    ledger = ledger_topic(cfg.topic_prefix)
+    replayed = replayed_coordinates(_read_topic(cfg.bootstrap_servers, ledger))
+    plan = plan_replay(letters, max_replays=max_replays, force=force, replayed=replayed, again=again)
+    if dry_run:
+        for record in plan.records:
+            click.echo(f"would replay {record.of} as replay {record.count}")
+        click.echo(f"dry run: would replay {len(plan.records)} dead letters to {cfg.ingress_topic}")
+    else:
+        sent = _publish(cfg, ledger, plan) if plan.records else 0
+        chosen = {r.of for r in plan.records}
+        codes = Counter(letter.code for letter in letters if letter.coordinates in chosen)
+        detail = f" ({', '.join(f'{c}: {n}' for c, n in sorted(codes.items()))})" if codes else ""
+        click.echo(f"replayed {sent} dead letters to {cfg.ingress_topic}{detail}")
+    _report_skips(plan, max_replays)
+
+
+def _report_skips(plan: ReplayPlan, max_replays: int) -> None:
+    if plan.over_limit:
+        click.echo(
+            f"skipped {len(plan.over_limit)} already replayed {max_replays} times or more (--force to replay anyway)"
+        )
+    if plan.already_replayed:
+        click.echo(f"skipped {len(plan.already_replayed)} an earlier replay already sent back (--again to resend)")
+
+
+def _publish(cfg: Settings, ledger: str, plan: ReplayPlan) -> int:
+    from streams.kafka.publish import publish_raw
+    from streams.kafka.topics import TopicSpec, admin_client, ensure_topics, partition_counts
+
+    ledger_spec = TopicSpec(ledger, 1, {"cleanup.policy": "compact,delete", "retention.ms": str(14 * DAY_MS)})
+    admin = admin_client(cfg.bootstrap_servers)
+    try:
+        ingress_partitions = partition_counts(admin, [cfg.ingress_topic]).get(cfg.ingress_topic)
+        ledger_partitions = ensure_topics(admin, [ledger_spec], cfg.replication_factor)[ledger]
+    finally:
+        admin.close()
+    if not ingress_partitions:
+        raise DlqError(f"topic {cfg.ingress_topic} does not exist: run `screening-streams topics`")
+    records = [(r.key, r.value, r.headers) for r in plan.records]
+    sent = asyncio.run(publish_raw(cfg.bootstrap_servers, cfg.ingress_topic, records, ingress_partitions))
+    # Recorded after the replays are acknowledged: a crash in between replays them again on
+    # the next run (at least once; agencies see the duplicate event_ref), never loses one.
+    now_ms = time.time_ns() // 1_000_000
+    entries = [ledger_entry(r, cfg.ingress_topic, now_ms) for r in plan.records]
+    asyncio.run(publish_raw(cfg.bootstrap_servers, ledger, entries, ledger_partitions))
+    return sent

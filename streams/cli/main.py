@@ -1,0 +1,296 @@
+"""The ``screening-streams`` command line. Every flag falls back to an environment variable."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from streams.cli.options import common_options
+from streams.cli.options import settings as _settings
+from streams.errors import ScreeningStreamsError
+from streams.settings import Settings, env_var
+from streams.stack import lifecycle
+from streams.stack.settings import StackSettings
+
+
+class _Group(click.Group):
+    """Turns project errors into one readable line and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ScreeningStreamsError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+def main() -> None:
+    """screening-streams: minimise screening test results per recipient on Kafka."""
+
+
+# ---------------------------------------------------------------- broker
+@main.group()
+def broker() -> None:
+    """Run a real local Kafka broker (KRaft) and Apicurio registry, fetched with mvn."""
+
+
+@broker.command("up")
+def broker_up() -> None:
+    """Fetch (once), start and wait for the local broker and registry."""
+    endpoints = lifecycle.up(StackSettings.from_env(os.environ), echo=click.echo)
+    click.echo(f"KAFKA_BOOTSTRAP_SERVERS={endpoints.bootstrap_servers}")
+    click.echo(f"SCHEMA_REGISTRY_URL={endpoints.registry_url}")
+
+
+@broker.command("down")
+def broker_down() -> None:
+    """Stop the local broker and registry (data and downloads are kept)."""
+    lifecycle.down(StackSettings.from_env(os.environ), echo=click.echo)
+
+
+@broker.command("status")
+def broker_status() -> None:
+    """Say whether the local broker and registry run."""
+    for name, state in lifecycle.status(StackSettings.from_env(os.environ)).items():
+        click.echo(f"{name}: {state}")
+
+
+@broker.command("wipe")
+def broker_wipe() -> None:
+    """Stop and delete the local broker's data (downloads are kept)."""
+    lifecycle.wipe(StackSettings.from_env(os.environ))
+
+
+# ---------------------------------------------------------------- topics & keys
+@main.command("topics")
+@common_options
+def topics_create(bootstrap_servers: str | None, registry_url: str | None, topic_prefix: str | None) -> None:
+    """Create every topic the processor uses (idempotent) and list their partitions."""
+    from streams.assembly import load_policy_set, output_topics
+    from streams.kafka.topics import create_topics
+
+    settings = _settings(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
+    counts = create_topics(settings, output_topics(load_policy_set(settings)))
+    for name, count in sorted(counts.items()):
+        click.echo(f"{name}  partitions={count}")
+
+
+@main.group()
+def acl() -> None:
+    """Kafka ACLs derived from the policies (one principal per agency)."""
+
+
+@acl.command("plan")
+@common_options
+def acl_plan_command(bootstrap_servers: str | None, registry_url: str | None, topic_prefix: str | None) -> None:
+    """Print the kafka-acls.sh commands that give each agency read access to its own topic only."""
+    from streams.assembly import load_policy_set
+    from streams.kafka.acl import acl_plan
+
+    settings = _settings(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
+    for rule in acl_plan(settings, load_policy_set(settings)):
+        click.echo(rule.command(settings.bootstrap_servers))
+
+
+@main.group()
+def keys() -> None:
+    """Pseudonymisation keys (one secret per agency)."""
+
+
+@keys.command("generate")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    envvar="SCREENING_KEYS_FILE",
+    required=True,
+    help="Key file to write (JSON, mode 0600).",
+)
+def keys_generate(out: Path) -> None:
+    """Write throw-away random keys for every agency (demos and tests; never commit them)."""
+    from streams.assembly import agency_names, load_policy_set
+    from streams.policy.pseudonyms import generate_keys, write_key_file
+
+    agencies = agency_names(load_policy_set(_settings()))
+    write_key_file(out, generate_keys(agencies))
+    click.echo(f"wrote keys for {len(agencies)} agencies to {out}")
+
+
+# ---------------------------------------------------------------- generate
+@main.command("generate")
+@click.option("--count", "-n", type=int, default=1000, show_default=True, envvar="SCREENING_GENERATE_COUNT")
+@click.option("--seed", type=int, default=0, show_default=True, envvar="SCREENING_GENERATE_SEED")
+@click.option(
+    "--schema-version",
+    type=click.Choice(["1", "2"]),
+    default="1",
+    show_default=True,
+    envvar="SCREENING_GENERATE_SCHEMA_VERSION",
+)
+@click.option("--positive-share", type=float, default=0.15, show_default=True, envvar="SCREENING_POSITIVE_SHARE")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    envvar="SCREENING_GENERATE_OUT",
+    help="Write to a file instead: .avro (container file) or .jsonl (readable dates).",
+)
+@click.option(
+    "--publish/--no-publish",
+    default=False,
+    envvar="SCREENING_GENERATE_PUBLISH",
+    help="Publish to the ingress topic (Confluent framing, schema registered).",
+)
+@common_options
+def generate(
+    count: int,
+    seed: int,
+    schema_version: str,
+    positive_share: float,
+    out: Path | None,
+    publish: bool,
+    bootstrap_servers: str | None,
+    registry_url: str | None,
+    topic_prefix: str | None,
+) -> None:
+    """Generate realistic synthetic screening events (valid NIRs, real communes, 18 regions)."""
+    from streams.domain.generate import GeneratorSettings, generate_events
+
+    if not out and not publish:
+        raise click.UsageError("say where the events go: --out FILE or --publish")
+    version = int(schema_version)
+    events = generate_events(count, GeneratorSettings(seed=seed, positive_share=positive_share, schema_version=version))
+    if out:
+        _write_events(out, events, version, count)
+        click.echo(f"wrote {count} events to {out}")
+        return
+    settings = _settings(bootstrap_servers=bootstrap_servers, registry_url=registry_url, topic_prefix=topic_prefix)
+    sent = _publish(settings, events, version, count)
+    click.echo(f"published {sent} events to {settings.ingress_topic}")
+
+
+def _publish(settings: Settings, events: Any, version: int, count: int) -> int:
+    from streams.contracts.registry import HttpSchemaRegistry
+    from streams.kafka.publish import event_encoder, framed_events, publish_raw
+    from streams.kafka.topics import admin_client, partition_counts
+
+    encoder = event_encoder(HttpSchemaRegistry(settings.registry_url), settings.ingress_topic, version)
+    admin = admin_client(settings.bootstrap_servers)
+    try:
+        partitions = partition_counts(admin, [settings.ingress_topic]).get(settings.ingress_topic)
+    finally:
+        admin.close()
+    if not partitions:
+        raise ScreeningStreamsError(f"topic {settings.ingress_topic} does not exist: run `screening-streams topics`")
+    with click.progressbar(length=count, label="publishing", file=sys.stderr) as bar:
+        last = [0]
+
+        def progress(sent: int) -> None:
+            bar.update(sent - last[0])
+            last[0] = sent
+
+        return asyncio.run(
+            publish_raw(
+                settings.bootstrap_servers,
+                settings.ingress_topic,
+                framed_events(events, encoder),
+                partitions,
+                progress=progress,
+            )
+        )
+
+
+def _write_events(out: Path, events: Any, version: int, count: int) -> None:
+    import fastavro
+
+    from streams.contracts.schemas import input_schema, to_readable
+
+    schema = input_schema(version)
+    with click.progressbar(events, length=count, label="generating", file=sys.stderr) as bar:
+        if out.suffix == ".avro":
+            with out.open("wb") as handle:
+                # The file's schema keeps its logical types; fastavro writes the wire-native
+                # ints (days, epoch millis) of the generated events as they are.
+                fastavro.writer(handle, fastavro.parse_schema(schema), bar)
+        else:
+            with out.open("w", encoding="utf-8") as handle:
+                for event in bar:
+                    handle.write(json.dumps(to_readable(event, schema), ensure_ascii=False) + "\n")
+
+
+# ---------------------------------------------------------------- worker
+@main.command("worker")
+@common_options
+@click.option("--keys-file", type=click.Path(path_type=Path), envvar=env_var("keys_file"))
+@click.option(
+    "--geography-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar=env_var("geography_file"),
+    help='JSON {"departments": {"975": "28"}}: departments added to the routing table.',
+)
+@click.option("--loglevel", envvar=env_var("log_level"), default="warning", show_default=True)
+def worker(
+    bootstrap_servers: str | None,
+    registry_url: str | None,
+    topic_prefix: str | None,
+    keys_file: Path | None,
+    geography_file: Path | None,
+    loglevel: str,
+) -> None:
+    """Run a worker: consume the ingress topic, publish minimised views (scale by processes)."""
+    from streams.assembly import build_pipeline, load_policy_set, output_topics
+    from streams.contracts.registry import HttpSchemaRegistry
+    from streams.domain.geography import DEFAULT_GEOGRAPHY
+    from streams.domain.geography_file import load_geography_file
+    from streams.kafka.topics import create_topics
+    from streams.policy.pseudonyms import StaticKeyRing
+    from streams.worker import build_app, run_worker
+
+    settings = _settings(
+        bootstrap_servers=bootstrap_servers,
+        registry_url=registry_url,
+        topic_prefix=topic_prefix,
+        keys_file=keys_file,
+        geography_file=geography_file,
+        log_level=loglevel,
+    )
+    geography = load_geography_file(settings.geography_file) if settings.geography_file else DEFAULT_GEOGRAPHY
+    key_ring = StaticKeyRing.from_file(settings.keys_file) if settings.keys_file else StaticKeyRing.from_env()
+    policy_set = load_policy_set(settings, geography=geography)
+    registry = HttpSchemaRegistry(settings.registry_url)
+    pipeline = build_pipeline(settings, registry, key_ring, geography=geography, policy_set=policy_set)
+    partitions = create_topics(settings, output_topics(policy_set, geography))
+    sys.argv = [sys.argv[0]]  # faust's Worker parses argv itself
+    run_worker(build_app(settings, pipeline, partitions), loglevel=settings.log_level)
+
+
+# ---------------------------------------------------------------- demo
+@main.command("demo")
+@click.option("--count", "-n", type=int, default=10_000, show_default=True, envvar="SCREENING_DEMO_COUNT")
+@click.option("--seed", type=int, default=1, show_default=True, envvar="SCREENING_DEMO_SEED")
+@click.option(
+    "--keep-running/--stop",
+    default=False,
+    envvar="SCREENING_DEMO_KEEP_RUNNING",
+    help="Leave the local broker and registry running afterwards.",
+)
+def demo(count: int, seed: int, keep_running: bool) -> None:
+    """The main job: broker up, topics, worker, N synthetic events, per-agency summary."""
+    from streams.cli.demo import run_demo
+
+    run_demo(count=count, seed=seed, keep_running=keep_running, echo=click.echo)
+
+
+from streams.cli.dlq import dlq  # noqa: E402  (registers the `dlq` group)
+from streams.cli.policy import policy  # noqa: E402  (registers the `policy` group)
+
+main.add_command(policy)
+main.add_command(dlq)
+
+if __name__ == "__main__":
+    main()

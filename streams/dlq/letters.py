@@ -1,0 +1,267 @@
+"""Dead letters that help: parse, summarise, select and show records of the dead-letter topic.
+
+Pure functions over records already read from Kafka (:class:`~streams.kafka.offsets.ReadRecord`);
+``streams.cli.dlq`` does the reading and publishing. A dead letter holds the raw input, which
+holds identifying data: nothing here ever decodes the value to fields or returns it as text.
+:func:`render` prints its size (and, only when asked, a hex preview of its first 16 bytes).
+
+The DLQ is read only up to the end offsets taken when a command starts (:func:`within`), so
+a replay (:mod:`streams.dlq.replay`) never sees, let alone replays, the dead letters its own
+output produces.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from streams.kafka.offsets import ReadRecord
+from streams.pipeline import (
+    H_CODE,
+    H_OFFSET,
+    H_PARTITION,
+    H_REASON,
+    H_REPLAYS,
+    H_STAGE,
+    H_TIME,
+    H_TOPIC,
+    H_VERSION,
+)
+from streams.policy.explain import table
+
+#: Header naming the DLQ record a replay comes from: ``<dlq topic>:<partition>:<offset>``.
+H_REPLAY_OF = "dlq.replay.of"
+#: Every header under this prefix belongs to the DLQ machinery and is dropped on replay.
+DLQ_PREFIX = "dlq."
+#: How many bytes of the raw value ``show --hex`` may print.
+HEX_PREVIEW_BYTES = 16
+
+Header = tuple[str, bytes]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One DLQ record with its ``dlq.*`` headers decoded (the raw value stays bytes).
+
+    ``replay_count`` is None when the header is present but not a number.
+    """
+
+    record: ReadRecord
+    code: str
+    reason: str
+    stage: str
+    source_topic: str
+    source_partition: int | None
+    source_offset: int | None
+    time: str
+    processor_version: str
+    replay_count: int | None
+    replay_of: str | None
+
+    @property
+    def coordinates(self) -> str:
+        """Where this dead letter sits: ``<dlq topic>:<partition>:<offset>``."""
+        return f"{self.record.topic}:{self.record.partition}:{self.record.offset}"
+
+
+def text(value: bytes | None) -> str:
+    return "" if value is None else value.decode("utf-8", errors="replace")
+
+
+def _int(value: bytes | None) -> int | None:
+    try:
+        return int(text(value)) if value else None
+    except ValueError:
+        return None
+
+
+def parse(record: ReadRecord) -> DeadLetter:
+    """Decode the ``dlq.*`` headers of one DLQ record (missing headers read as empty)."""
+    headers = dict(record.headers)
+    raw_count = headers.get(H_REPLAYS)
+    return DeadLetter(
+        record=record,
+        code=text(headers.get(H_CODE)) or "?",
+        reason=text(headers.get(H_REASON)),
+        stage=text(headers.get(H_STAGE)) or "?",
+        source_topic=text(headers.get(H_TOPIC)) or "?",
+        source_partition=_int(headers.get(H_PARTITION)),
+        source_offset=_int(headers.get(H_OFFSET)),
+        time=text(headers.get(H_TIME)),
+        processor_version=text(headers.get(H_VERSION)),
+        replay_count=0 if not raw_count else _int(raw_count),
+        replay_of=text(headers[H_REPLAY_OF]) if H_REPLAY_OF in headers else None,
+    )
+
+
+def within(records: Iterable[ReadRecord], ends: Mapping[tuple[str, int], int]) -> list[ReadRecord]:
+    """Keep the records below the end offsets snapshot ``ends`` (``(topic, partition) -> end``).
+
+    This is what bounds a replay: records appended after the snapshot (such as the dead
+    letters of a replay that failed again) are never considered by the same run.
+    """
+    return [r for r in records if r.offset < ends.get((r.topic, r.partition), 0)]
+
+
+# ---------------------------------------------------------------- summary
+def _parse_time(text: str) -> dt.datetime | None:
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Counts of dead letters per (reason code, stage, source topic), and their time range."""
+
+    rows: Mapping[tuple[str, str, str], int]
+    replays: Mapping[tuple[str, str, str], int]
+    first: dt.datetime | None
+    last: dt.datetime | None
+
+    @property
+    def total(self) -> int:
+        """How many dead letters were summarised."""
+        return sum(self.rows.values())
+
+    def _by(self, index: int) -> dict[str, int]:
+        counts: Counter[str] = Counter()
+        for key, count in self.rows.items():
+            counts[key[index]] += count
+        return dict(counts)
+
+    @property
+    def by_code(self) -> dict[str, int]:
+        """Dead letters per reason code."""
+        return self._by(0)
+
+    @property
+    def by_stage(self) -> dict[str, int]:
+        """Dead letters per stage (decode, validate, minimise, encode)."""
+        return self._by(1)
+
+    @property
+    def by_source_topic(self) -> dict[str, int]:
+        """Dead letters per source topic."""
+        return self._by(2)
+
+
+def summarise(letters: Iterable[DeadLetter]) -> Summary:
+    """Count dead letters per reason code / stage / source topic and find their time range.
+
+    ``replays`` counts, per row, the dead letters that are themselves failed replays.
+    """
+    rows: Counter[tuple[str, str, str]] = Counter()
+    replays: Counter[tuple[str, str, str]] = Counter()
+    times: list[dt.datetime] = []
+    for letter in letters:
+        key = (letter.code, letter.stage, letter.source_topic)
+        rows[key] += 1
+        if letter.replay_count != 0:
+            replays[key] += 1
+        when = _parse_time(letter.time)
+        if when is not None:
+            times.append(when)
+    return Summary(dict(rows), dict(replays), min(times, default=None), max(times, default=None))
+
+
+def render_summary(summary: Summary, dlq_topic: str) -> str:
+    """The ``dlq list`` table: one row per (code, stage, source topic), biggest first."""
+    if not summary.total:
+        return f"{dlq_topic}: no dead letters"
+    span = ""
+    if summary.first and summary.last:
+        span = f", {summary.first.isoformat(timespec='seconds')} … {summary.last.isoformat(timespec='seconds')}"
+    rows = [
+        [code, stage, topic, str(count), str(summary.replays.get((code, stage, topic), 0))]
+        for (code, stage, topic), count in sorted(summary.rows.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+    head = f"{dlq_topic}: {summary.total} dead letters{span}"
+    return head + "\n\n" + table(["reason code", "stage", "source topic", "records", "failed replays"], rows)
+
+
+# ---------------------------------------------------------------- selection
+@dataclass(frozen=True)
+class Selection:
+    """Which dead letters a command works on; every given criterion must match.
+
+    ``codes`` empty means any code; source offsets are an inclusive range; ``partition`` and
+    ``offset`` are the coordinates of the record in the DLQ itself.
+    """
+
+    codes: frozenset[str] = frozenset()
+    source_partition: int | None = None
+    source_from: int | None = None
+    source_to: int | None = None
+    partition: int | None = None
+    offset: int | None = None
+
+    def matches(self, letter: DeadLetter) -> bool:
+        """Whether ``letter`` meets every criterion of this selection."""
+        if self.codes and letter.code not in self.codes:
+            return False
+        if self.partition is not None and letter.record.partition != self.partition:
+            return False
+        if self.offset is not None and letter.record.offset != self.offset:
+            return False
+        if self.source_partition is not None and letter.source_partition != self.source_partition:
+            return False
+        if self.source_from is None and self.source_to is None:
+            return True
+        if letter.source_offset is None:
+            return False
+        low = self.source_from if self.source_from is not None else letter.source_offset
+        high = self.source_to if self.source_to is not None else letter.source_offset
+        return low <= letter.source_offset <= high
+
+
+def select(letters: Iterable[DeadLetter], selection: Selection) -> list[DeadLetter]:
+    """The dead letters matching ``selection``, in DLQ (partition, offset) order."""
+    chosen = [letter for letter in letters if selection.matches(letter)]
+    return sorted(chosen, key=lambda letter: (letter.record.partition, letter.record.offset))
+
+
+# ---------------------------------------------------------------- show
+def render(letter: DeadLetter, *, hex_preview: bool = False) -> str:
+    """Describe one dead letter for ``dlq show`` without ever printing its raw value.
+
+    Shows every ``dlq.*`` header decoded, the source coordinates, the sizes of the key and
+    value, the Confluent framing (magic byte, schema id) when present, and only the *names*
+    and sizes of other headers. ``hex_preview`` adds the first 16 bytes of the value in hex.
+    """
+    record = letter.record
+    lines = [f"dead letter {letter.coordinates}"]
+    dlq_headers = [(k, v) for k, v in record.headers if k.startswith(DLQ_PREFIX)]
+    width = max([len(k) for k, _ in dlq_headers] + [len("source")])
+    lines += [f"  {name.ljust(width)}  {text(value)}" for name, value in dlq_headers]
+    source = f"{letter.source_topic} partition {_or_q(letter.source_partition)} offset {_or_q(letter.source_offset)}"
+    lines.append(f"  {'source'.ljust(width)}  {source}")
+    lines.append(f"  {'key'.ljust(width)}  {_size(record.key)}")
+    lines.append(f"  {'value'.ljust(width)}  {_size(record.value)}{_framing(record.value)} (not shown: raw input)")
+    others = [f"{k} ({len(v or b'')} B)" for k, v in record.headers if not k.startswith(DLQ_PREFIX)]
+    if others:
+        lines.append(f"  {'headers'.ljust(width)}  " + ", ".join(others))
+    if hex_preview:
+        head = (record.value or b"")[:HEX_PREVIEW_BYTES]
+        lines.append(f"  {'hex'.ljust(width)}  {head.hex(' ')}  (first {len(head)} bytes)")
+    return "\n".join(lines)
+
+
+def _or_q(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def _size(value: bytes | None) -> str:
+    return "null" if value is None else f"{len(value)} bytes"
+
+
+def _framing(value: bytes | None) -> str:
+    if value is None or len(value) < 5:
+        return ""
+    if value[0] != 0:
+        return f", first byte 0x{value[0]:02x} (not Confluent framing)"
+    return f", Confluent framing, schema id {int.from_bytes(value[1:5], 'big')}"

@@ -1,0 +1,458 @@
+"""Bring a real local Kafka broker (KRaft) and Apicurio schema registry up and down.
+
+No Docker: the jars are fetched once with ``mvn`` into a cache outside the repository and
+run with ``java`` as detached processes on loopback, with pid files in the state dir.
+Setting ``KAFKA_BOOTSTRAP_SERVERS`` / ``SCHEMA_REGISTRY_URL`` uses external services instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+from streams.errors import LocalStackError
+from streams.stack.fetch import fetch_kafka, fetch_registry, run_tool
+from streams.stack.settings import LOOPBACK, Endpoints, StackSettings, endpoints_for
+
+Echo = Callable[[str], None]
+
+STOP_TIMEOUT_S = 30.0
+LOG_TAIL_LINES = 20
+_KAFKA_MAIN = "kafka.Kafka"
+_REGISTRY_MARK = "apicurio-"  # in the cache dir name of the jar
+
+# Runs as ``python -c``: starts argv[3:] in its own session, logging to argv[1], in cwd
+# argv[2], prints the pid and exits, so the service is re-parented and outlives this process.
+_LAUNCHER = """import subprocess, sys
+with open(sys.argv[1], "wb") as log:
+    child = subprocess.Popen(sys.argv[3:], cwd=sys.argv[2], stdin=subprocess.DEVNULL,
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+print(child.pid)
+"""
+
+_LOG4J2_YAML = """\
+Configuration:
+  Appenders:
+    Console:
+      name: STDOUT
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: WARN
+      AppenderRef:
+        - ref: STDOUT
+    Logger:
+      - name: kafka.server.KafkaRaftServer
+        level: INFO
+"""
+
+
+def render_server_properties(settings: StackSettings) -> str:
+    """Render the single-node (broker+controller) KRaft ``server.properties``."""
+    port, ctl = settings.kafka_port, settings.kafka_port + 1
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@{LOOPBACK}:{ctl}",
+        "listeners": f"PLAINTEXT://{LOOPBACK}:{port},CONTROLLER://{LOOPBACK}:{ctl}",
+        "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(settings.state_dir / "kafka-data"),
+        "num.partitions": "1",
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "4",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "4",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "auto.create.topics.enable": "false",
+    }
+    return "".join(f"{key}={value}\n" for key, value in props.items())
+
+
+def new_cluster_id() -> str:
+    """Return a random 22-character base64url KRaft cluster id (never starting with '-')."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
+
+
+def check_tools(path: str | None = None) -> None:
+    """Raise :class:`LocalStackError` unless ``java`` and ``mvn`` are on ``path`` (or $PATH)."""
+    hints = {
+        "java": "a JDK 17+ (e.g. apt-get install openjdk-17-jre-headless)",
+        "mvn": "Maven (e.g. apt-get install maven)",
+    }
+    for tool, hint in hints.items():
+        if shutil.which(tool, path=path) is None:
+            raise LocalStackError(f"{tool} not found on PATH: install {hint}")
+
+
+def log_tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """Return the last ``lines`` lines of ``log`` ('' when it does not exist)."""
+    try:
+        text = log.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class _Service:
+    name: str  # "kafka" or "registry": key in status() and pid/log file stem
+    label: str  # for humans, with the version
+    where: str  # address clients use
+    marker: str  # substring of the command line that identifies our process
+    probe: Callable[[], bool]  # True when the service answers a real request
+    state_dir: Path
+    external: bool
+    pid: int = 0
+    began: float = 0.0
+    fresh: bool = False  # started by this call (vs. reused)
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / f"{self.name}.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.state_dir / f"{self.name}.log"
+
+
+def _services(settings: StackSettings) -> tuple[_Service, _Service]:
+    ends, state = endpoints_for(settings), settings.state_dir
+    local_port = None if settings.external_bootstrap else settings.kafka_port
+    kafka = _Service(
+        "kafka",
+        f"kafka {settings.kafka_version}",
+        ends.bootstrap_servers,
+        _KAFKA_MAIN,
+        lambda: _kafka_answers(ends.bootstrap_servers, local_port),
+        state,
+        bool(settings.external_bootstrap),
+    )
+    registry = _Service(
+        "registry",
+        f"apicurio registry {settings.registry_version}",
+        ends.registry_url,
+        _REGISTRY_MARK,
+        lambda: _registry_answers(ends.registry_url),
+        state,
+        bool(settings.external_registry),
+    )
+    return kafka, registry
+
+
+def _alive(pid: int, marker: str) -> bool:
+    """True when ``pid`` runs (not a zombie) and, where /proc exists, its cmdline has marker.
+
+    An empty cmdline means the process is exiting: still alive, its ports may be bound.
+    """
+    try:
+        os.kill(pid, 0)
+    except OSError:  # gone, or someone else's process reusing the pid
+        return False
+    proc = Path(f"/proc/{pid}")
+    if not proc.exists():
+        return True
+    try:
+        if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+        cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return not cmdline or marker in cmdline
+    except (OSError, IndexError):
+        return False
+
+
+def _running_pid(svc: _Service) -> int | None:
+    try:
+        pid = int(svc.pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid, svc.marker) else None
+
+
+def _port_open(port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _spawn(svc: _Service, cmd: list[str], cwd: Path) -> None:
+    """Start ``cmd`` detached (re-parented, own session) logging to ``svc.log``; record its pid."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, str(svc.log), str(cwd), *cmd],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        pid = int(done.stdout.strip())
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        raise LocalStackError(f"cannot start {svc.name} ({cmd[0]}): {exc}") from exc
+    tmp = svc.pid_file.with_suffix(".pid.tmp")
+    tmp.write_text(f"{pid}\n")
+    tmp.replace(svc.pid_file)
+    svc.pid, svc.began, svc.fresh = pid, time.monotonic(), True
+
+
+def _kafka_answers(bootstrap: str, local_port: int | None = None, timeout_s: float = 3.0) -> bool:
+    """True when a real Kafka metadata request to ``bootstrap`` succeeds."""
+    if local_port is not None and _port_open(local_port) is False:
+        return False  # cheap pre-check while a local broker boots
+    from kafka import KafkaAdminClient
+
+    wanted = {
+        "bootstrap_servers": bootstrap,
+        "request_timeout_ms": int(timeout_s * 1000),
+        "bootstrap_timeout_ms": int(timeout_s * 1000),
+        "api_version_auto_timeout_ms": int(timeout_s * 1000),
+        "client_id": "localstack",
+    }
+    config = {k: v for k, v in wanted.items() if k in KafkaAdminClient.DEFAULT_CONFIG}
+    quiet = logging.getLogger("kafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # connection-refused noise while the broker boots
+    try:
+        admin = KafkaAdminClient(**config)
+        try:
+            admin.list_topics()
+        finally:
+            admin.close()
+        return True
+    except Exception:  # kafka-python raises many types; any failure means "not yet"
+        return False
+    finally:
+        quiet.setLevel(level)
+
+
+def _registry_answers(url: str, timeout_s: float = 2.0) -> bool:
+    """True when GET ``url``/subjects answers 200."""
+    try:
+        with urllib.request.urlopen(f"{url}/subjects", timeout=timeout_s) as resp:
+            return int(resp.status) == 200
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
+
+
+@contextmanager
+def _locked(settings: StackSettings) -> Iterator[None]:
+    """Serialise up/down/wipe across processes sharing one state dir."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    with (settings.state_dir / ".lock").open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _check_free(ports: tuple[int, ...], hint: str) -> None:
+    for port in (p for p in ports if _port_open(p)):
+        raise LocalStackError(f"port {port} is in use by a process this module does not own; stop it or set {hint}")
+
+
+def _spawn_kafka(settings: StackSettings, svc: _Service, libs: Path, echo: Echo) -> None:
+    state = settings.state_dir
+    props, log4j = state / "server.properties", state / "log4j2.yaml"
+    props.write_text(render_server_properties(settings))
+    log4j.write_text(_LOG4J2_YAML)
+    classpath = f"{libs}/*"
+    if not (state / "kafka-data" / "meta.properties").exists():
+        echo("formatting kafka storage…")
+        run_tool(
+            ["java", "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", new_cluster_id(), "-c", str(props)],
+            "kafka storage format",
+        )
+    echo(f"starting kafka {settings.kafka_version}…")
+    _spawn(
+        svc,
+        [
+            "java",
+            "-Xms256m",
+            "-Xmx768m",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={log4j}",
+            "-cp",
+            classpath,
+            _KAFKA_MAIN,
+            str(props),
+        ],
+        state,
+    )
+
+
+def _spawn_registry(settings: StackSettings, svc: _Service, jar: Path, echo: Echo) -> None:
+    echo(f"starting apicurio registry {settings.registry_version}…")
+    flags = [
+        f"-Dquarkus.http.port={settings.registry_port}",
+        f"-Dquarkus.http.host={LOOPBACK}",
+        "-Dapicurio.rest.deletion.group.enabled=true",
+        "-Dapicurio.rest.deletion.artifact.enabled=true",
+        "-Dapicurio.rest.deletion.artifact-version.enabled=true",
+    ]
+    _spawn(svc, ["java", "-Xmx384m", *flags, "-jar", str(jar)], jar.parent)
+
+
+def _wait_one(svc: _Service, timeout_s: float, echo: Echo, abort: threading.Event) -> None:
+    """Poll ``svc`` until it answers; fail fast if it dies or passes its deadline."""
+    while not svc.probe():
+        if abort.is_set():
+            return
+        took = time.monotonic() - svc.began
+        if not _alive(svc.pid, svc.marker):
+            problem = f"{svc.name} (pid {svc.pid}) exited during startup"
+        elif took > timeout_s:
+            problem = f"{svc.name} did not answer on {svc.where} within {took:.1f} s"
+        else:
+            time.sleep(0.25)
+            continue
+        tail = log_tail(svc.log) or "(log is empty)"
+        raise LocalStackError(f"{problem}; last lines of {svc.log}:\n{tail}")
+    if svc.fresh:
+        echo(f"{svc.label} up on {svc.where} in {time.monotonic() - svc.began:.1f} s")
+
+
+def _wait_all(services: list[_Service], timeout_s: float, echo: Echo) -> None:
+    """Wait for all services at once (one thread each); raise the first failure promptly."""
+    abort = threading.Event()
+    with ThreadPoolExecutor(max_workers=max(1, len(services))) as pool:
+        futures = [pool.submit(_wait_one, svc, timeout_s, echo, abort) for svc in services]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        abort.set()
+    for future in futures:
+        future.result()
+
+
+def up(settings: StackSettings, *, echo: Echo = print) -> Endpoints:
+    """Start (or reuse) the local broker and registry; return where clients connect.
+
+    Services with an external address configured are not started. Jars are fetched first
+    (one mvn at a time: they share ~/.m2), then both processes are started, then both
+    awaited. On failure, processes started by this call are stopped again.
+    """
+    ends = endpoints_for(settings)
+    kafka, registry = _services(settings)
+    for svc in (kafka, registry):
+        if svc.external:
+            echo(f"using external {svc.name} at {svc.where}")
+    if not ends.managed:
+        return ends
+    check_tools()
+    local = [svc for svc in (kafka, registry) if not svc.external]
+    with _locked(settings):
+        try:
+            for svc in local:
+                if (pid := _running_pid(svc)) is not None:
+                    echo(f"{svc.label} already running (pid {pid}) on {svc.where}")
+                    svc.pid, svc.began = pid, time.monotonic()
+            jar = fetch_registry(settings, echo) if registry in local and not registry.pid else None
+            libs = fetch_kafka(settings, echo) if kafka in local and not kafka.pid else None
+            if libs is not None:
+                _check_free(
+                    (settings.kafka_port, settings.kafka_port + 1), "SCREENING_KAFKA_PORT / KAFKA_BOOTSTRAP_SERVERS"
+                )
+            if jar is not None:
+                _check_free((settings.registry_port,), "SCREENING_REGISTRY_PORT / SCHEMA_REGISTRY_URL")
+            if libs is not None:
+                _spawn_kafka(settings, kafka, libs, echo)
+            if jar is not None:
+                _spawn_registry(settings, registry, jar, echo)
+            _wait_all(local, settings.start_timeout_s, echo)
+        except BaseException:
+            _stop([svc for svc in local if svc.fresh], echo=lambda _line: None)
+            raise
+    return ends
+
+
+def _stop(services: list[_Service], echo: Echo) -> None:
+    """SIGTERM every running service, wait up to STOP_TIMEOUT_S, then SIGKILL; drop pid files."""
+    running = [(svc, pid) for svc in services if (pid := _running_pid(svc)) is not None]
+    began = time.monotonic()
+    for svc, pid in running:
+        echo(f"stopping {svc.name} (pid {pid})…")
+        with suppress(ProcessLookupError):  # _alive() already ruled out foreign pids
+            os.kill(pid, signal.SIGTERM)
+    for svc, pid in running:
+        while _alive(pid, svc.marker) and time.monotonic() - began < STOP_TIMEOUT_S:
+            time.sleep(0.2)
+        if _alive(pid, svc.marker):
+            echo(f"{svc.name} ignored SIGTERM for {STOP_TIMEOUT_S:g} s; killing it")
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            while _alive(pid, svc.marker) and time.monotonic() - began < STOP_TIMEOUT_S + 5:
+                time.sleep(0.1)
+            if _alive(pid, svc.marker):
+                raise LocalStackError(f"{svc.name} (pid {pid}) survived SIGKILL; stop it by hand")
+        echo(f"{svc.name} stopped in {time.monotonic() - began:.1f} s")
+    for svc in services:
+        svc.pid_file.unlink(missing_ok=True)
+
+
+def down(settings: StackSettings, *, echo: Echo = print, only: str | None = None) -> None:
+    """Stop the local broker and registry recorded in the state dir; keep the jar cache.
+
+    ``only="kafka"`` (or ``"registry"``) stops just that one, e.g. for broker-restart tests:
+    the registry keeps its in-memory schemas.
+    """
+    if not settings.state_dir.exists():
+        echo("nothing to stop")
+        return
+    with _locked(settings):
+        services = [svc for svc in _services(settings) if only is None or svc.name == only]
+        if not any(_running_pid(svc) is not None for svc in services):
+            echo("nothing running")
+        _stop(services, echo)
+
+
+def status(settings: StackSettings) -> dict[str, str]:
+    """Describe each service: ``up (pid N) addr``, ``starting …``, ``external …`` or ``down``."""
+    report: dict[str, str] = {}
+    for svc in _services(settings):
+        if svc.external:
+            answering = "answering" if svc.probe() else "not answering"
+            report[svc.name] = f"external {svc.where} ({answering})"
+        elif (pid := _running_pid(svc)) is None:
+            report[svc.name] = "down"
+        else:
+            report[svc.name] = f"{'up' if svc.probe() else 'starting'} (pid {pid}) {svc.where}"
+    return report
+
+
+def wipe(settings: StackSettings) -> None:
+    """Stop everything and delete broker data, logs and configs; keep the downloaded jars."""
+    down(settings, echo=lambda _line: None)
+    for name in ("kafka-data", "server.properties", "log4j2.yaml", "kafka.log", "registry.log"):
+        target = settings.state_dir / name
+        try:
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+        except OSError as exc:
+            raise LocalStackError(f"cannot delete {target}: {exc}") from exc

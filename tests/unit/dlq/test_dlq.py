@@ -1,0 +1,258 @@
+"""Unit tests of dead-letter inspection and replay planning (streams.dlq), on records built by the pipeline."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+
+import pytest
+
+from streams.dlq.letters import (
+    H_REPLAY_OF,
+    DeadLetter,
+    Selection,
+    parse,
+    render,
+    render_summary,
+    select,
+    summarise,
+    within,
+)
+from streams.dlq.replay import ledger_entry, ledger_topic, plan_replay, replay_record, replayed_coordinates
+from streams.kafka.offsets import ReadRecord
+from streams.pipeline import H_REPLAYS, InputRecord, dead_letter
+
+DLQ = "screening.results.dlq.v1"
+INGRESS = "screening.results.v1"
+T0 = int(dt.datetime(2021, 9, 1, 8, 0, tzinfo=dt.UTC).timestamp() * 1000)
+NIR = "185077512345678"
+NAME = "DUPONTEL"
+# A framed record (magic 0, schema id 7) whose body holds identifying text, as a real event does.
+RAW = b"\x00\x00\x00\x00\x07" + f"{NIR}\x10{NAME}\x0c0612345678 97501 rue des Pecheurs".encode()
+KEY = b"5f0c7c52-0a8e-4d4e-9d3b-1f7c2d1e9a11"
+
+
+def _letter(
+    code: str = "unknown_commune",
+    *,
+    stage: str = "validate",
+    partition: int = 0,
+    offset: int = 0,
+    source_partition: int = 2,
+    source_offset: int = 40,
+    headers: tuple[tuple[str, bytes], ...] = (("trace-id", b"t-1"),),
+    at_ms: int = T0,
+    value: bytes | None = RAW,
+) -> DeadLetter:
+    """A dead letter exactly as the pipeline writes it, read back at DLQ coordinates (partition, offset)."""
+    source = InputRecord(INGRESS, source_partition, source_offset, KEY, value, headers)
+    out = dead_letter(source, code, "commune code's department maps to no region (not guessed)", stage, DLQ, at_ms)
+    return parse(ReadRecord(DLQ, partition, offset, out.key, out.value, tuple(out.headers)))
+
+
+def test_parse_decodes_every_pipeline_header() -> None:
+    """Reason, stage, source coordinates, time, version and replay count are read from the dlq.* headers."""
+    letter = _letter(partition=3, offset=17)
+    assert (letter.code, letter.stage, letter.source_topic) == ("unknown_commune", "validate", INGRESS)
+    assert (letter.source_partition, letter.source_offset) == (2, 40)
+    assert letter.time.startswith("2021-09-01T08:00:00") and letter.processor_version
+    assert letter.replay_count == 0 and letter.replay_of is None
+    assert letter.coordinates == f"{DLQ}:3:17"
+
+
+def test_parse_tolerates_missing_and_malformed_headers() -> None:
+    """A record without dlq headers reads as code '?'; a non-numeric replay count is None (unknown)."""
+    bare = parse(ReadRecord(DLQ, 0, 5, None, b"x", ()))
+    assert (bare.code, bare.stage, bare.source_partition, bare.replay_count) == ("?", "?", None, 0)
+    odd = parse(ReadRecord(DLQ, 0, 6, None, b"x", ((H_REPLAYS, b"many"),)))
+    assert odd.replay_count is None
+
+
+def test_summary_counts_per_code_stage_and_source_topic_with_time_range() -> None:
+    """The summary counts per code, stage, source topic and row, counts failed replays, and spans dlq.time."""
+    failed_again = replay_record(_letter(offset=9))
+    again = dead_letter(
+        InputRecord(INGRESS, 1, 99, failed_again.key, failed_again.value, failed_again.headers),
+        "unknown_commune",
+        "no region",
+        "validate",
+        DLQ,
+        T0 + 7_200_000,
+    )
+    letters = [
+        _letter(offset=0),
+        _letter(offset=1, at_ms=T0 + 3_600_000),
+        _letter("not_framed", stage="decode", offset=2, at_ms=T0 - 60_000),
+        parse(ReadRecord(DLQ, 1, 0, again.key, again.value, tuple(again.headers))),
+    ]
+    summary = summarise(letters)
+    assert summary.total == 4
+    assert summary.by_code == {"unknown_commune": 3, "not_framed": 1}
+    assert summary.by_stage == {"validate": 3, "decode": 1}
+    assert summary.by_source_topic == {INGRESS: 4}
+    assert summary.replays == {("unknown_commune", "validate", INGRESS): 1}
+    assert summary.first == dt.datetime(2021, 9, 1, 7, 59, tzinfo=dt.UTC)
+    assert summary.last == dt.datetime(2021, 9, 1, 10, 0, tzinfo=dt.UTC)
+    text = render_summary(summary, DLQ)
+    assert text.splitlines()[0].startswith(f"{DLQ}: 4 dead letters, 2021-09-01T07:59:00+00:00")
+    rows = [line.split() for line in text.splitlines()[4:]]
+    assert rows == [["unknown_commune", "validate", INGRESS, "3", "1"], ["not_framed", "decode", INGRESS, "1", "0"]]
+
+
+def test_summary_of_nothing_says_so() -> None:
+    """An empty DLQ (or an empty selection) renders as one line, with no time range."""
+    summary = summarise([])
+    assert summary.total == 0 and summary.first is None
+    assert render_summary(summary, DLQ) == f"{DLQ}: no dead letters"
+
+
+def test_select_by_code_dlq_coordinates_and_source_range() -> None:
+    """Selection criteria combine (all must hold) and results come in DLQ partition/offset order."""
+    letters = [
+        _letter(partition=1, offset=4, source_offset=10),
+        _letter("invalid_nir", partition=0, offset=7, source_offset=11),
+        _letter(partition=0, offset=3, source_partition=5, source_offset=12),
+        _letter(partition=0, offset=1, source_offset=13),
+    ]
+
+    def coords(selection: Selection) -> list[tuple[int, int]]:
+        return [(d.record.partition, d.record.offset) for d in select(letters, selection)]
+
+    assert coords(Selection()) == [(0, 1), (0, 3), (0, 7), (1, 4)]
+    assert coords(Selection(codes=frozenset({"unknown_commune"}))) == [(0, 1), (0, 3), (1, 4)]
+    assert coords(Selection(codes=frozenset({"unknown_commune", "invalid_nir"}))) == [(0, 1), (0, 3), (0, 7), (1, 4)]
+    assert coords(Selection(partition=0, offset=7)) == [(0, 7)]
+    assert coords(Selection(partition=0)) == [(0, 1), (0, 3), (0, 7)]
+    assert coords(Selection(source_partition=5)) == [(0, 3)]
+    assert coords(Selection(source_from=11, source_to=12)) == [(0, 3), (0, 7)]
+    assert coords(Selection(source_from=13)) == [(0, 1)]
+    assert coords(Selection(source_to=10, codes=frozenset({"invalid_nir"}))) == []
+
+
+def test_within_keeps_only_records_below_the_end_offsets_snapshot() -> None:
+    """Records appended after the snapshot, or on partitions absent from it, are left out (bounded replay)."""
+    records = [ReadRecord(DLQ, p, o, None, b"v", ()) for p in (0, 1, 2) for o in range(3)]
+    kept = within(records, {(DLQ, 0): 2, (DLQ, 1): 3})
+    assert [(r.partition, r.offset) for r in kept] == [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2)]
+
+
+def test_show_never_prints_the_raw_value_key_or_other_header_values() -> None:
+    """show renders dlq headers, source coordinates and sizes, but no byte of the value's text, the key or headers."""
+    letter = _letter(partition=3, offset=17, headers=(("trace-id", b"secret-trace"),))
+    text = render(letter)
+    for header in (
+        "dlq.reason.code",
+        "dlq.reason",
+        "dlq.stage",
+        "dlq.source.topic",
+        "dlq.time",
+        "dlq.replay.count",
+    ):
+        assert header in text
+    assert "unknown_commune" in text and f"{DLQ}:3:17" in text
+    assert f"{INGRESS} partition 2 offset 40" in text
+    fields = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in text.splitlines()[1:])
+    assert fields["value"] == f"{len(RAW)} bytes, Confluent framing, schema id 7 (not shown: raw input)"
+    assert fields["key"] == f"{len(KEY)} bytes" and fields["headers"] == "trace-id (12 B)"
+    for secret in (NIR, NAME, "0612345678", "Pecheurs", KEY.decode(), "secret-trace", RAW.hex()):
+        assert secret not in text
+    assert RAW.decode(errors="replace") not in text
+
+
+def test_show_hex_preview_is_explicit_and_limited_to_16_bytes() -> None:
+    """Only with hex_preview is anything of the value shown: the first 16 bytes in hex, never more."""
+    letter = _letter()
+    assert RAW[:5].hex(" ") not in render(letter)
+    text = render(letter, hex_preview=True)
+    assert RAW[:16].hex(" ") + "  (first 16 bytes)" in text
+    assert RAW[:17].hex(" ") not in text and RAW[16:].hex() not in text.replace(" ", "")
+    assert NIR not in text
+
+
+def test_show_describes_unframed_and_null_values() -> None:
+    """A value that is not Confluent-framed is named by its first byte; a null value is 'null'."""
+    assert "first byte 0x8f (not Confluent framing)" in render(_letter(value=b"\x8f" + bytes(40)))
+    assert "value" in render(_letter(value=None)) and "null" in render(_letter(value=None))
+
+
+def test_replay_record_keeps_raw_data_and_original_headers_and_counts_up() -> None:
+    """A replay carries the raw key and value unchanged, non-dlq headers, count + 1 and dlq.replay.of."""
+    letter = _letter(partition=4, offset=21, headers=(("trace-id", b"t-1"), ("dlq.replay.of", b"old:0:0")))
+    replay = replay_record(letter)
+    assert replay.key == KEY and replay.value == RAW
+    assert replay.headers == (
+        ("trace-id", b"t-1"),
+        (H_REPLAYS, b"1"),
+        (H_REPLAY_OF, f"{DLQ}:4:21".encode()),
+    )
+    assert (replay.of, replay.count) == (f"{DLQ}:4:21", 1)
+
+
+def test_a_replay_that_fails_again_returns_with_count_plus_one_until_refused() -> None:
+    """Replay → dead letter → replay … increments the count each round; at max_replays the plan refuses it."""
+    letter = _letter()
+    counts = []
+    for round_ in range(5):
+        plan = plan_replay([letter], max_replays=3)
+        if not plan.records:
+            assert plan.over_limit == (letter,) and plan.skipped == 1
+            break
+        replay = plan.records[0]
+        counts.append(replay.count)
+        failed = dead_letter(
+            InputRecord(INGRESS, 0, 100 + round_, replay.key, replay.value, replay.headers),
+            "unknown_commune",
+            "no region",
+            "validate",
+            DLQ,
+            T0,
+        )
+        letter = parse(ReadRecord(DLQ, 0, 10 + round_, failed.key, failed.value, tuple(failed.headers)))
+        assert letter.replay_of == f"{DLQ}:0:{10 + round_ - 1}" if round_ else letter.replay_of == f"{DLQ}:0:0"
+        assert letter.record.value == RAW
+    assert counts == [1, 2, 3]
+    assert letter.replay_count == 3
+    forced = plan_replay([letter], max_replays=3, force=True)
+    assert [r.count for r in forced.records] == [4] and forced.skipped == 0
+
+
+def test_plan_skips_ledgered_records_unless_again_and_unknown_counts_unless_forced() -> None:
+    """Records the ledger lists are skipped unless again; an unreadable count is refused unless forced."""
+    first, second = _letter(offset=1), _letter(offset=2)
+    odd = parse(ReadRecord(DLQ, 0, 3, KEY, RAW, ((H_REPLAYS, b"many"),)))
+    plan = plan_replay([first, second, odd], replayed={first.coordinates})
+    assert [r.of for r in plan.records] == [second.coordinates]
+    assert plan.already_replayed == (first,) and plan.over_limit == (odd,) and plan.skipped == 2
+    again = plan_replay([first, second, odd], replayed={first.coordinates}, again=True, force=True)
+    assert [(r.of, r.count) for r in again.records] == [
+        (first.coordinates, 1),
+        (second.coordinates, 1),
+        (odd.coordinates, 1),
+    ]
+    assert plan_replay([first], max_replays=0).over_limit == (first,)
+
+
+def test_ledger_entries_hold_coordinates_only_and_read_back_as_the_replayed_set() -> None:
+    """A ledger entry is keyed by DLQ coordinates, holds no raw data, and tombstones un-mark a record."""
+    replay = replay_record(_letter(offset=8))
+    key, value, headers = ledger_entry(replay, INGRESS, T0)
+    assert key == f"{DLQ}:0:8".encode() and headers == ()
+    assert json.loads(value) == {"replayed_at": "2021-09-01T08:00:00.000+00:00", "replay_count": 1, "to": INGRESS}
+    assert RAW not in value and NIR.encode() not in value
+    ledger = [
+        ReadRecord("ledger", 0, 0, key, value, ()),
+        ReadRecord("ledger", 0, 1, b"x:0:1", value, ()),
+        ReadRecord("ledger", 0, 2, b"x:0:1", None, ()),
+        ReadRecord("ledger", 0, 3, None, value, ()),
+    ]
+    assert replayed_coordinates(ledger) == {f"{DLQ}:0:8"}
+    assert ledger_topic("it.x.") == "it.x.screening.results.dlq.replays.v1"
+
+
+@pytest.mark.parametrize("max_replays", [1, 2, 3])
+def test_max_replays_counts_earlier_replays(max_replays: int) -> None:
+    """A dead letter replayed n times is replayable while n < max_replays."""
+    for n in range(5):
+        letter = parse(ReadRecord(DLQ, 0, n, KEY, RAW, ((H_REPLAYS, str(n).encode()),)))
+        assert bool(plan_replay([letter], max_replays=max_replays).records) == (n < max_replays)
