@@ -163,7 +163,7 @@ class Minimiser:
         region = self._region(record)
         decisions = []
         for policy, _filters, route, by_region in self._routes:
-            failed = self._failed_condition(policy.filters, record, region)
+            failed = failed_filter(policy.filters, record, region)
             if failed is not None:
                 decisions.append(
                     Decision(policy.recipient, None, None, False, f"filtered out: requires {failed.describe()}", None)
@@ -191,12 +191,15 @@ class Minimiser:
             )
         return decisions
 
-    @staticmethod
-    def _failed_condition(
-        filters: tuple[Condition, ...], record: Mapping[str, Any], region: str | None
-    ) -> Condition | None:
-        for condition in filters:
-            value = region if condition.field in DERIVED_FILTERS else record.get(condition.field)
-            if value not in condition.values:
-                return condition
-        return None
+    def excluded_by(self, policy: Policy, record: Mapping[str, Any]) -> Condition | None:
+        """The first filter of ``policy`` that ``record`` fails (None if it passes them all)."""
+        return failed_filter(policy.filters, record, self._region(record))
+
+
+def failed_filter(filters: tuple[Condition, ...], record: Mapping[str, Any], region: str | None) -> Condition | None:
+    """The first of ``filters`` that ``record`` (whose commune lies in ``region``) fails, or None."""
+    for condition in filters:
+        value = region if condition.field in DERIVED_FILTERS else record.get(condition.field)
+        if value not in condition.values:
+            return condition
+    return None
