@@ -13,12 +13,14 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from streams import __version__
+from streams.audit.decisions import Auditor, PendingAudit
 from streams.contracts.codec import EventDecoder, ViewEncoder
 from streams.domain.validation import EventValidator, wall_clock_ms
 from streams.errors import RecordRejected
-from streams.policy.engine import Minimiser
+from streams.policy.engine import Minimiser, View
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,22 @@ class OutputRecord:
     dead_letter: bool = False
 
 
+@dataclass(frozen=True)
+class Batch:
+    """The outputs of a batch of inputs, and their audit drafts (empty when not auditing)."""
+
+    outputs: list[OutputRecord]
+    audits: list[PendingAudit]
+
+
+@dataclass(frozen=True)
+class _Result:
+    outputs: list[OutputRecord]
+    event: dict[str, Any] | None
+    views: Sequence[View]
+    code: str | None  # the dead-letter code, when rejected
+
+
 @dataclass
 class PipelineStats:
     """Counters of one pipeline: inputs, outputs per topic, dead letters per reason code."""
@@ -92,8 +110,13 @@ class Pipeline:
         dlq_topic: str,
         clock_ms: Callable[[], int] = wall_clock_ms,
         topic_prefix: str = "",
+        auditor: Auditor | None = None,
     ) -> None:
-        """Wire the stages; ``encoders`` maps each agency name to its output encoder."""
+        """Wire the stages; ``encoders`` maps each agency name to its output encoder.
+
+        With an ``auditor``, :meth:`process_batch` also drafts one decision record per input.
+        """
+        self.auditor = auditor
         self.decoder = decoder
         self.validator = validator
         self.minimiser = minimiser
@@ -115,12 +138,40 @@ class Pipeline:
 
     def process(self, record: InputRecord) -> list[OutputRecord]:
         """Return the outputs of one input record (views, or a single dead letter)."""
+        return self._process(record).outputs
+
+    def process_batch(self, records: Iterable[InputRecord]) -> Batch:
+        """Process records in order: their outputs, and one audit draft per record if auditing.
+
+        A draft's delivered entries index the batch's ``outputs``, so the runner can seal the
+        produced coordinates into the audit record it commits in the same transaction.
+        """
+        batch = Batch([], [])
+        for record in records:
+            result = self._process(record)
+            if self.auditor is not None:
+                batch.audits.append(self._audit(record, result, len(batch.outputs)))
+            batch.outputs.extend(result.outputs)
+        return batch
+
+    def _audit(self, record: InputRecord, result: _Result, first_output: int) -> PendingAudit:
+        assert self.auditor is not None
+        source = (record.topic, record.partition, record.offset)
+        now = self.clock_ms()
+        if result.code is not None:
+            return self.auditor.dead_lettered(source, result.code, result.event, now)
+        assert result.event is not None
+        return self.auditor.delivered(source, result.event, result.views, first_output, now)
+
+    def _process(self, record: InputRecord) -> _Result:
         self.stats.consumed += 1
         stage = "decode"
+        event: dict[str, Any] | None = None
         try:
             if record.value is not None and len(record.value) > MAX_PAYLOAD:
                 raise RecordRejected("oversized_payload", f"payload of {len(record.value)} bytes exceeds {MAX_PAYLOAD}")
-            _, event = self.decoder.decode(record.value)
+            _, decoded = self.decoder.decode(record.value)
+            event = decoded
             stage = "validate"
             self.validator.check(event)
             stage = "minimise"
@@ -134,7 +185,8 @@ class Pipeline:
                 key = ref.encode() if isinstance(ref, str) else None
                 outputs.append(OutputRecord(topic, key, encoder.encode(view.record), headers + trace, key or b""))
         except RecordRejected as rejection:
-            return [self._dead_letter(record, rejection.code, str(rejection), rejection.stage)]
+            letter = self._dead_letter(record, rejection.code, str(rejection), rejection.stage)
+            return _Result([letter], event, (), rejection.code)
         except Exception as exc:  # a bug must not lose or skip the record: dead-letter it
             # The exception text may quote data: log and dead-letter only its type.
             log.error(
@@ -145,12 +197,13 @@ class Pipeline:
                 record.offset,
                 type(exc).__name__,
             )
-            return [
-                self._dead_letter(record, "internal_error", f"unexpected {type(exc).__name__} while processing", stage)
-            ]
+            letter = self._dead_letter(
+                record, "internal_error", f"unexpected {type(exc).__name__} while processing", stage
+            )
+            return _Result([letter], event, (), "internal_error")
         for out in outputs:
             self.stats.produced[out.topic] += 1
-        return outputs
+        return _Result(outputs, event, views, None)
 
     def process_many(self, records: Iterable[InputRecord]) -> list[OutputRecord]:
         """Process records in order and concatenate their outputs."""

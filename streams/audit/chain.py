@@ -1,0 +1,178 @@
+"""Complete audit drafts into chained, sealed records, and verify a partition's chain.
+
+Each audit partition has one writer at a time (the owner of the ingress partition of the same
+number, fenced by the transactional producer), so its records form one chain: record ``n``
+carries ``seq = n``, the MAC of record ``n - 1`` and its own MAC, an HMAC-SHA-256 under the
+audit chain key over ``prev_mac`` and the record's Avro body encoded with an empty ``mac``.
+Because ``mac`` is the contract's last field, that body is the stored value minus its last
+33 bytes (length byte + 32-byte MAC) plus one zero byte: verification needs no re-encoding.
+
+:func:`verify_chain` names each removed (a gap in ``seq``), reordered (``seq`` going back) or
+altered (MAC or link mismatch) record by partition and offset. Records that expired by
+retention are told apart from removed ones: a chain may start at any ``seq``; its first
+record's link is unverifiable and is reported as such. Truncating the tail is not detectable
+from the topic alone (compare the last ``seq`` with an exported checkpoint for that).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import fastavro
+
+from streams.audit.decisions import Location, PendingAudit
+from streams.audit.keys import AuditKeys
+from streams.contracts.schemas import Schema, strip_logical_types
+from streams.contracts.wire import MAGIC, unframe
+
+MAC_BYTES = 32
+GENESIS = bytes(MAC_BYTES)
+_MAC_TAIL = bytes([MAC_BYTES * 2])  # zig-zag varint of the length 32
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    """Where a partition's chain stands: the next ``seq`` and the last record's MAC."""
+
+    next_seq: int = 0
+    mac: bytes = GENESIS
+
+
+def location_text(location: Location) -> str:
+    """``topic:partition:offset``, the plaintext of a sealed location."""
+    return f"{location[0]}:{location[1]}:{location[2]}"
+
+
+class AuditWriter:
+    """Encodes drafts as chained audit records (pure: the caller produces and commits them)."""
+
+    def __init__(self, keys: AuditKeys, schema: Schema, frame_prefix: bytes) -> None:
+        """``frame_prefix`` is the Confluent header (magic byte + schema id) of the audit subject."""
+        self.keys = keys
+        self._parsed = fastavro.parse_schema(strip_logical_types(schema))
+        self._prefix = frame_prefix
+
+    def record(self, draft: PendingAudit, locations: Sequence[Location | None]) -> dict[str, Any]:
+        """The audit record of ``draft``, with delivered coordinates sealed (chain fields left empty)."""
+        aad = draft.audit_ref.encode()
+        recipients = []
+        for d in draft.decisions:
+            where = locations[d.output] if d.output is not None else None
+            sealed = self.keys.seal(location_text(where), aad + b"|" + d.recipient.encode()) if where else None
+            recipients.append(
+                {
+                    "recipient": d.recipient,
+                    "agency": d.agency,
+                    "delivered": d.delivered,
+                    "reason": d.reason,
+                    "fields": list(d.fields),
+                    "key_id": d.key_id,
+                    "policy_version": d.policy_version,
+                    "sealed_location": sealed,
+                }
+            )
+        return {
+            "audit_ref": draft.audit_ref,
+            "person": draft.person,
+            "processed_hour": draft.processed_hour,
+            "outcome": draft.outcome,
+            "dead_letter_code": draft.dead_letter_code,
+            "processing_mode": draft.processing_mode,
+            "recipients": recipients,
+            "sealed_source": self.keys.seal(location_text(draft.source), aad + b"|source"),
+            "seq": 0,
+            "prev_mac": b"",
+            "mac": b"",
+        }
+
+    def chain(self, records: Iterable[dict[str, Any]], head: ChainHead) -> tuple[list[bytes], ChainHead]:
+        """Encode ``records`` in order as the continuation of ``head``; return the values and the new head.
+
+        ``head`` is not changed: the caller adopts the returned head only once the transaction
+        holding these values has committed (an aborted batch is chained again from the old head).
+        """
+        values = []
+        seq, prev = head.next_seq, head.mac
+        for record in records:
+            record["seq"], record["prev_mac"], record["mac"] = seq, prev, b""
+            buffer = io.BytesIO()
+            fastavro.schemaless_writer(buffer, self._parsed, record)
+            body = buffer.getvalue()
+            mac = self.keys.chain_mac(prev, body)
+            values.append(self._prefix + body[:-1] + _MAC_TAIL + mac)
+            seq, prev = seq + 1, mac
+        return values, ChainHead(seq, prev)
+
+    def decode(self, value: bytes) -> dict[str, Any]:
+        """Decode one stored audit value (framed) back into a record."""
+        _, body = unframe(value)
+        return dict(fastavro.schemaless_reader(io.BytesIO(body), self._parsed, None))  # type: ignore[arg-type]
+
+
+def head_of(writer: AuditWriter, last_value: bytes | None) -> ChainHead:
+    """The chain head after the last committed record of a partition (genesis for an empty one)."""
+    if last_value is None:
+        return ChainHead()
+    last = writer.decode(last_value)
+    return ChainHead(int(last["seq"]) + 1, bytes(last["mac"]))
+
+
+@dataclass(frozen=True)
+class ChainProblem:
+    """One defect of an audit partition's chain, located by offset."""
+
+    partition: int
+    offset: int
+    kind: str  # altered | removed | reordered | unreadable | start
+    detail: str
+
+
+def verify_chain(
+    writer: AuditWriter, partition: int, records: Iterable[tuple[int, bytes | None]]
+) -> tuple[int, list[ChainProblem]]:
+    """Check ``(offset, value)`` pairs of one partition in offset order; return (records checked, problems).
+
+    The first record's link cannot be checked when earlier records expired; it is reported as
+    kind ``start`` only when its ``seq`` is not 0 (informational, not a defect).
+    """
+    problems: list[ChainProblem] = []
+    expected_seq: int | None = None
+    prev_mac: bytes | None = None
+    checked = 0
+    for offset, value in records:
+        checked += 1
+        if value is None or len(value) < 5 + 1 + MAC_BYTES or value[0] != MAGIC:
+            problems.append(ChainProblem(partition, offset, "unreadable", "not a framed audit record"))
+            expected_seq, prev_mac = None, None
+            continue
+        try:
+            record = writer.decode(value)
+        except Exception as exc:  # any decoding failure is a defect to report, not a crash
+            problems.append(ChainProblem(partition, offset, "unreadable", f"cannot decode: {type(exc).__name__}"))
+            expected_seq, prev_mac = None, None
+            continue
+        seq, stored_prev, mac = int(record["seq"]), bytes(record["prev_mac"]), bytes(record["mac"])
+        body = value[5:-(1 + MAC_BYTES)] + b"\x00"
+        if value[-(1 + MAC_BYTES)] != _MAC_TAIL[0] or writer.keys.chain_mac(stored_prev, body) != mac:
+            problems.append(ChainProblem(partition, offset, "altered", f"seq {seq}: MAC does not match its content"))
+        if expected_seq is None:
+            if seq != 0:
+                detail = f"chain starts at seq {seq} (earlier records expired?)"
+                problems.append(ChainProblem(partition, offset, "start", detail))
+            elif stored_prev != GENESIS:
+                problems.append(ChainProblem(partition, offset, "altered", "seq 0 does not link to the genesis MAC"))
+        elif seq > expected_seq:
+            problems.append(
+                ChainProblem(partition, offset, "removed", f"seq {expected_seq}..{seq - 1} missing before seq {seq}")
+            )
+        elif seq < expected_seq:
+            problems.append(
+                ChainProblem(partition, offset, "reordered", f"seq {seq} after seq {expected_seq - 1}")
+            )
+        elif stored_prev != prev_mac:
+            problems.append(ChainProblem(partition, offset, "altered", f"seq {seq} does not link to seq {seq - 1}"))
+        expected_seq, prev_mac = seq + 1, mac
+    return checked, problems

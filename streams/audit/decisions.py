@@ -1,0 +1,129 @@
+"""Draft one decision record per ingress record: for every recipient, delivered or not, and why.
+
+A draft is made while the pipeline processes a record, before its outputs have been produced,
+so delivered entries point at their output by index in the batch (:attr:`PendingDecision.output`).
+:mod:`streams.audit.chain` completes drafts with the produced coordinates, sealed, and chains them.
+Drafts hold only audit references (keyed with the audit secret), never an identifying value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from streams.audit.keys import AuditKeys
+from streams.policy.engine import Minimiser, View
+
+DELIVERED = "DELIVERED"
+NOT_DELIVERED = "NOT_DELIVERED"
+DEAD_LETTERED = "DEAD_LETTERED"
+#: Coordinates of a Kafka record: ``(topic, partition, offset)``.
+Location = tuple[str, int, int]
+HOUR_MS = 3_600_000
+
+
+@dataclass(frozen=True)
+class PendingDecision:
+    """One recipient's fate for one record; ``output`` indexes the batch output when delivered."""
+
+    recipient: str
+    agency: str | None
+    delivered: bool
+    reason: str
+    fields: tuple[str, ...]
+    key_id: str | None
+    policy_version: str
+    output: int | None = None
+
+
+@dataclass(frozen=True)
+class PendingAudit:
+    """The decision record of one ingress record, before its outputs' coordinates are known."""
+
+    source: Location
+    audit_ref: str
+    person: str | None
+    processing_mode: str | None
+    outcome: str
+    dead_letter_code: str | None
+    decisions: tuple[PendingDecision, ...]
+    processed_hour: int
+
+
+class Auditor:
+    """Makes :class:`PendingAudit` drafts for the pipeline (pure; keys and policies injected)."""
+
+    def __init__(self, keys: AuditKeys, minimiser: Minimiser, key_ids: Mapping[str, str] | None = None) -> None:
+        """``key_ids`` maps an agency to the id of the encryption key its records are sealed to."""
+        self.keys = keys
+        self.minimiser = minimiser
+        self.key_ids = dict(key_ids or {})
+
+    def delivered(
+        self, source: Location, event: Mapping[str, Any], views: Sequence[View], first_output: int, now_ms: int
+    ) -> PendingAudit:
+        """The draft of a valid event whose ``views`` become outputs ``first_output``, ``first_output + 1``, ..."""
+        by_recipient = {view.agency.recipient: (i, view) for i, view in enumerate(views)}
+        decisions = []
+        for policy in self.minimiser.policies:
+            hit = by_recipient.get(policy.recipient)
+            if hit is not None:
+                index, view = hit
+                fields = tuple(name for name, value in view.record.items() if value is not None)
+                agency = view.agency.agency
+                decisions.append(
+                    PendingDecision(
+                        policy.recipient,
+                        agency,
+                        True,
+                        "delivered",
+                        fields,
+                        self.key_ids.get(agency),
+                        policy.version,
+                        first_output + index,
+                    )
+                )
+            else:
+                failed = self.minimiser.excluded_by(policy, event)
+                reason = f"filtered out: requires {failed.describe()}" if failed else "filtered out"
+                decisions.append(PendingDecision(policy.recipient, None, False, reason, (), None, policy.version))
+        return PendingAudit(
+            source,
+            self.keys.event_ref(str(event["event_id"])),
+            self._person(event),
+            _text(event.get("processing_mode")),
+            DELIVERED if views else NOT_DELIVERED,
+            None,
+            tuple(decisions),
+            now_ms - now_ms % HOUR_MS,
+        )
+
+    def dead_lettered(
+        self, source: Location, code: str, event: Mapping[str, Any] | None, now_ms: int
+    ) -> PendingAudit:
+        """The draft of a rejected record (``event`` is its decoded form, if it decoded)."""
+        event_id = event.get("event_id") if event is not None else None
+        ref = self.keys.event_ref(str(event_id)) if event_id is not None else self.keys.coordinates_ref(*source)
+        decisions = tuple(
+            PendingDecision(p.recipient, None, False, f"dead-lettered: {code}", (), None, p.version)
+            for p in self.minimiser.policies
+        )
+        return PendingAudit(
+            source,
+            ref,
+            self._person(event) if event is not None else None,
+            _text(event.get("processing_mode")) if event is not None else None,
+            DEAD_LETTERED,
+            code,
+            decisions,
+            now_ms - now_ms % HOUR_MS,
+        )
+
+    def _person(self, event: Mapping[str, Any]) -> str | None:
+        nir = event.get("nir")
+        return self.keys.person(nir) if isinstance(nir, str) and nir else None
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)

@@ -1,0 +1,222 @@
+"""The materialised audit index: the audit stream in an embedded SQLite database, and its queries.
+
+SQLite (Python's standard library, a maintained embedded store with real indexes and range
+queries) rather than a faust table: the queries are by person, by event and by time range,
+which a key-value changelog cannot answer without scanning. The index holds exactly what the
+topic holds (audit pseudonyms, audit references, sealed coordinates), never an identifier;
+its file is created 0600. Each ingested batch and the next offset of its partition are written
+in one SQLite transaction, so an index rebuilt after a crash or from an empty file (``audit
+index`` re-reads the topic from the stored offsets, or from the beginning) ends the same.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streams.audit.decisions import DEAD_LETTERED, DELIVERED, HOUR_MS, NOT_DELIVERED
+from streams.errors import ScreeningStreamsError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+  partition INTEGER NOT NULL, offset INTEGER NOT NULL, audit_ref TEXT NOT NULL, person TEXT,
+  hour INTEGER NOT NULL, outcome TEXT NOT NULL, dead_letter_code TEXT, mode TEXT,
+  PRIMARY KEY (partition, offset));
+CREATE TABLE IF NOT EXISTS decisions (
+  partition INTEGER NOT NULL, offset INTEGER NOT NULL, recipient TEXT NOT NULL, agency TEXT,
+  delivered INTEGER NOT NULL, reason TEXT NOT NULL, fields TEXT NOT NULL, key_id TEXT,
+  policy_version TEXT NOT NULL, sealed_location BLOB, person TEXT, hour INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS progress (partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS records_ref ON records (audit_ref);
+CREATE INDEX IF NOT EXISTS records_hour ON records (hour);
+CREATE INDEX IF NOT EXISTS decisions_person ON decisions (person, delivered);
+CREATE INDEX IF NOT EXISTS decisions_recipient ON decisions (recipient, hour);
+CREATE INDEX IF NOT EXISTS decisions_agency ON decisions (agency, hour);
+CREATE INDEX IF NOT EXISTS decisions_at ON decisions (partition, offset);
+"""
+
+
+class AuditIndexError(ScreeningStreamsError):
+    """The audit index cannot be opened or written."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One recipient that received one record: which fields, when (hour), under which policy and key."""
+
+    recipient: str
+    agency: str
+    fields: tuple[str, ...]
+    hour_ms: int
+    policy_version: str
+    key_id: str | None
+    audit_ref: str
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """What a recipient's store held over a window: distinct people, records, and fields."""
+
+    recipient: str
+    people: int
+    records: int
+    fields: tuple[str, ...]
+
+
+def floor_hour(ms: int) -> int:
+    """Truncate epoch milliseconds to the hour (the audit's resolution)."""
+    return ms - ms % HOUR_MS
+
+
+class AuditIndex:
+    """An audit index file (or ``:memory:``), with ingest and the queries of ``screening-streams audit``."""
+
+    def __init__(self, path: Path | str) -> None:
+        """Open (creating 0600 if needed) the index at ``path``."""
+        if str(path) != ":memory:":
+            target = Path(path)
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not target.exists():
+                os.close(os.open(target, os.O_WRONLY | os.O_CREAT, 0o600))
+        try:
+            self._db = sqlite3.connect(str(path))
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise AuditIndexError(f"cannot open the audit index {path}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    def positions(self) -> dict[int, int]:
+        """The next offset to read per audit partition."""
+        return dict(self._db.execute("SELECT partition, next_offset FROM progress").fetchall())
+
+    def ingest(self, partition: int, records: Iterable[tuple[int, Mapping[str, Any]]]) -> int:
+        """Add decoded ``(offset, record)`` pairs of one partition; skip offsets already indexed."""
+        rows, decisions, last = [], [], None
+        done = self.positions().get(partition, 0)
+        for offset, r in records:
+            if offset < done:
+                continue
+            last = offset
+            rows.append(
+                (partition, offset, r["audit_ref"], r["person"], r["processed_hour"], r["outcome"],
+                 r["dead_letter_code"], r["processing_mode"])
+            )
+            for d in r["recipients"]:
+                decisions.append(
+                    (partition, offset, d["recipient"], d["agency"], int(d["delivered"]), d["reason"],
+                     ",".join(d["fields"]), d["key_id"], d["policy_version"], d["sealed_location"],
+                     r["person"], r["processed_hour"])
+                )
+        if last is None:
+            return 0
+        try:
+            with self._db:
+                self._db.executemany("INSERT OR REPLACE INTO records VALUES (?,?,?,?,?,?,?,?)", rows)
+                self._db.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", decisions)
+                self._db.execute("INSERT OR REPLACE INTO progress VALUES (?, ?)", (partition, last + 1))
+        except sqlite3.Error as exc:
+            raise AuditIndexError(f"cannot write the audit index: {exc}") from exc
+        return len(rows)
+
+    # ------------------------------------------------------------------ queries
+    def who_received(self, person: str) -> list[Delivery]:
+        """Every delivery of that person's data: recipient, fields, hour, policy version, key."""
+        rows = self._db.execute(
+            "SELECT d.recipient, d.agency, d.fields, d.hour, d.policy_version, d.key_id, r.audit_ref "
+            "FROM decisions d JOIN records r ON r.partition = d.partition AND r.offset = d.offset "
+            "WHERE d.person = ? AND d.delivered = 1 ORDER BY d.hour, d.recipient",
+            (person,),
+        ).fetchall()
+        return [Delivery(r[0], r[1], _fields(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
+
+    def event(self, audit_ref: str) -> list[dict[str, Any]]:
+        """Every audit record of one event (a replayed dead letter has several), with its decisions."""
+        out = []
+        for partition, offset, person, hour, outcome, code, mode in self._db.execute(
+            "SELECT partition, offset, person, hour, outcome, dead_letter_code, mode FROM records "
+            "WHERE audit_ref = ? ORDER BY hour, partition, offset",
+            (audit_ref,),
+        ).fetchall():
+            decisions = self._db.execute(
+                "SELECT recipient, agency, delivered, reason, fields, key_id, policy_version, sealed_location "
+                "FROM decisions WHERE partition = ? AND offset = ? ORDER BY recipient",
+                (partition, offset),
+            ).fetchall()
+            out.append(
+                {
+                    "audit_partition": partition,
+                    "audit_offset": offset,
+                    "person": person,
+                    "hour_ms": hour,
+                    "outcome": outcome,
+                    "dead_letter_code": code,
+                    "processing_mode": mode,
+                    "recipients": [
+                        {"recipient": d[0], "agency": d[1], "delivered": bool(d[2]), "reason": d[3],
+                         "fields": list(_fields(d[4])), "key_id": d[5], "policy_version": d[6],
+                         "sealed_location": d[7]}
+                        for d in decisions
+                    ],
+                }
+            )
+        return out
+
+    def undelivered(self, since_ms: int) -> list[dict[str, Any]]:
+        """Records since ``since_ms`` that reached none of their intended recipients, and why.
+
+        Dead-lettered records, and production (mode P) events no recipient's filter accepted,
+        unless a later audit record of the same event (a successful replay) delivered it.
+        """
+        rows = self._db.execute(
+            "SELECT r.audit_ref, r.hour, r.outcome, r.dead_letter_code, r.mode FROM records r "
+            "WHERE r.hour >= ? AND (r.outcome = ? OR (r.outcome = ? AND r.mode = 'P')) "
+            "AND NOT EXISTS (SELECT 1 FROM records later WHERE later.audit_ref = r.audit_ref AND later.outcome = ?) "
+            "ORDER BY r.hour, r.audit_ref",
+            (floor_hour(since_ms), DEAD_LETTERED, NOT_DELIVERED, DELIVERED),
+        ).fetchall()
+        return [
+            {"audit_ref": ref, "hour_ms": hour, "outcome": outcome,
+             "why": code if outcome == DEAD_LETTERED else "no recipient's filter accepted it", "processing_mode": mode}
+            for ref, hour, outcome, code, mode in rows
+        ]
+
+    def exposure(self, recipient: str, from_ms: int, to_ms: int) -> Exposure:
+        """If ``recipient`` (``cnam``, ``ars`` or one agency such as ``ars.11``) leaked over the window."""
+        column = "agency" if "." in recipient else "recipient"
+        people, records = self._db.execute(
+            f"SELECT COUNT(DISTINCT person), COUNT(*) FROM decisions WHERE {column} = ? AND delivered = 1 "
+            "AND hour >= ? AND hour <= ?",
+            (recipient, floor_hour(from_ms), to_ms),
+        ).fetchone()
+        fields: set[str] = set()
+        for (text,) in self._db.execute(
+            f"SELECT DISTINCT fields FROM decisions WHERE {column} = ? AND delivered = 1 "
+            "AND hour >= ? AND hour <= ?",
+            (recipient, floor_hour(from_ms), to_ms),
+        ):
+            fields.update(_fields(text))
+        return Exposure(recipient, int(people), int(records), tuple(sorted(fields)))
+
+    def summary(self, since_ms: int) -> dict[str, dict[str, int]]:
+        """Per recipient since ``since_ms``: delivered, filtered, dead-lettered."""
+        out: dict[str, dict[str, int]] = {}
+        for recipient, delivered, dead, count in self._db.execute(
+            "SELECT recipient, delivered, reason LIKE 'dead-lettered:%', COUNT(*) FROM decisions "
+            "WHERE hour >= ? GROUP BY recipient, delivered, reason LIKE 'dead-lettered:%'",
+            (floor_hour(since_ms),),
+        ):
+            row = out.setdefault(recipient, {"delivered": 0, "filtered": 0, "dead_lettered": 0})
+            key = "delivered" if delivered else "dead_lettered" if dead else "filtered"
+            row[key] += int(count)
+        return dict(sorted(out.items()))
+
+
+def _fields(text: str) -> tuple[str, ...]:
+    return tuple(text.split(",")) if text else ()
