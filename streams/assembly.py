@@ -9,9 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from streams.audit.chain import AuditWriter
+from streams.audit.decisions import Auditor
+from streams.audit.keys import AuditKeys
 from streams.contracts.codec import EventDecoder, ViewEncoder, register_encoder
 from streams.contracts.registry import SchemaRegistryClient
-from streams.contracts.schemas import Schema, input_schema
+from streams.contracts.schemas import Schema, canonical_json, input_schema, load_schema, schema_dir
+from streams.contracts.wire import frame
 from streams.domain.geography import DEFAULT_GEOGRAPHY, Geography
 from streams.domain.validation import EventValidator, wall_clock_ms
 from streams.pipeline import Pipeline
@@ -22,6 +26,7 @@ from streams.policy.pseudonyms import KeyRing
 from streams.settings import Settings
 
 INPUT_VERSION = 1  # the reader contract the processor is built against
+AUDIT_CONTRACT = "audit.v1.avsc"
 
 
 @dataclass(frozen=True)
@@ -69,8 +74,13 @@ def build_pipeline(
     geography: Geography = DEFAULT_GEOGRAPHY,
     clock_ms: Callable[[], int] = wall_clock_ms,
     policy_set: PolicySet | None = None,
+    audit_keys: AuditKeys | None = None,
 ) -> Pipeline:
-    """Build the full pipeline; registers every output contract with the registry."""
+    """Build the full pipeline; registers every output contract with the registry.
+
+    With ``audit_keys``, the pipeline drafts one audit decision record per input (see
+    :func:`build_audit_writer` for the writer that completes and chains them).
+    """
     policy_set = policy_set or load_policy_set(settings, geography)
     minimiser = Minimiser(policy_set.policies, policy_set.input_schema, keys, geography)
     schemas = {p.recipient: output_schema(p, policy_set.input_schema) for p in policy_set.policies}
@@ -86,4 +96,17 @@ def build_pipeline(
         settings.dlq_topic,
         clock_ms,
         settings.topic_prefix,
+        Auditor(audit_keys, minimiser) if audit_keys is not None else None,
     )
+
+
+def audit_schema() -> Schema:
+    """The checked-in audit contract (``schemas/audit.v1.avsc``)."""
+    return load_schema(schema_dir() / AUDIT_CONTRACT)
+
+
+def build_audit_writer(settings: Settings, registry: SchemaRegistryClient, audit_keys: AuditKeys) -> AuditWriter:
+    """Register the audit contract under the audit topic's subject and return the chained writer."""
+    schema = audit_schema()
+    schema_id = registry.register(subject_for(settings.audit_topic), canonical_json(schema))
+    return AuditWriter(audit_keys, schema, frame(schema_id, b""))
