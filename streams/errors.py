@@ -23,6 +23,14 @@ class RegistryError(ScreeningStreamsError):
     """The schema registry could not be reached or answered with an error."""
 
 
+class RegistryUnavailable(RegistryError):
+    """The registry did not answer (down, unreachable, timed out, 5xx): infrastructure, retriable.
+
+    Raised out of ``Pipeline.process*`` instead of dead-lettering valid records: the caller
+    must not acknowledge the batch, but abort, seek back, back off and process it again.
+    """
+
+
 class LocalStackError(ScreeningStreamsError):
     """The local broker or registry could not be fetched, started or stopped."""
 
