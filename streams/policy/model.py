@@ -57,6 +57,7 @@ class FieldRule:
     args: Mapping[str, Any]
     purpose: str
     when: Condition | None = None
+    quasi_identifier: bool = False  # marked in the policy (fields from quasi_identifier inputs always are)
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ def _field_rule(ctx: _Context, raw: Any, inputs: Mapping[str, FieldInfo]) -> Fie
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise ctx.fail("output field needs a snake_case `name`", str(name))
-    unknown_keys = set(raw) - {"name", "from", "op", "args", "purpose", "when"}
+    unknown_keys = set(raw) - {"name", "from", "op", "args", "purpose", "when", "quasi_identifier"}
     if unknown_keys:
         raise ctx.fail(f"unknown keys {sorted(unknown_keys)}", name)
     sources_raw = raw.get("from", name)
@@ -205,7 +206,12 @@ def _field_rule(ctx: _Context, raw: Any, inputs: Mapping[str, FieldInfo]) -> Fie
             f"needs a `purpose` sentence (at least {MIN_PURPOSE_WORDS} words) saying why the recipient needs it", name
         )
     when = _condition(ctx, raw["when"], inputs, "when") if raw.get("when") is not None else None
-    return FieldRule(name, sources, op_name, dict(args), " ".join(purpose.split()), when)
+    qi = raw.get("quasi_identifier", False)
+    if not isinstance(qi, bool) or (qi and not op.emits):
+        raise ctx.fail("`quasi_identifier` must be true or false, and only on a field that is shared", name)
+    if not qi and "quasi_identifier" in raw and any(inputs[s].data_class == "quasi_identifier" for s in sources):
+        raise ctx.fail("a field derived from a quasi_identifier input is one; it cannot be unmarked", name)
+    return FieldRule(name, sources, op_name, dict(args), " ".join(purpose.split()), when, qi)
 
 
 def parse_policy(path: Path, text: str, input_schema: Schema, known_regions: frozenset[str]) -> Policy:
