@@ -1,16 +1,18 @@
 """Decode framed input events and encode framed views, with fastavro on the hot path.
 
 Schemas are parsed once per schema id. Logical types are stripped for decoding and encoding,
-so dates stay int days and timestamps int epoch millis (see ``contracts.strip_logical_types``).
-Writer schemas are checked once, with the ``avro`` package's implementation of the Avro
-spec's resolution rules, against the reader contract: a v2 producer is accepted, an unrelated
-record is rejected.
+so dates stay int days and timestamps int epoch millis (see ``streams.contracts.schemas.strip_logical_types``).
+A writer schema is accepted once per id, in this order, each step refusing it as
+``incompatible_schema`` with a reason: within the text and shape budgets and free of recursive
+types and zero-width array or map items (:mod:`streams.contracts.budget`, before avro or
+fastavro parse it); readable by the reader contract under the Avro spec's resolution rules
+(the ``avro`` package's checker): a v2 producer is accepted, an unrelated record is rejected.
 
-fastavro reads a negative enum or union index through Python's negative indexing (index -3
-of ``P, T, D`` reads as ``P``) and any non-zero boolean byte as true, so a corrupt body can
-decode to plausible values. After fastavro has read a body, a small walker compiled once per
-writer schema checks exactly those bytes (and integer widths) and rejects the record as
-``undecodable``; it costs about half a fastavro decode.
+Before fastavro reads a body, a walker compiled once per writer schema
+(:mod:`streams.contracts.walker`) checks every length, block count, index and boolean byte,
+and the record's item budget, rejecting the record as ``undecodable`` (or ``trailing_bytes``):
+fastavro never sees a body that would make it misread (negative indices read through Python's
+negative indexing), crash or loop long. The walk costs about half a fastavro decode.
 """
 
 from __future__ import annotations
@@ -19,187 +21,31 @@ import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import IO, Any, cast
 
 import avro.compatibility
 import avro.errors
 import avro.schema
 import fastavro
 
+from streams.contracts.budget import DEFAULT_BUDGET, Budget, SchemaRefused, parse_writer_text, shape_of
 from streams.contracts.registry import SchemaNotFound, SchemaRegistryClient
 from streams.contracts.schemas import Schema, canonical_json, iter_fields, strip_logical_types
+from streams.contracts.walker import BrokenRule, Check, compile_check
 from streams.contracts.wire import HEADER_SIZE, frame, unframe
 from streams.errors import RecordRejected, SchemaError
 
 Record = dict[str, Any]
-
-
-class _BrokenRule(Exception):
-    """A body breaks an Avro encoding rule that fastavro does not enforce."""
-
-
-_Walk = Callable[[bytes, int], int]
-_INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    """Read the zig-zag varint at ``pos``; return (value, next position). At most 64 bits."""
-    n = shift = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        if b < 0x80:
-            if n >> 64:
-                raise _BrokenRule
-            return (n >> 1) ^ -(n & 1), pos
-        shift += 7
-        if shift >= 70:
-            raise _BrokenRule
-
-
-def _skip_null(data: bytes, pos: int) -> int:
-    return pos
-
-
-def _skip_boolean(data: bytes, pos: int) -> int:
-    if data[pos] > 1:
-        raise _BrokenRule
-    return pos + 1
-
-
-def _skip_long(data: bytes, pos: int) -> int:
-    if data[pos] < 0x80:
-        return pos + 1
-    return _varint(data, pos)[1]
-
-
-def _skip_int(data: bytes, pos: int) -> int:
-    if data[pos] < 0x80:
-        return pos + 1
-    value, pos = _varint(data, pos)
-    if not _INT_MIN <= value <= _INT_MAX:
-        raise _BrokenRule
-    return pos
-
-
-def _skip_bytes(data: bytes, pos: int) -> int:
-    b = data[pos]
-    if b < 0x80 and not b & 1:
-        return pos + 1 + (b >> 1)
-    size, pos = _varint(data, pos)
-    if size < 0:
-        raise _BrokenRule
-    return pos + size
-
-
-def _fixed(size: int) -> _Walk:
-    return lambda data, pos: pos + size
-
-
-_PRIMITIVE_WALKS: dict[str, _Walk] = {
-    "null": _skip_null,
-    "boolean": _skip_boolean,
-    "int": _skip_int,
-    "long": _skip_long,
-    "float": _fixed(4),
-    "double": _fixed(8),
-    "bytes": _skip_bytes,
-    "string": _skip_bytes,
-}
-
-
-def _compile_walk(schema: Any, named: dict[str, Any]) -> _Walk:
-    """Compile a walker of the binary encoding of a parsed ``schema`` (``named``: its named types).
-
-    The walker returns the position after the datum and raises :class:`_BrokenRule` on a
-    negative or too large enum or union index, a boolean byte other than 0 or 1, a negative
-    length, a varint longer than 10 bytes or an ``int`` outside 32 bits.
-    """
-    walks: dict[str, _Walk] = {}
-
-    def build(node: Any) -> _Walk:
-        if isinstance(node, list):
-            return union([build(branch) for branch in node])
-        if isinstance(node, str):
-            if node in _PRIMITIVE_WALKS:
-                return _PRIMITIVE_WALKS[node]
-            # A named type: a record registers itself before its fields, so recursion resolves.
-            return walks[node] if node in walks else build(named[node])
-        kind = node["type"]
-        if kind in ("record", "error"):
-            fields: list[_Walk] = []
-
-            def record(data: bytes, pos: int) -> int:
-                for walk in fields:
-                    pos = walk(data, pos)
-                return pos
-
-            walks[node["name"]] = record
-            fields.extend(build(f["type"]) for f in node["fields"])
-            return record
-        if kind == "enum":
-            walks[node["name"]] = walk = index_below(len(node["symbols"]))
-            return walk
-        if kind == "fixed":
-            walks[node["name"]] = walk = _fixed(node["size"])
-            return walk
-        if kind == "array":
-            return blocks(build(node["items"]))
-        if kind == "map":
-            value = build(node["values"])
-            return blocks(lambda data, pos: value(data, _skip_bytes(data, pos)))
-        return build(kind)  # a primitive written as {"type": ...} (e.g. with a logical type)
-
-    def index_below(count: int) -> _Walk:
-        def index(data: bytes, pos: int) -> int:
-            b = data[pos]
-            if b < 0x80 and not b & 1 and b >> 1 < count:
-                return pos + 1
-            value, pos = _varint(data, pos)
-            if not 0 <= value < count:
-                raise _BrokenRule
-            return pos
-
-        return index
-
-    def union(branches: list[_Walk]) -> _Walk:
-        count = len(branches)
-
-        def walk(data: bytes, pos: int) -> int:
-            b = data[pos]
-            if b < 0x80 and not b & 1 and b >> 1 < count:
-                return branches[b >> 1](data, pos + 1)
-            value, pos = _varint(data, pos)
-            if not 0 <= value < count:
-                raise _BrokenRule
-            return branches[value](data, pos)
-
-        return walk
-
-    def blocks(item: _Walk) -> _Walk:
-        def walk(data: bytes, pos: int) -> int:
-            while True:
-                count, pos = _varint(data, pos)
-                if count == 0:
-                    return pos
-                if count < 0:  # a block that also gives its size in bytes
-                    count = -count
-                    pos = _varint(data, pos)[1]
-                for _ in range(count):
-                    pos = item(data, pos)
-
-        return walk
-
-    return build(schema)
+#: How a body is read once vetted: ``fastavro.schemaless_reader`` (injectable for tests).
+BodyReader = Callable[[IO[bytes], Any, Any], Any]
 
 
 @dataclass(frozen=True)
 class _Writer:
     parsed: Any
     defaults: tuple[tuple[str, Any], ...]
-    #: Walks a whole frame from byte 5; returns the end position or raises on a broken rule.
-    check: _Walk
+    #: Walks a whole frame from byte 5; returns the end position or raises :class:`BrokenRule`.
+    check: Check
 
 
 def is_readable_by(reader: Schema, writer: Schema) -> tuple[bool, str]:
@@ -218,10 +64,22 @@ def is_readable_by(reader: Schema, writer: Schema) -> tuple[bool, str]:
 class EventDecoder:
     """Turn Confluent-framed bytes into a wire-native dict, or raise :class:`RecordRejected`."""
 
-    def __init__(self, registry: SchemaRegistryClient, reader: Schema) -> None:
-        """Decode against ``reader`` (the input contract) using ids resolved through ``registry``."""
+    def __init__(
+        self,
+        registry: SchemaRegistryClient,
+        reader: Schema,
+        *,
+        budget: Budget = DEFAULT_BUDGET,
+        read_body: BodyReader = fastavro.schemaless_reader,
+    ) -> None:
+        """Decode against ``reader`` (the input contract) using ids resolved through ``registry``.
+
+        ``budget`` bounds writer schemas and record bodies; ``read_body`` reads a vetted body.
+        """
         self._registry = registry
         self._reader = reader
+        self._budget = budget
+        self._read_body = read_body
         self._writers: dict[int, _Writer] = {}
         self._rejected: dict[int, RecordRejected] = {}
 
@@ -236,12 +94,18 @@ class EventDecoder:
         except SchemaNotFound:
             # Not cached: the id may be registered a moment later by a new producer.
             raise RecordRejected("unknown_schema_id", f"schema id {schema_id} is not in the registry") from None
+        parsed: Any = None
         try:
-            writer = json.loads(text)
-        except json.JSONDecodeError:
-            writer = None
-        ok, why = (False, "not JSON") if not isinstance(writer, dict) else is_readable_by(self._reader, writer)
-        if not ok or not isinstance(writer, dict):
+            writer = parse_writer_text(text, self._budget)
+            shape = shape_of(writer, self._budget)  # before avro or fastavro parse it
+            ok, why = is_readable_by(self._reader, writer)
+            if ok:
+                parsed = fastavro.parse_schema(strip_logical_types(writer))
+        except SchemaRefused as refused:
+            ok, why = False, refused.reason
+        except Exception as exc:  # fastavro refuses what the avro package accepted
+            ok, why = False, f"fastavro cannot parse it ({type(exc).__name__})"
+        if not ok:
             rejection = RecordRejected(
                 "incompatible_schema",
                 f"writer schema id {schema_id} cannot be read as the screening event: {why}"[:400],
@@ -252,48 +116,52 @@ class EventDecoder:
         defaults = tuple(
             (f["name"], f.get("default")) for f in self._reader["fields"] if f["name"] not in writer_fields
         )
-        named: dict[str, Any] = {}
-        parsed = fastavro.parse_schema(strip_logical_types(writer), named_schemas=named)
-        entry = _Writer(parsed, defaults, _compile_walk(parsed, named))
+        entry = _Writer(parsed, defaults, compile_check(shape, self._budget))
         self._writers[schema_id] = entry
         return entry
 
     def decode(self, data: bytes | None) -> tuple[int, Record]:
         """Return (writer schema id, record); reject framing, unknown ids and bad bodies."""
         try:
-            schema_id, body = unframe(data)
+            schema_id, _ = unframe(data)
         except RecordRejected as rejection:
             if rejection.code == "bad_magic" and data is not None:
                 raise self._classify_bad_magic(data) from None
             raise
         writer = self._writer(schema_id)
-        buffer = io.BytesIO(body)
+        record = self._read(writer, schema_id, cast(bytes, data))
+        for name, default in writer.defaults:
+            record.setdefault(name, default)
+        return schema_id, record
+
+    def _read(self, writer: _Writer, schema_id: int, data: bytes) -> Record:
+        """Vet the body of ``data`` (a whole frame) with the writer's walker, then read it with fastavro."""
         try:
-            record = cast(Record, fastavro.schemaless_reader(buffer, writer.parsed, None))
-        except Exception as exc:  # fastavro raises many types on corrupt input
+            end = writer.check(data, HEADER_SIZE)
+        except BrokenRule as broken:
+            raise RecordRejected(
+                "undecodable", f"Avro body breaks an encoding rule or budget (schema {schema_id}): {broken}"
+            ) from None
+        except IndexError:
+            raise RecordRejected("undecodable", f"Avro body is truncated (schema {schema_id})") from None
+        if end < len(data):
+            raise RecordRejected(
+                "trailing_bytes",
+                f"{len(data) - end} bytes left after the record (schema {schema_id}): wrong schema id or corrupt body",
+            )
+        if end > len(data):
+            raise RecordRejected("undecodable", f"Avro body is truncated (schema {schema_id})")
+        buffer = io.BytesIO(memoryview(data)[HEADER_SIZE:])
+        try:
+            record = cast(Record, self._read_body(buffer, writer.parsed, None))
+        except Exception as exc:  # fastavro raises many types on corrupt input (e.g. bad UTF-8)
             raise RecordRejected(
                 "undecodable",
                 f"Avro body does not decode with writer schema {schema_id} ({type(exc).__name__})",
             ) from None
-        if buffer.tell() != len(body):
-            raise RecordRejected(
-                "trailing_bytes",
-                f"{len(body) - buffer.tell()} bytes left after the record "
-                f"(schema {schema_id}): wrong schema id or corrupt body",
-            )
-        try:
-            end = writer.check(cast(bytes, data), HEADER_SIZE)
-        except (_BrokenRule, IndexError, RecursionError):
-            end = -1
-        if end != len(body) + HEADER_SIZE:
-            raise RecordRejected(
-                "undecodable",
-                f"Avro body breaks an encoding rule (schema {schema_id}): negative or out-of-range "
-                "enum or union index, boolean byte other than 0 or 1, or an oversized integer",
-            )
-        for name, default in writer.defaults:
-            record.setdefault(name, default)
-        return schema_id, record
+        if buffer.tell() != len(data) - HEADER_SIZE:
+            raise RecordRejected("undecodable", f"fastavro and the walker disagree on the body (schema {schema_id})")
+        return record
 
     def _classify_bad_magic(self, data: bytes) -> RecordRejected:
         """Tell a framed record with a wrong magic byte from bytes that are not framed at all.
@@ -306,11 +174,10 @@ class EventDecoder:
         except RecordRejected:
             writer = None
         if writer is not None:
-            buffer = io.BytesIO(data[5:])
             try:
-                fastavro.schemaless_reader(buffer, writer.parsed, None)
-                complete = buffer.tell() == len(data) - 5
-            except Exception:
+                self._read(writer, schema_id, data)
+                complete = True
+            except RecordRejected:
                 complete = False
             if complete:
                 return RecordRejected(

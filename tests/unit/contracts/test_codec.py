@@ -293,7 +293,17 @@ EXOTIC_EXTRA_FIELDS = [
             "name": "Node",
             "fields": [
                 {"name": "mode", "type": "ProcessingMode"},
-                {"name": "children", "type": {"type": "array", "items": "Node"}},
+                {
+                    "name": "children",
+                    "type": {
+                        "type": "array",
+                        "items": {
+                            "type": "record",
+                            "name": "Leaf",
+                            "fields": [{"name": "mode", "type": "ProcessingMode"}],
+                        },
+                    },
+                },
             ],
         },
     },
@@ -301,7 +311,7 @@ EXOTIC_EXTRA_FIELDS = [
 
 
 def test_compatible_writer_with_every_avro_type_decodes_and_is_checked_too() -> None:
-    """A v1-compatible writer with maps, fixed, float, bytes, named, recursive types decodes; its enums are checked."""
+    """A v1-compatible writer with maps, fixed, float, bytes, named, nested types decodes; nested enums are checked."""
     registry = InMemorySchemaRegistry()
     writer = input_schema(1)
     writer = {**writer, "fields": [*writer["fields"], *EXOTIC_EXTRA_FIELDS]}
@@ -313,13 +323,49 @@ def test_compatible_writer_with_every_avro_type_decodes_and_is_checked_too() -> 
         "x_float": 0.5,
         "x_bytes": b"\x00\xff",
         "x_tag_again": b"xyz",
-        "x_tree": {"mode": "T", "children": [{"mode": "D", "children": []}]},
+        "x_tree": {"mode": "T", "children": [{"mode": "D"}]},
     }
     buffer = io.BytesIO()
     fastavro.schemaless_writer(buffer, fastavro.parse_schema(strip_logical_types(writer)), {**event, **extra})
     data = frame(schema_id, buffer.getvalue())
     decoder = EventDecoder(registry, input_schema(1))
     assert decoder.decode(data) == (schema_id, {**event, **extra})
-    nested_mode = data.rindex(b"\x04\x00\x00")  # the child: mode D (index 2), no children, end of parent's array
-    corrupt = _splice(data, nested_mode, nested_mode + 1, b"\x05")  # index -3: fastavro reads P
+    assert data.endswith(b"\x02\x02\x04\x00")  # x_tree last: mode T, one child of mode D, end of the array
+    corrupt = _splice(data, len(data) - 2, len(data) - 1, b"\x05")  # the child's mode index -3
+    parsed = fastavro.parse_schema(strip_logical_types(writer))
+    misread = fastavro.schemaless_reader(io.BytesIO(corrupt[HEADER_SIZE:]), parsed, None)
+    assert isinstance(misread, dict) and misread["x_tree"]["children"] == [{"mode": "P"}]  # fastavro alone
     assert _rejection(decoder, corrupt).code == "undecodable"
+
+
+def test_recursive_writer_schema_is_refused_before_any_body_is_read() -> None:
+    """A v1-compatible writer with a recursive type is incompatible_schema, naming type and field; no body is read."""
+    registry = InMemorySchemaRegistry()
+    node = {"type": "record", "name": "Node", "fields": [{"name": "next", "type": ["null", "Node"], "default": None}]}
+    writer = {**input_schema(1), "fields": [*input_schema(1)["fields"], {"name": "x", "type": ["null", node]}]}
+    schema_id = registry.register(SUBJECT, json.dumps(writer))
+    reads: list[object] = []
+    decoder = EventDecoder(registry, input_schema(1), read_body=lambda *args: reads.append(args))
+    rejection = _rejection(decoder, frame(schema_id, b"\x02" * 5_000 + b"\x00"))
+    assert rejection.code == "incompatible_schema"
+    assert "recursive type Node at field x.next" in str(rejection)
+    assert reads == []
+
+
+def test_walker_vets_the_body_before_fastavro_reads_it() -> None:
+    """A body the walker refuses never reaches the body reader; a valid one reaches it exactly once."""
+    registry = InMemorySchemaRegistry()
+    data = _encoder(registry, 1).encode(_event(result="POSITIVE"))
+    reads: list[int] = []
+
+    def counting(buffer: io.BytesIO, parsed: Any, reader: Any) -> Any:
+        reads.append(1)
+        return fastavro.schemaless_reader(buffer, parsed, reader)
+
+    decoder = EventDecoder(registry, input_schema(1), read_body=counting)
+    assert _rejection(decoder, data[:-1] + b"\x05").code == "undecodable"
+    assert _rejection(decoder, data[:-3]).code == "undecodable"
+    assert _rejection(decoder, data + b"\x00").code == "trailing_bytes"
+    assert reads == []
+    decoder.decode(data)
+    assert reads == [1]
