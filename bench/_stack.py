@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
-from streams.kafka.topics import admin_client
+from streams.kafka.offsets import wait_for_members
 from streams.settings import Settings
 
 Raw = tuple[bytes, bytes, tuple[tuple[str, bytes], ...]]
@@ -102,17 +102,7 @@ def stop_workers(workers: list[subprocess.Popen[bytes]]) -> list[int | None]:
 
 def wait_members(settings: Settings, count: int, timeout_s: float = 120) -> None:
     """Block until the worker group is Stable with ``count`` members."""
-    admin = admin_client(settings.bootstrap_servers)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            info = admin.describe_groups([settings.group_id]).get(settings.group_id, {})
-            if info.get("group_state") == "Stable" and len(info.get("members") or []) == count:
-                return
-            time.sleep(0.5)
-        raise RuntimeError(f"group {settings.group_id} never had {count} stable members")
-    finally:
-        admin.close()
+    wait_for_members(settings.bootstrap_servers, settings.group_id, timeout_s=timeout_s, count=count)
 
 
 async def paced_publish(

@@ -6,7 +6,7 @@ Measures decode and encode of
 * the 10-field SPF view (``surveillance.spf.results.v1``, the output contract derived from
   ``policies/spf.yaml``), built from the same events by the real policy engine,
 
-with logical types stripped exactly as on the hot path (``contracts.strip_logical_types``):
+with logical types stripped exactly as on the hot path (``streams.contracts.schemas.strip_logical_types``):
 
 * fastavro ``schemaless_reader`` / ``schemaless_writer`` on a parsed schema,
 * ``avro`` 1.12 ``DatumReader`` / ``DatumWriter`` with ``BinaryDecoder`` / ``BinaryEncoder``,

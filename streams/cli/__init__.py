@@ -1,4 +1,1 @@
-"""The command line: the click groups (main, policy, dlq, demo) and their shared options.
-
-On top of every layer: may import anything in streams; nothing imports it.
-"""
+"""Command line: main, policy, dlq, audit, demo groups and shared options. On top: imports anything; none imports it."""

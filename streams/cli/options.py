@@ -1,7 +1,7 @@
 """Options and settings shared by the command groups of ``screening-streams``.
 
 Kept apart from ``streams.cli.main`` so that sub-command modules (``streams.cli.dlq``) can use them without
-importing ``streams.cli.main``, which imports them in turn (and runs as ``python -m streams.cli.main``).
+importing ``streams.cli.main``, which imports them in turn (and runs as ``python -m streams.cli``).
 """
 
 from __future__ import annotations

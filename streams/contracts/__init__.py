@@ -1,4 +1,1 @@
-"""Avro contracts on the wire: schema loading and class lint, Confluent framing, fastavro codec, registry client.
-
-May import: streams.errors. Never a Kafka client, faust or click.
-"""
+"""Avro contracts: schemas and class lint, Confluent framing, fastavro codec, registry client. Imports: errors."""

@@ -1,4 +1,1 @@
-"""Dead letters: parse, summarise, select and render DLQ records; plan bounded, ledgered replays.
-
-May import: streams.kafka (record type), the pure core, errors. Never decodes a raw value to fields.
-"""
+"""Dead letters: parse, summarise, select, show; bounded ledgered replays. Imports: kafka, pipeline, policy, errors."""

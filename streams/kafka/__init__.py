@@ -1,4 +1,1 @@
-"""Kafka at the edge: the transactional runner, dispatch, topic specs, offsets and lag, publishing, the ACL plan.
-
-May import: the pure core (contracts, domain, policy, pipeline), assembly, settings, errors.
-"""
+"""Kafka edge: exactly-once runner, dispatch, topics, offsets, publishing, ACLs. Imports: the core, settings, errors."""

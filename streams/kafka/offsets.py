@@ -131,20 +131,25 @@ def wait_for_members(
     group_id: str,
     *,
     timeout_s: float,
+    count: int | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> float:
-    """Block until the group is ``Stable`` with at least one member; return the seconds waited."""
+    """Block until the group is ``Stable`` with at least one member (exactly ``count`` if given).
+
+    Returns the seconds waited.
+    """
     start = clock()
     while True:
         try:
             state, members = group_state(bootstrap_servers, group_id)
         except KafkaIOError:
             state, members = "Unknown", 0
-        if state == "Stable" and members:
+        if state == "Stable" and (members == count if count is not None else members > 0):
             return clock() - start
         if clock() - start > timeout_s:
-            raise KafkaIOError(f"group {group_id} has no stable member after {timeout_s:.0f} s (state {state})")
+            wanted = f"{count} stable members" if count is not None else "a stable member"
+            raise KafkaIOError(f"group {group_id} has no {wanted} after {timeout_s:.0f} s (state {state})")
         sleep(0.2)
 
 

@@ -1,4 +1,1 @@
-"""The policy engine: load, validate, compile and apply per-recipient policies; pseudonyms, derived contracts, explain.
-
-May import: streams.contracts, streams.domain, streams.errors. It knows nothing of Kafka: records in, views out.
-"""
+"""Policy engine: load, validate, apply; pseudonyms, contracts, explain, lock. Imports: contracts, domain, errors."""

@@ -1,4 +1,1 @@
-"""The local stack: fetch Kafka and Apicurio with mvn and run them on loopback (settings, fetch, lifecycle).
-
-May import: streams.errors only.
-"""
+"""Local stack: fetch Kafka and Apicurio with mvn, run them on loopback. Imports: errors."""

@@ -46,7 +46,7 @@ def test_replay_defaults_to_three_replays_and_no_force() -> None:
 
 
 def test_module_entry_point_loads_the_dlq_group() -> None:
-    """``python -m streams.cli.main`` (how workers are started) imports cleanly with the dlq group registered."""
+    """``python -m streams.cli`` (how workers are started) imports cleanly with the dlq group registered."""
     done = subprocess.run(
         [sys.executable, "-m", "streams.cli", "dlq", "--help"], capture_output=True, text=True, timeout=60
     )
