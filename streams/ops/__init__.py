@@ -1,0 +1,1 @@
+"""Operations: Prometheus metrics counted at commit, liveness and readiness. Imports: pipeline."""
