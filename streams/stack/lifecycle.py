@@ -3,6 +3,13 @@
 No Docker: the jars are fetched once with ``mvn`` into a cache outside the repository and
 run with ``java`` as detached processes on loopback, with pid files in the state dir.
 Setting ``KAFKA_BOOTSTRAP_SERVERS`` / ``SCHEMA_REGISTRY_URL`` uses external services instead.
+
+The registry keeps its schemas in the broker itself (Apicurio's ``kafkasql`` storage: a journal
+topic with unlimited retention, replayed at start), so ids survive a registry restart, the
+way Confluent's registry keeps ``_schemas``. Its delete endpoints are off unless
+``SCREENING_REGISTRY_ALLOW_DELETE=1``, and cannot be switched on at run time. The state dir
+and everything in it is private to the user (directories 0700, files 0600): the ingress and
+dead-letter segments hold raw NIRs.
 """
 
 from __future__ import annotations
@@ -37,10 +44,17 @@ STOP_TIMEOUT_S = 30.0
 LOG_TAIL_LINES = 20
 _KAFKA_MAIN = "kafka.Kafka"
 _REGISTRY_MARK = "apicurio-"  # in the cache dir name of the jar
+#: Topics of the registry's kafkasql storage (journal of every change, and its snapshots).
+REGISTRY_TOPICS = ("_apicurio-kafkasql-journal", "_apicurio-kafkasql-snapshots", "_apicurio-registry-events")
+#: Unlimited retention: the journal *is* the registry's storage.
+REGISTRY_TOPIC_CONFIGS = {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
+PRIVATE_DIR, PRIVATE_FILE, PRIVATE_UMASK = 0o700, 0o600, 0o077
 
 # Runs as ``python -c``: starts argv[3:] in its own session, logging to argv[1], in cwd
 # argv[2], prints the pid and exits, so the service is re-parented and outlives this process.
-_LAUNCHER = """import subprocess, sys
+# umask 077: whatever the service writes (segments, logs) is readable by its user only.
+_LAUNCHER = """import os, subprocess, sys
+os.umask(0o077)
 with open(sys.argv[1], "wb") as log:
     child = subprocess.Popen(sys.argv[3:], cwd=sys.argv[2], stdin=subprocess.DEVNULL,
                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -117,6 +131,33 @@ def log_tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+def make_private(root: Path) -> None:
+    """Create ``root`` if needed and make it and everything under it private (dirs 0700, files 0600).
+
+    Files the services create later are private too (their launcher sets umask 077); this
+    also fixes a state dir left by an older version with group- or world-readable segments.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(PRIVATE_DIR)
+    for top, dirs, files in os.walk(root):
+        for name in dirs:
+            with suppress(FileNotFoundError):
+                (Path(top) / name).chmod(PRIVATE_DIR)
+        for name in files:
+            path = Path(top) / name
+            with suppress(FileNotFoundError):
+                if not path.is_symlink() and path.stat().st_mode & 0o177:
+                    path.chmod(PRIVATE_FILE)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` with mode 0600 (also when the file already exists)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    os.fchmod(fd, PRIVATE_FILE)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 @dataclass
@@ -216,7 +257,7 @@ def _spawn(svc: _Service, cmd: list[str], cwd: Path) -> None:
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         raise LocalStackError(f"cannot start {svc.name} ({cmd[0]}): {exc}") from exc
     tmp = svc.pid_file.with_suffix(".pid.tmp")
-    tmp.write_text(f"{pid}\n")
+    _write_private(tmp, f"{pid}\n")
     tmp.replace(svc.pid_file)
     svc.pid, svc.began, svc.fresh = pid, time.monotonic(), True
 
@@ -263,8 +304,10 @@ def _registry_answers(url: str, timeout_s: float = 2.0) -> bool:
 @contextmanager
 def _locked(settings: StackSettings) -> Iterator[None]:
     """Serialise up/down/wipe across processes sharing one state dir."""
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    with (settings.state_dir / ".lock").open("w") as fh:
+    settings.state_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    settings.state_dir.chmod(PRIVATE_DIR)
+    lock = os.open(settings.state_dir / ".lock", os.O_WRONLY | os.O_CREAT, PRIVATE_FILE)
+    with os.fdopen(lock, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -280,8 +323,8 @@ def _check_free(ports: tuple[int, ...], hint: str) -> None:
 def _spawn_kafka(settings: StackSettings, svc: _Service, libs: Path, echo: Echo) -> None:
     state = settings.state_dir
     props, log4j = state / "server.properties", state / "log4j2.yaml"
-    props.write_text(render_server_properties(settings))
-    log4j.write_text(_LOG4J2_YAML)
+    _write_private(props, render_server_properties(settings))
+    _write_private(log4j, _LOG4J2_YAML)
     classpath = f"{libs}/*"
     if not (state / "kafka-data" / "meta.properties").exists():
         echo("formatting kafka storage…")
@@ -289,6 +332,7 @@ def _spawn_kafka(settings: StackSettings, svc: _Service, libs: Path, echo: Echo)
             ["java", "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", new_cluster_id(), "-c", str(props)],
             "kafka storage format",
         )
+        make_private(state)  # the format tool ran with this process's umask
     echo(f"starting kafka {settings.kafka_version}…")
     _spawn(
         svc,
@@ -307,15 +351,80 @@ def _spawn_kafka(settings: StackSettings, svc: _Service, libs: Path, echo: Echo)
     )
 
 
+def render_registry_flags(settings: StackSettings, bootstrap_servers: str) -> list[str]:
+    """The ``-D`` flags of the local Apicurio 3.0.x registry (names checked against 3.0.9).
+
+    * ``apicurio.storage.kind=kafkasql``: schemas live in the journal topic on the broker at
+      ``bootstrap_servers`` and are replayed at start, so ids survive a restart. The topics
+      are created beforehand with unlimited retention (:data:`REGISTRY_TOPICS`).
+    * ``apicurio.rest.deletion.{group,artifact,artifact-version}.enabled``: false unless
+      ``SCREENING_REGISTRY_ALLOW_DELETE`` asks for them; their ``.dynamic.allow=false`` keeps
+      anyone from switching them on at run time through the admin API.
+    """
+    journal, snapshots, events = REGISTRY_TOPICS
+    deletion = "true" if settings.registry_allow_delete else "false"
+    props = {
+        "quarkus.http.port": str(settings.registry_port),
+        "quarkus.http.host": LOOPBACK,
+        "apicurio.storage.kind": "kafkasql",
+        "apicurio.kafkasql.bootstrap.servers": bootstrap_servers,
+        "apicurio.kafkasql.topic": journal,
+        "apicurio.kafkasql.snapshots.topic": snapshots,
+        "apicurio.events.kafka.topic": events,
+        "apicurio.storage.snapshot.location": str(settings.state_dir / "registry-snapshots"),
+        "apicurio.import.work-dir": str(settings.state_dir / "registry-import"),
+        "quarkus.http.access-log.enabled": "false",  # one log line per request: a flood fills the disk
+    }
+    for what in ("group", "artifact", "artifact-version"):
+        props[f"apicurio.rest.deletion.{what}.enabled"] = deletion
+        props[f"apicurio.rest.deletion.{what}.enabled.dynamic.allow"] = "false"
+    if not settings.registry_allow_delete:
+        # The Confluent-compatible API ignores the flags above (3.0.9: DELETE
+        # /subjects/<s>?permanent=true removes the schema and its id): deny DELETE outright.
+        # Configuring any HTTP permission turns Quarkus' checks on: every other request is permitted.
+        props["quarkus.http.auth.permission.nodelete.paths"] = "/*"
+        props["quarkus.http.auth.permission.nodelete.methods"] = "DELETE"
+        props["quarkus.http.auth.permission.nodelete.policy"] = "deny"
+        props["quarkus.http.auth.permission.others.paths"] = "/*"
+        props["quarkus.http.auth.permission.others.policy"] = "permit"
+    return [f"-D{key}={value}" for key, value in props.items()]
+
+
+def _create_registry_topics(bootstrap_servers: str, timeout_s: float = 30.0) -> None:
+    """Create the kafkasql topics with unlimited retention (the broker's default is 7 days)."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap_servers, client_id="localstack", request_timeout_ms=int(timeout_s * 1000)
+        )
+    except KafkaError as exc:
+        raise LocalStackError(
+            f"cannot reach kafka at {bootstrap_servers} to create the registry topics: {exc}"
+        ) from exc
+    try:
+        existing = set(admin.list_topics())
+        missing = [
+            NewTopic(t, 1, 1, topic_configs=dict(REGISTRY_TOPIC_CONFIGS)) for t in REGISTRY_TOPICS if t not in existing
+        ]
+        if missing:
+            with suppress(TopicAlreadyExistsError):
+                admin.create_topics(missing)
+    except KafkaError as exc:
+        raise LocalStackError(f"cannot create the registry topics {REGISTRY_TOPICS}: {exc}") from exc
+    finally:
+        admin.close()
+
+
 def _spawn_registry(settings: StackSettings, svc: _Service, jar: Path, echo: Echo) -> None:
     echo(f"starting apicurio registry {settings.registry_version}…")
-    flags = [
-        f"-Dquarkus.http.port={settings.registry_port}",
-        f"-Dquarkus.http.host={LOOPBACK}",
-        "-Dapicurio.rest.deletion.group.enabled=true",
-        "-Dapicurio.rest.deletion.artifact.enabled=true",
-        "-Dapicurio.rest.deletion.artifact-version.enabled=true",
-    ]
+    bootstrap = endpoints_for(settings).bootstrap_servers
+    _create_registry_topics(bootstrap)
+    for name in ("registry-snapshots", "registry-import"):
+        (settings.state_dir / name).mkdir(mode=PRIVATE_DIR, exist_ok=True)
+    flags = render_registry_flags(settings, bootstrap)
     _spawn(svc, ["java", "-Xmx384m", *flags, "-jar", str(jar)], jar.parent)
 
 
@@ -379,9 +488,13 @@ def up(settings: StackSettings, *, echo: Echo = print) -> Endpoints:
                 )
             if jar is not None:
                 _check_free((settings.registry_port,), "SCREENING_REGISTRY_PORT / SCHEMA_REGISTRY_URL")
+            make_private(settings.state_dir)
             if libs is not None:
                 _spawn_kafka(settings, kafka, libs, echo)
             if jar is not None:
+                # The registry's storage is on the broker: it starts once the broker answers.
+                if kafka in local:
+                    _wait_all([kafka], settings.start_timeout_s, echo)
                 _spawn_registry(settings, registry, jar, echo)
             _wait_all(local, settings.start_timeout_s, echo)
         except BaseException:
@@ -417,8 +530,8 @@ def _stop(services: list[_Service], echo: Echo) -> None:
 def down(settings: StackSettings, *, echo: Echo = print, only: str | None = None) -> None:
     """Stop the local broker and registry recorded in the state dir; keep the jar cache.
 
-    ``only="kafka"`` (or ``"registry"``) stops just that one, e.g. for broker-restart tests:
-    the registry keeps its in-memory schemas.
+    ``only="kafka"`` (or ``"registry"``) stops just that one, e.g. for broker- or
+    registry-restart tests: the registry's schemas are in the broker and survive both.
     """
     if not settings.state_dir.exists():
         echo("nothing to stop")
@@ -445,9 +558,17 @@ def status(settings: StackSettings) -> dict[str, str]:
 
 
 def wipe(settings: StackSettings) -> None:
-    """Stop everything and delete broker data, logs and configs; keep the downloaded jars."""
+    """Stop everything and delete broker data (with the registry's schemas), logs and configs; keep the jars."""
     down(settings, echo=lambda _line: None)
-    for name in ("kafka-data", "server.properties", "log4j2.yaml", "kafka.log", "registry.log"):
+    for name in (
+        "kafka-data",
+        "server.properties",
+        "log4j2.yaml",
+        "kafka.log",
+        "registry.log",
+        "registry-snapshots",
+        "registry-import",
+    ):
         target = settings.state_dir / name
         try:
             if target.is_dir():

@@ -41,6 +41,7 @@ class StackSettings:
     external_bootstrap: str | None = None
     external_registry: str | None = None
     start_timeout_s: float = 90.0
+    registry_allow_delete: bool = False  # SCREENING_REGISTRY_ALLOW_DELETE=1 turns the delete endpoints on
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> StackSettings:
@@ -70,6 +71,7 @@ class StackSettings:
             external_bootstrap=environ.get("KAFKA_BOOTSTRAP_SERVERS") or None,
             external_registry=environ.get("SCHEMA_REGISTRY_URL") or None,
             start_timeout_s=timeout,
+            registry_allow_delete=_flag(environ, "SCREENING_REGISTRY_ALLOW_DELETE"),
         )
 
 
@@ -77,6 +79,16 @@ def _path(raw: str | None, home: Path) -> Path | None:
     if not raw:
         return None
     return home / raw[2:] if raw.startswith("~/") else Path(raw)
+
+
+def _flag(environ: Mapping[str, str], name: str) -> bool:
+    """A boolean variable: 1/true/yes/on or 0/false/no/off (empty or unset: false)."""
+    raw = (environ.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name}={raw!r} is not a boolean (use 1 or 0)")
 
 
 def _number(environ: Mapping[str, str], name: str, default: T, kind: Callable[[str], T]) -> T:
