@@ -1,0 +1,1 @@
+"""Encryption for recipients: agency key rings, HPKE-sealed data keys, AES-GCM fields. Imports: contracts, errors."""
