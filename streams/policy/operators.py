@@ -99,6 +99,18 @@ register(
     )
 )
 
+# The view keeps the value; the pipeline encrypts it for the agency just before encoding
+# (streams/crypto: AES-256-GCM under a data key sealed to the agency's public key).
+register(
+    Operator(
+        name="encrypt",
+        doc="deliver the value encrypted for the recipient only (AES-256-GCM, data key sealed to its public key)",
+        input_kinds=(None,),
+        output_type=lambda fields, args: "bytes",
+        build=lambda ctx, args: lambda v: v,
+    )
+)
+
 
 def _build_pseudonymise(ctx: BuildContext, args: Mapping[str, Any]) -> ValueFn:
     # Memoise person identifiers (people are re-tested); unique ids (memoise: false) never hit.
