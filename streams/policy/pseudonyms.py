@@ -115,3 +115,20 @@ def make_pseudonymiser(key: bytes, domain: str, cache_size: int = 1 << 16) -> Ca
         return base64.urlsafe_b64encode(mac.digest()[:PSEUDONYM_BYTES]).decode("ascii")
 
     return lru_cache(maxsize=cache_size)(pseudonymise) if cache_size else pseudonymise
+
+
+def make_partition_hasher(key: bytes, cache_size: int = 1 << 16) -> Callable[[str], bytes]:
+    """Return ``f(person) -> 16 bytes``: the agency's keyed hash choosing a person's output partition.
+
+    HMAC-SHA-256 of ``b"partition|" + person`` under the agency's key: a derivation distinct
+    from every pseudonym (those MAC ``<domain> 0x00 <value>``), so a partition number says
+    nothing a pseudonym would not, and two agencies' partitions of one person are unrelated.
+    """
+    base = hmac.new(key, b"partition|", hashlib.sha256)
+
+    def partition_hash(person: str) -> bytes:
+        mac = base.copy()
+        mac.update(person.encode())
+        return mac.digest()[:16]
+
+    return lru_cache(maxsize=cache_size)(partition_hash) if cache_size else partition_hash
