@@ -17,6 +17,10 @@ AUDIT_TOPIC = "screening.audit.v1"
 GUARANTEES = ("exactly_once", "at_least_once")
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
 DEFAULT_REGISTRY = "http://127.0.0.1:18081/apis/ccompat/v7"
+#: The broker's default ``message.max.bytes`` (1 MiB + 12 bytes of batch overhead).
+BROKER_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+#: Room the dead-letter topic keeps above the ingress limit for the ``dlq.*`` headers.
+DLQ_HEADROOM_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,16 @@ class Settings:
     state_dir: Path = Path(".state")
     log_level: str = "warning"
     processing_guarantee: str = "exactly_once"  # or "at_least_once"
+    # The runner's Kafka clients (confluent-kafka); see streams/kafka/transactional.py.
+    instance_id: str | None = None  # group.instance.id (static membership); unique per worker
+    session_timeout_ms: int = 45_000  # consumer group session
+    transaction_timeout_ms: int = 60_000  # the broker aborts a zombie's open transaction after this
+    ingress_max_message_bytes: int = BROKER_DEFAULT_MAX_MESSAGE_BYTES  # ingress topic max.message.bytes
+
+    @property
+    def dlq_max_message_bytes(self) -> int:
+        """The dead-letter topic's limit: the largest ingress record plus its ``dlq.*`` headers."""
+        return self.ingress_max_message_bytes + DLQ_HEADROOM_BYTES
 
     @property
     def ingress_topic(self) -> str:
@@ -80,6 +94,10 @@ _ENV: dict[str, tuple[str, type]] = {
     "state_dir": ("SCREENING_STATE_DIR", Path),
     "log_level": ("SCREENING_LOG_LEVEL", str),
     "processing_guarantee": ("SCREENING_PROCESSING_GUARANTEE", str),
+    "instance_id": ("SCREENING_INSTANCE_ID", str),
+    "session_timeout_ms": ("SCREENING_SESSION_TIMEOUT_MS", int),
+    "transaction_timeout_ms": ("SCREENING_TRANSACTION_TIMEOUT_MS", int),
+    "ingress_max_message_bytes": ("SCREENING_INGRESS_MAX_MESSAGE_BYTES", int),
 }
 
 
@@ -103,6 +121,12 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         )
     if settings.batch_size < 1 or settings.ingress_partitions < 1 or settings.output_partitions < 1:
         raise ConfigError("batch size and partition counts must be at least 1")
+    if settings.session_timeout_ms < 1000 or settings.transaction_timeout_ms < 1000:
+        raise ConfigError(
+            "environment SCREENING_SESSION_TIMEOUT_MS and SCREENING_TRANSACTION_TIMEOUT_MS: at least 1000 ms"
+        )
+    if settings.ingress_max_message_bytes < 1024:
+        raise ConfigError("environment SCREENING_INGRESS_MAX_MESSAGE_BYTES: at least 1024 bytes")
     return settings
 
 

@@ -234,6 +234,17 @@ def _write_events(out: Path, events: Any, version: int, count: int) -> None:
     help='JSON {"departments": {"975": "28"}}: departments added to the routing table.',
 )
 @click.option("--loglevel", envvar=env_var("log_level"), default="warning", show_default=True)
+@click.option(
+    "--instance-id",
+    envvar=env_var("instance_id"),
+    help="group.instance.id (static membership): unique per worker, kept across its restarts.",
+)
+@click.option(
+    "--guarantee",
+    type=click.Choice(["exactly_once", "at_least_once"]),
+    envvar=env_var("processing_guarantee"),
+    help="exactly_once (default: Kafka transactions) or at_least_once.",
+)
 def worker(
     bootstrap_servers: str | None,
     registry_url: str | None,
@@ -241,6 +252,8 @@ def worker(
     keys_file: Path | None,
     geography_file: Path | None,
     loglevel: str,
+    instance_id: str | None,
+    guarantee: str | None,
 ) -> None:
     """Run a worker: consume the ingress topic, publish minimised views (scale by processes)."""
     from streams.assembly import build_pipeline, load_policy_set, output_topics
@@ -258,6 +271,8 @@ def worker(
         keys_file=keys_file,
         geography_file=geography_file,
         log_level=loglevel,
+        instance_id=instance_id,
+        processing_guarantee=guarantee,
     )
     geography = load_geography_file(settings.geography_file) if settings.geography_file else DEFAULT_GEOGRAPHY
     key_ring = StaticKeyRing.from_file(settings.keys_file) if settings.keys_file else StaticKeyRing.from_env()

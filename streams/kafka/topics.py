@@ -37,9 +37,13 @@ class TopicSpec:
 def topic_specs(settings: Settings, output_topics: Iterable[str]) -> list[TopicSpec]:
     """Every topic the processor reads or writes, with its partitions and retention."""
     raw_data = {"retention.ms": str(7 * DAY_MS), "cleanup.policy": "delete"}
+    # Sizes end to end: the dead-letter topic takes the largest record the ingress accepts
+    # plus the dlq.* headers, so a rejected record is always dead-lettered whole.
+    ingress = {**raw_data, "max.message.bytes": str(settings.ingress_max_message_bytes)}
+    dlq = {**raw_data, "retention.ms": str(14 * DAY_MS), "max.message.bytes": str(settings.dlq_max_message_bytes)}
     specs = [
-        TopicSpec(settings.ingress_topic, settings.ingress_partitions, raw_data),
-        TopicSpec(settings.dlq_topic, settings.ingress_partitions, {**raw_data, "retention.ms": str(14 * DAY_MS)}),
+        TopicSpec(settings.ingress_topic, settings.ingress_partitions, ingress),
+        TopicSpec(settings.dlq_topic, settings.ingress_partitions, dlq),
         TopicSpec(settings.audit_topic, settings.ingress_partitions, {"retention.ms": str(366 * DAY_MS)}),
     ]
     specs += [

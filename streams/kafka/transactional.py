@@ -1,76 +1,202 @@
-"""Exactly-once processing: consume → minimise → produce inside Kafka transactions.
+"""Exactly-once processing: consume → minimise → produce in Kafka transactions (KIP-447).
 
-faust's own exactly-once mode has open bugs (duplicates #517, a crash on rebalance #323,
-sends outside the transaction #177), so this runner does what Kafka Streams did before
-KIP-447, directly on aiokafka:
+**Mechanism: one transactional producer per worker, fenced by consumer-group generation.**
+The runner uses confluent-kafka (librdkafka) and sends each batch's offsets with
+``send_offsets_to_transaction(offsets, consumer.consumer_group_metadata())``. The group
+metadata carries the member id and generation, so the group coordinator refuses the offsets
+of a zombie (a worker paused past its session, whose partitions were given to another member):
+its transaction can only abort. And because the consumer reads with
+``isolation.level=read_committed``, librdkafka fetches committed offsets with
+``require_stable``: a new owner waits while a transaction holding its partitions' offsets is
+still open, instead of reading the old offset and processing the batch a second time.
 
-* one transactional producer per input partition, ``transactional.id`` =
-  ``<group>-<topic>-<partition>``: whichever worker owns a partition next initialises the
-  same id and thereby fences any zombie that still thinks it owns it;
-* each batch of one partition is one transaction holding all its outputs (views and dead
-  letters) and the consumer offset of the batch (``send_offsets_to_transaction``);
-* any failure aborts the transaction, drops the producer and seeks the consumer back to the
-  first record of the batch, so the batch is processed again — nothing is acknowledged
-  unless its outputs are committed with it.
+Why not the per-partition producers the worker had before (aiokafka, pre-KIP-447): aiokafka
+0.14 sends ``TxnOffsetCommit`` without generation or member id, so only the
+``transactional.id`` can fence, and that only works if each producer is initialised *before*
+the committed offset is read, never re-created while fenced, and ``IllegalOperation`` (not a
+``KafkaError``) is caught everywhere; the nemesis found all three broken (1 672 and 1
+duplicates, dead workers). KIP-447 is what the broker is designed for, needs one producer
+per worker instead of one per partition (fewer transactions, cheaper commits), and
+librdkafka's produce path costs a fraction of aiokafka's in Python
+(``/work/shared/performance.md``).
 
-A ``read_committed`` reader of the agency topics therefore sees every event once, across
-crashes (``kill -9``), broker restarts and rebalances.
+**Loop** (one thread, blocking calls; :mod:`streams.worker` starts and stops it inside faust):
+rebalance callbacks run only inside ``consume()``, and no transaction is open across a
+``consume()`` call, so a revocation never meets a half-done batch. Each batch: decode and
+minimise every record first (a registry outage raises before anything is produced: rewind,
+back off, retry), then ``begin → produce all views and dead letters → send offsets →
+commit``. Errors of the transaction path:
+
+* abortable (``txn_requires_abort``, e.g. a zombie's offsets refused by generation, a record
+  timing out while the broker restarts): abort, seek the batch's partitions back, retry;
+* retriable on commit or send-offsets (timeouts): the same call is retried, then aborted;
+* fatal (``fatal()``, e.g. the producer fenced because the coordinator timed its transaction
+  out while the process was stopped), or an error with none of the three flags: the producer
+  is dropped without further use and a new one initialised (its own ``transactional.id``,
+  so this fences nobody else), the batch rewound;
+* a permanent produce error (record too large, invalid record, authorisation: see
+  :data:`~streams.kafka.clients.PERMANENT_PRODUCE_ERRORS`): abort and raise
+  :class:`RunnerFatal` naming the topic, partition, offset and cause — the worker exits
+  non-zero instead of retrying forever;
+* a fatal consumer error (another live process uses this worker's ``group.instance.id``):
+  :class:`RunnerFatal`.
+
+``at_least_once`` runs the same loop with an idempotent producer: produce, flush, then commit
+the offsets; a crash between flush and commit delivers the batch again.
 """
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError, ProducerFenced
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from streams.kafka.dispatch import outputs_with_retry, partition_for
-from streams.pipeline import InputRecord, Pipeline
+from streams.errors import RegistryError, ScreeningStreamsError
+from streams.kafka.clients import (
+    FENCED,
+    PURGED,
+    consumer_config,
+    describe,
+    error_of,
+    is_permanent,
+    producer_config,
+)
+from streams.kafka.dispatch import partition_for
+from streams.pipeline import InputRecord, OutputRecord, Pipeline
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SleepFn = Callable[[float], Awaitable[None]]
+#: Process exit status of a worker stopped by :class:`RunnerFatal` (EX_SOFTWARE).
+EXIT_FATAL = 70
+
+TP = tuple[str, int]
+
+
+class RunnerFatal(ScreeningStreamsError):
+    """The runner cannot go on without losing or duplicating data; the worker must stop."""
+
+
+class MessageLike(Protocol):
+    """The part of ``confluent_kafka.Message`` the runner reads."""
+
+    def error(self) -> KafkaError | None: ...
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+    def key(self) -> bytes | None: ...
+    def value(self) -> bytes | None: ...
+    def headers(self) -> list[tuple[str, bytes]] | None: ...
+    def timestamp(self) -> tuple[int, int]: ...
+
+
+RebalanceCallback = Callable[[Any, list[TopicPartition]], None]
+
+
+class ConsumerLike(Protocol):
+    """The part of ``confluent_kafka.Consumer`` the runner uses (a fake in unit tests)."""
+
+    def subscribe(
+        self,
+        topics: list[str],
+        on_assign: RebalanceCallback | None = None,
+        on_revoke: RebalanceCallback | None = None,
+        on_lost: RebalanceCallback | None = None,
+    ) -> None: ...
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> Sequence[MessageLike]: ...
+    def seek(self, partition: TopicPartition) -> None: ...
+    def committed(self, partitions: list[TopicPartition], timeout: float = -1) -> list[TopicPartition]: ...
+    def consumer_group_metadata(self) -> Any: ...
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> Any: ...
+    def close(self) -> None: ...
+
+
+DeliveryCallback = Callable[[KafkaError | None, Any], None]
 
 
 class ProducerLike(Protocol):
-    """The part of ``AIOKafkaProducer`` the runner uses (a fake in unit tests)."""
+    """The part of ``confluent_kafka.Producer`` the runner uses (a fake in unit tests)."""
 
-    async def start(self) -> None: ...
-    async def stop(self) -> None: ...
-    def transaction(self) -> Any: ...
-    async def send(
+    def init_transactions(self, timeout: float = -1) -> None: ...
+    def begin_transaction(self) -> None: ...
+    def produce(
         self,
         topic: str,
         value: bytes | None = None,
         key: bytes | None = None,
-        partition: int | None = None,
-        headers: Any = None,
-    ) -> Awaitable[Any]: ...
-    async def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, int], group_id: str) -> None: ...
+        partition: int = -1,
+        on_delivery: DeliveryCallback | None = None,
+        timestamp: int = 0,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> None: ...
+    def poll(self, timeout: float = -1) -> int: ...
+    def flush(self, timeout: float = -1) -> int: ...
+    def send_offsets_to_transaction(
+        self, positions: list[TopicPartition], group_metadata: Any, timeout: float = -1
+    ) -> None: ...
+    def commit_transaction(self, timeout: float = -1) -> None: ...
+    def abort_transaction(self, timeout: float = -1) -> None: ...
 
 
-def transactional_id(group_id: str, tp: TopicPartition) -> str:
-    """The transactional id bound to one input partition (fencing across workers)."""
-    return f"{group_id}-{tp.topic}-{tp.partition}"
+ConsumerFactory = Callable[[dict[str, Any]], ConsumerLike]
+ProducerFactory = Callable[[dict[str, Any]], ProducerLike]
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, runner: TransactionalRunner) -> None:
-        self.runner = runner
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self.runner.release(revoked)
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        log.info("assigned %d ingress partitions", len(assigned))
+def _confluent_consumer(config: dict[str, Any]) -> ConsumerLike:
+    return cast(ConsumerLike, Consumer(config))
 
 
-class TransactionalRunner:
-    """Runs the pipeline over the ingress topic with per-partition transactions."""
+def _confluent_producer(config: dict[str, Any]) -> ProducerLike:
+    return cast(ProducerLike, Producer(config))
+
+
+@dataclass
+class RunnerStats:
+    """What the runner did (printed at exit and every report; the nemesis test reads them)."""
+
+    transactions: int = 0
+    aborts: int = 0
+    fenced: int = 0
+    producers: int = 0
+    rebalances: int = 0
+    registry_retries: int = 0
+    records: int = 0
+
+    def line(self) -> str:
+        """``k=v`` pairs for a log line."""
+        return " ".join(f"{k}={v}" for k, v in vars(self).items())
+
+
+@dataclass
+class _Batch:
+    """Records of one transaction and, per partition, the first and next offsets."""
+
+    records: list[InputRecord] = field(default_factory=list)
+    first: dict[TP, int] = field(default_factory=dict)
+    next: dict[TP, int] = field(default_factory=dict)
+
+    def positions(self) -> list[TopicPartition]:
+        """The offsets to commit: one past the last record of each partition."""
+        return [TopicPartition(t, p, o) for (t, p), o in self.next.items()]
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """A failed delivery: which output of which input, and why."""
+
+    source: InputRecord
+    topic: str
+    partition: int
+    error: KafkaError
+
+
+class Runner:
+    """Runs the pipeline over the ingress topic, one transaction per batch (see module doc)."""
 
     def __init__(
         self,
@@ -78,119 +204,363 @@ class TransactionalRunner:
         pipeline: Pipeline,
         partitions: Mapping[str, int],
         *,
-        producer_factory: Callable[[str], ProducerLike] | None = None,
-        sleep: SleepFn = asyncio.sleep,
+        consumer_factory: ConsumerFactory = _confluent_consumer,
+        producer_factory: ProducerFactory = _confluent_producer,
+        sleep: Callable[[float], object] | None = None,
+        poll_timeout_s: float = 0.2,
+        max_backoff_s: float = 5.0,
     ) -> None:
-        """Process ``settings.ingress_topic``; ``partitions`` gives each output topic's count."""
+        """Process ``settings.ingress_topic``; ``partitions`` gives each output topic's count.
+
+        ``sleep`` defaults to waiting on the stop event, so :meth:`stop` cuts any backoff short.
+        """
         self.settings = settings
         self.pipeline = pipeline
         self.partitions = dict(partitions)
-        self._producer_factory = producer_factory or self._aiokafka_producer
-        self._sleep = sleep
-        self._producers: dict[TopicPartition, ProducerLike] = {}
-        self._busy = asyncio.Lock()
-        self.transactions = 0
-        self.aborts = 0
+        self.exactly_once = settings.processing_guarantee == "exactly_once"
+        self.stats = RunnerStats()
+        self._consumer_factory = consumer_factory
+        self._producer_factory = producer_factory
+        self._stopping = threading.Event()
+        self._sleep = sleep or self._stopping.wait
+        self._poll_timeout_s = poll_timeout_s
+        self._max_backoff_s = max_backoff_s
+        self._max_batch = max(1, settings.batch_size)
+        self._txn_timeout_s = settings.transaction_timeout_ms / 1000
+        self._producer: ProducerLike | None = None
+        self._owned: set[TP] = set()
+        self._revoked_in_poll: set[TP] = set()
+        self._needs_reset: set[TP] = set()
+        self._backoff_s = 0.0
 
-    def _aiokafka_producer(self, txn_id: str) -> ProducerLike:
-        producer: ProducerLike = AIOKafkaProducer(
-            bootstrap_servers=self.settings.bootstrap_servers,
-            transactional_id=txn_id,
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=5,
-            max_batch_size=512 * 1024,
-            transaction_timeout_ms=60_000,
-            request_timeout_ms=30_000,
+    # ------------------------------------------------------------------ lifecycle
+    def stop(self) -> None:
+        """Ask the loop to finish its batch and return (thread-safe)."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stopping.is_set()
+
+    def run(self) -> None:
+        """Consume until :meth:`stop`; raise :class:`RunnerFatal` when going on would break a guarantee."""
+        self._producer = self._open_producer()
+        if self._producer is None:
+            return
+        consumer = self._consumer_factory(consumer_config(self.settings))
+        consumer.subscribe(
+            [self.settings.ingress_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
         )
-        return producer
-
-    def _consumer(self) -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers,
-            group_id=self.settings.group_id,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-        )
-
-    async def _producer(self, tp: TopicPartition) -> ProducerLike:
-        producer = self._producers.get(tp)
-        if producer is None:
-            producer = self._producer_factory(transactional_id(self.settings.group_id, tp))
-            await producer.start()  # init_transactions: fences the previous owner, aborts its open txn
-            self._producers[tp] = producer
-        return producer
-
-    async def _drop(self, tp: TopicPartition) -> None:
-        producer = self._producers.pop(tp, None)
-        if producer is not None:
-            try:
-                await producer.stop()
-            except (KafkaError, OSError) as exc:
-                log.warning("stopping the producer of %s failed: %s", tp, type(exc).__name__)
-
-    async def release(self, revoked: list[TopicPartition]) -> None:
-        """Called on rebalance: wait for the batch in flight, then drop the revoked producers."""
-        async with self._busy:
-            for tp in revoked:
-                await self._drop(tp)
-
-    async def run(self) -> None:
-        """Consume until cancelled; every batch is committed atomically with its outputs."""
-        consumer = self._consumer()
-        consumer.subscribe([self.settings.ingress_topic], listener=_Listener(self))
-        await consumer.start()
         try:
-            while True:
-                batches = await consumer.getmany(timeout_ms=200, max_records=self.settings.batch_size * 4)
-                if not batches:
+            while not self.stopping:
+                if self._producer is None:
+                    self._producer = self._open_producer()
                     continue
-                # Partitions have independent producers: their transactions overlap, so one
-                # round costs about one commit latency instead of one per partition.
-                async with self._busy:
-                    owned = consumer.assignment()
-                    await asyncio.gather(
-                        *(self._commit_batch(consumer, tp, msgs) for tp, msgs in batches.items() if tp in owned)
-                    )
+                batch = self._poll(consumer)
+                if batch is not None:
+                    self._handle(consumer, batch)
         finally:
-            for tp in list(self._producers):
-                await self._drop(tp)
-            await consumer.stop()
+            self._close(consumer)
+            log.info("runner stopped: %s", self.stats.line())
 
-    async def _commit_batch(self, consumer: AIOKafkaConsumer, tp: TopicPartition, messages: list[Any]) -> None:
-        records = [
-            InputRecord(m.topic, m.partition, m.offset, m.key, m.value, tuple(m.headers or ()), m.timestamp)
-            for m in messages
-        ]
-        outputs = await outputs_with_retry(self.pipeline, records, self._sleep)
+    def _close(self, consumer: ConsumerLike) -> None:
         try:
-            producer = await self._producer(tp)
-            async with producer.transaction():
-                deliveries = [
-                    await producer.send(
-                        o.topic,
-                        o.value,
-                        key=o.key,
-                        partition=partition_for(o, self.partitions),
-                        headers=list(o.headers),
-                    )
-                    for o in outputs
-                ]
-                await asyncio.gather(*deliveries)
-                await producer.send_offsets_to_transaction({tp: messages[-1].offset + 1}, self.settings.group_id)
-            self.transactions += 1
-        except ProducerFenced:
-            # Another worker took this partition; until the revocation reaches us, we must not
-            # move past the batch: seek back, so whoever owns the partition processes it.
-            log.warning("producer for %s fenced by a newer owner; batch left to the owner", tp)
-            self.aborts += 1
-            self._producers.pop(tp, None)
-            consumer.seek(tp, messages[0].offset)
-        except (KafkaError, OSError) as exc:
-            self.aborts += 1
-            log.warning("transaction for %s aborted (%s); the batch will be processed again", tp, type(exc).__name__)
-            await self._drop(tp)
-            consumer.seek(tp, messages[0].offset)
-            await self._sleep(1.0)
+            consumer.close()  # a static member keeps its partitions for the session timeout
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("closing the consumer failed: %s", describe(error_of(exc)))
+        if self._producer is not None:
+            self._producer.flush(5.0)
+            self._producer = None
+
+    def _open_producer(self) -> ProducerLike | None:
+        """A new producer, its transactions initialised (aborting what its id left open)."""
+        while not self.stopping:
+            producer = self._producer_factory(producer_config(self.settings, transactional=self.exactly_once))
+            if not self.exactly_once:
+                self.stats.producers += 1
+                return producer
+            try:
+                producer.init_transactions(self._txn_timeout_s)
+            except KafkaException as exc:
+                error = error_of(exc)
+                if error is not None and error.code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+                    raise RunnerFatal(f"cannot initialise transactions: {describe(error)}") from exc
+                log.warning("initialising the transactional producer failed (%s); retrying", describe(error))
+                self._back_off()
+                continue
+            self.stats.producers += 1
+            return producer
+        return None
+
+    # ------------------------------------------------------------------ rebalances
+    def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        self.stats.rebalances += 1
+        self._owned.update((tp.topic, tp.partition) for tp in partitions)
+        log.info("assigned %d ingress partitions (%d owned)", len(partitions), len(self._owned))
+
+    def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._release(partitions, "revoked")
+
+    def _on_lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._release(partitions, "lost")
+
+    def _release(self, partitions: list[TopicPartition], how: str) -> None:
+        # No transaction is open here (callbacks run inside consume()), so nothing to finish.
+        self.stats.rebalances += 1
+        tps = {(tp.topic, tp.partition) for tp in partitions}
+        self._owned -= tps
+        self._revoked_in_poll |= tps
+        log.info("%s %d ingress partitions (%d owned)", how, len(tps), len(self._owned))
+
+    # ------------------------------------------------------------------ consume
+    def _poll(self, consumer: ConsumerLike) -> _Batch | None:
+        """The next batch: wait for one record, then take what is already fetched."""
+        self._revoked_in_poll = set()
+        try:
+            messages = list(consumer.consume(1, self._poll_timeout_s))
+            if messages and self._max_batch > 1:
+                messages += consumer.consume(self._max_batch - 1, 0)
+        except KafkaException as exc:
+            self._consumer_error(error_of(exc))
+            return None
+        batch = _Batch()
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                self._consumer_error(error)
+                continue
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            if topic is None or partition is None or offset is None:
+                continue
+            tp = (topic, partition)
+            if tp not in self._owned or tp in self._revoked_in_poll or tp in self._needs_reset:
+                continue
+            kind, stamp = message.timestamp()
+            record = InputRecord(
+                topic,
+                partition,
+                offset,
+                message.key(),
+                message.value(),
+                tuple(message.headers() or ()),
+                stamp if kind else None,
+            )
+            batch.records.append(record)
+            batch.first.setdefault(tp, offset)
+            batch.next[tp] = offset + 1
+        self._reset_reassigned(consumer)
+        return batch if batch.records else None
+
+    def _reset_reassigned(self, consumer: ConsumerLike) -> None:
+        """Partitions revoked and assigned again within one poll: restart from their committed offsets.
+
+        Their records of this poll may predate the revocation, so they were dropped above; the
+        fetch position must come from the group, not from what this poll returned.
+        """
+        self._needs_reset = (self._needs_reset | self._revoked_in_poll) & self._owned
+        if not self._needs_reset:
+            return
+        again = sorted(self._needs_reset)
+        try:
+            committed = consumer.committed([TopicPartition(t, p) for t, p in again], self._txn_timeout_s)
+            for tp in committed:
+                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+        except KafkaException as exc:  # their records stay skipped; tried again after the next poll
+            log.warning("resetting %d reassigned partitions failed: %s", len(again), describe(error_of(exc)))
+            return
+        self._needs_reset = set()
+
+    def _consumer_error(self, error: KafkaError | None) -> None:
+        if error is None:
+            return
+        if error.fatal():
+            raise RunnerFatal(
+                f"consumer fenced or failed fatally: {describe(error)}; is another live worker using "
+                f"group.instance.id {self.settings.instance_id!r}?"
+            )
+        if error.code() != KafkaError._PARTITION_EOF:
+            log.warning("consumer error: %s", describe(error))
+
+    # ------------------------------------------------------------------ process and produce
+    def _handle(self, consumer: ConsumerLike, batch: _Batch) -> None:
+        try:
+            work = [(record, self.pipeline.process(record)) for record in batch.records]
+        except RegistryError as exc:
+            # Infrastructure, not the records' fault: nothing was produced; go back and wait.
+            self.stats.registry_retries += 1
+            log.warning("schema registry unavailable (%s); batch retried after backoff", type(exc).__name__)
+            self._rewind(consumer, batch)
+            self._back_off()
+            return
+        if self.exactly_once:
+            self._transact(consumer, batch, work)
+        else:
+            self._deliver(consumer, batch, work)
+
+    def _produce_all(
+        self, producer: ProducerLike, work: list[tuple[InputRecord, list[OutputRecord]]], failures: list[_Failure]
+    ) -> None:
+        for source, outputs in work:
+            on_delivery = functools.partial(self._delivery_failed, failures, source)
+            for out in outputs:
+                partition = partition_for(out, self.partitions)
+                stamp = getattr(out, "timestamp_ms", None) or 0
+                while True:
+                    try:
+                        producer.produce(
+                            out.topic,
+                            value=out.value,
+                            key=out.key,
+                            partition=partition,
+                            on_delivery=on_delivery,
+                            timestamp=stamp,
+                            headers=list(out.headers),
+                        )
+                        break
+                    except BufferError:  # local queue full: serve delivery reports, then retry
+                        producer.poll(0.05)
+                    except KafkaException as exc:
+                        error = error_of(exc)
+                        if error is not None and is_permanent(error):
+                            failures.append(_Failure(source, out.topic, partition, error))
+                        raise
+
+    @staticmethod
+    def _delivery_failed(failures: list[_Failure], source: InputRecord, error: KafkaError | None, msg: Any) -> None:
+        if error is None or error.code() in PURGED:
+            return
+        partition = msg.partition()
+        failures.append(_Failure(source, msg.topic() or "?", -1 if partition is None else partition, error))
+
+    def _transact(
+        self, consumer: ConsumerLike, batch: _Batch, work: list[tuple[InputRecord, list[OutputRecord]]]
+    ) -> None:
+        producer = self._producer
+        assert producer is not None
+        failures: list[_Failure] = []
+        try:
+            producer.begin_transaction()
+            self._produce_all(producer, work, failures)
+            self._retrying(
+                lambda: producer.send_offsets_to_transaction(
+                    batch.positions(), consumer.consumer_group_metadata(), self._txn_timeout_s
+                )
+            )
+            self._retrying(lambda: producer.commit_transaction(self._txn_timeout_s))
+        except KafkaException as exc:
+            self._failed(consumer, batch, producer, error_of(exc), failures)
+            return
+        self.stats.transactions += 1
+        self.stats.records += len(batch.records)
+        self._backoff_s = 0.0
+
+    def _retrying(self, call: Callable[[], None], attempts: int = 3) -> None:
+        """Call; repeat a retriable failure (the operation goes on in the background) a few times."""
+        for attempt in range(attempts):
+            try:
+                call()
+                return
+            except KafkaException as exc:
+                error = error_of(exc)
+                if error is None or not error.retriable() or error.txn_requires_abort() or attempt == attempts - 1:
+                    raise
+                log.warning("retriable transaction error (%s); retrying", describe(error))
+
+    def _failed(
+        self,
+        consumer: ConsumerLike,
+        batch: _Batch,
+        producer: ProducerLike,
+        error: KafkaError | None,
+        failures: list[_Failure],
+    ) -> None:
+        """A transaction failed: abort or drop the producer, rewind, back off; stop on permanent errors."""
+        self.stats.aborts += 1
+        permanent = next((f for f in failures if is_permanent(f.error)), None)
+        usable = error is not None and not error.fatal() and (error.txn_requires_abort() or error.retriable())
+        if usable:
+            try:
+                producer.abort_transaction(self._txn_timeout_s)
+            except KafkaException as exc:
+                usable = False
+                error = error_of(exc) or error
+        if not usable:
+            if error is not None and error.code() in FENCED:
+                self.stats.fenced += 1
+            log.warning(
+                "transaction failed fatally for this producer (%s); a new producer takes over, "
+                "the batch of %d records is processed again",
+                describe(error),
+                len(batch.records),
+            )
+            self._producer = None  # never used again; the loop initialises a new one
+        else:
+            log.warning(
+                "transaction aborted (%s); the batch of %d records is processed again",
+                describe(error),
+                len(batch.records),
+            )
+        if permanent is not None:
+            raise RunnerFatal(_permanent_message(permanent))
+        self._rewind(consumer, batch)
+        self._back_off()
+
+    def _deliver(
+        self, consumer: ConsumerLike, batch: _Batch, work: list[tuple[InputRecord, list[OutputRecord]]]
+    ) -> None:
+        """At least once: produce, wait for every delivery, then commit the offsets."""
+        producer = self._producer
+        assert producer is not None
+        failures: list[_Failure] = []
+        try:
+            self._produce_all(producer, work, failures)
+            left = producer.flush(self._txn_timeout_s)
+        except KafkaException as exc:
+            left, failures = -1, failures or []
+            log.warning("produce failed: %s", describe(error_of(exc)))
+        permanent = next((f for f in failures if is_permanent(f.error)), None)
+        if permanent is not None:
+            raise RunnerFatal(_permanent_message(permanent))
+        if left != 0 or failures:
+            self.stats.aborts += 1
+            log.warning("%d deliveries failed; the batch is sent again", len(failures) or abs(left))
+            self._rewind(consumer, batch)
+            self._back_off()
+            return
+        try:
+            consumer.commit(offsets=batch.positions(), asynchronous=False)
+        except KafkaException as exc:  # e.g. the partitions moved: their next owner re-delivers
+            log.warning("offset commit failed (%s); the batch may be delivered again", describe(error_of(exc)))
+        self.stats.transactions += 1
+        self.stats.records += len(batch.records)
+        self._backoff_s = 0.0
+
+    # ------------------------------------------------------------------ recovery
+    def _rewind(self, consumer: ConsumerLike, batch: _Batch) -> None:
+        """Seek each still-owned partition of the batch back to its first record."""
+        for (topic, partition), offset in batch.first.items():
+            if (topic, partition) not in self._owned:
+                continue  # its next owner starts from the committed offset
+            try:
+                consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as exc:
+                log.info("seek of %s[%d] skipped: %s", topic, partition, describe(error_of(exc)))
+
+    def _back_off(self) -> None:
+        self._backoff_s = min(max(self._backoff_s * 2, 0.1), self._max_backoff_s)
+        self._sleep(self._backoff_s)
+
+
+def _permanent_message(failure: _Failure) -> str:
+    """The stop message: where the record came from, where it went, and why (never its data)."""
+    s = failure.source
+    return (
+        f"permanent produce error for the output of {s.topic}[{s.partition}]@{s.offset} "
+        f"to {failure.topic}[{failure.partition}]: {describe(failure.error)}; "
+        "stopping the worker (retrying cannot succeed; fix the topic limits, ACLs or the record)"
+    )

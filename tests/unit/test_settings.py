@@ -9,8 +9,10 @@ import pytest
 from streams.errors import ConfigError
 from streams.settings import (
     AUDIT_TOPIC,
+    BROKER_DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_BOOTSTRAP,
     DEFAULT_REGISTRY,
+    DLQ_HEADROOM_BYTES,
     DLQ_TOPIC,
     INGRESS_TOPIC,
     Settings,
@@ -124,3 +126,47 @@ def test_env_var_names_the_variable_of_a_field() -> None:
     assert env_var("topic_prefix") == "SCREENING_TOPIC_PREFIX"
     with pytest.raises(KeyError):
         env_var("no_such_field")
+
+
+def test_runner_settings_from_the_environment() -> None:
+    """Static membership, session and transaction timeouts and the ingress size limit have variables."""
+    settings = settings_from_env(
+        {
+            "SCREENING_INSTANCE_ID": "worker-3",
+            "SCREENING_SESSION_TIMEOUT_MS": "6000",
+            "SCREENING_TRANSACTION_TIMEOUT_MS": "10000",
+            "SCREENING_INGRESS_MAX_MESSAGE_BYTES": "2097152",
+        }
+    )
+    assert settings.instance_id == "worker-3"
+    assert (settings.session_timeout_ms, settings.transaction_timeout_ms) == (6000, 10000)
+    assert settings.ingress_max_message_bytes == 2_097_152
+    assert env_var("instance_id") == "SCREENING_INSTANCE_ID"
+
+
+def test_runner_defaults_are_dynamic_membership_and_the_broker_size_limit() -> None:
+    """No instance id unless configured (two workers on one host must not share one); 1 MiB + 12 ingress."""
+    settings = Settings()
+    assert settings.instance_id is None
+    assert settings.ingress_max_message_bytes == BROKER_DEFAULT_MAX_MESSAGE_BYTES == 1_048_588
+
+
+def test_dead_letter_limit_leaves_room_for_the_dlq_headers() -> None:
+    """The DLQ topic accepts the largest ingress record plus DLQ_HEADROOM_BYTES of headers."""
+    settings = Settings(ingress_max_message_bytes=1_000_000)
+    assert settings.dlq_max_message_bytes == 1_000_000 + DLQ_HEADROOM_BYTES
+    assert DLQ_HEADROOM_BYTES >= 16 * 1024
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("SCREENING_SESSION_TIMEOUT_MS", "10"),
+        ("SCREENING_TRANSACTION_TIMEOUT_MS", "0"),
+        ("SCREENING_INGRESS_MAX_MESSAGE_BYTES", "100"),
+    ],
+)
+def test_runner_limits_out_of_range_are_config_errors(variable: str, raw: str) -> None:
+    """Timeouts under a second and an ingress limit under 1 KiB are refused, naming the variable."""
+    with pytest.raises(ConfigError, match=variable):
+        settings_from_env({variable: raw})

@@ -1,0 +1,143 @@
+"""The runner's confluent-kafka (librdkafka) clients: their configuration and error classes.
+
+Kept apart from the loop in :mod:`streams.kafka.transactional` so the settings that carry the
+guarantees (isolation, static membership, transaction timeout, record sizes) are in one place
+and unit-tested without a broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from confluent_kafka import KafkaError
+
+from streams.settings import DLQ_HEADROOM_BYTES, Settings
+
+#: Produce errors that no retry can fix: the record, the topic's limits or the ACLs must change.
+#: The worker stops on them (naming topic, partition, offset and cause) instead of looping.
+PERMANENT_PRODUCE_ERRORS: frozenset[int] = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_MSG,  # CORRUPT_MESSAGE
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.INVALID_TIMESTAMP,
+        KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT,
+        KafkaError.INVALID_REQUIRED_ACKS,
+        KafkaError.POLICY_VIOLATION,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError._INVALID_ARG,
+    }
+)
+
+#: Delivery reports of records purged by an abort: expected, not a failure of their own.
+PURGED: frozenset[int] = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
+
+#: Errors that mean "this producer's epoch is over" (a newer one, or the coordinator, fenced it).
+FENCED: frozenset[int] = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
+
+
+def is_permanent(error: KafkaError) -> bool:
+    """Whether a produce error is one that retrying cannot fix (see PERMANENT_PRODUCE_ERRORS)."""
+    return error.code() in PERMANENT_PRODUCE_ERRORS
+
+
+def librdkafka_logger() -> logging.Logger:
+    """The logger librdkafka's log lines go to (it never logs record contents unless ``debug`` is set)."""
+    return logging.getLogger("streams.kafka.librdkafka")
+
+
+def transactional_id(settings: Settings) -> str:
+    """This worker's ``transactional.id``: one per worker (KIP-447), stable across its restarts.
+
+    With a static ``instance_id`` a restarted worker initialises the same id and so aborts the
+    transaction its predecessor left open at once; without one, a fresh id per process (the
+    broker then aborts an orphaned transaction after ``transaction_timeout_ms``).
+    """
+    member = settings.instance_id or f"dynamic-{uuid.uuid4().hex}"
+    return f"{settings.group_id}-{member}"
+
+
+def producer_max_message_bytes(settings: Settings) -> int:
+    """The producer's local record limit: above the dead-letter topic's, so the broker decides."""
+    return settings.dlq_max_message_bytes + DLQ_HEADROOM_BYTES
+
+
+def consumer_config(settings: Settings) -> dict[str, Any]:
+    """The ingress consumer: read_committed, offsets only through transactions, static membership.
+
+    ``isolation.level=read_committed`` also makes librdkafka fetch committed offsets with
+    ``require_stable`` (KIP-447), so a new owner of a partition waits while a zombie's
+    transaction holding that partition's offsets is still open.
+    """
+    session = settings.session_timeout_ms
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "group.id": settings.group_id,
+        "client.id": f"{settings.group_id}-consumer",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "isolation.level": "read_committed",
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": session,
+        "heartbeat.interval.ms": max(100, min(3000, session // 3)),
+        "max.poll.interval.ms": max(300_000, session),
+        # Prefetch bounded (per partition), so worker memory stays flat over a backlog; a record
+        # larger than the fetch sizes is still returned whole (KIP-74).
+        "queued.max.messages.kbytes": 16_384,
+        "fetch.max.bytes": 52_428_800,
+        "receive.message.max.bytes": 52_428_800 + 2 * settings.dlq_max_message_bytes,
+        "logger": librdkafka_logger(),
+    }
+    if settings.instance_id:
+        config["group.instance.id"] = settings.instance_id
+    return config
+
+
+def producer_config(settings: Settings, *, transactional: bool) -> dict[str, Any]:
+    """The output producer: idempotent, acks=all, transactional in exactly-once mode.
+
+    Only failed deliveries are reported (``delivery.report.only.error``): success costs no
+    Python call per record. ``message.max.bytes`` is above the dead-letter topic's limit, so a
+    dead letter of the largest ingress record is never refused locally.
+    """
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "client.id": f"{settings.group_id}-producer",
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "batch.size": 1_000_000,
+        "compression.type": "none",  # readers need no codec library (kafka-python has no lz4)
+        "message.max.bytes": producer_max_message_bytes(settings),
+        "delivery.report.only.error": True,
+        "logger": librdkafka_logger(),
+    }
+    if transactional:
+        config["transactional.id"] = transactional_id(settings)
+        config["transaction.timeout.ms"] = settings.transaction_timeout_ms
+    return config
+
+
+def describe(error: KafkaError | None) -> str:
+    """A short, data-free description of a client error: its name and librdkafka's sentence."""
+    if error is None:
+        return "unknown error"
+    return f"{error.name()} ({error.str()})"
+
+
+def error_of(exc: BaseException) -> KafkaError | None:
+    """The :class:`KafkaError` a ``KafkaException`` carries, if any."""
+    args: Any = getattr(exc, "args", ())
+    if args and isinstance(args[0], KafkaError):
+        return args[0]
+    return None

@@ -1,0 +1,352 @@
+"""Unit tests of the exactly-once runner's transaction, abort, fencing and stop paths (fake clients).
+
+Each test scripts one fault the nemesis test provokes on the real broker and pins what the
+runner does: what it aborts, which producer it never touches again, where it seeks, what the
+broker ends up holding. No sleeps: the runner's sleep is injected and records its delays.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, cast
+
+import pytest
+from confluent_kafka import KafkaError
+
+from streams.errors import RegistryError
+from streams.kafka.transactional import EXIT_FATAL, Runner, RunnerFatal
+from streams.pipeline import Pipeline
+from streams.settings import Settings
+from streams.worker import run_runner_thread
+
+from .transactional_fakes import (
+    Broker,
+    FakeConsumer,
+    FakePipeline,
+    FakeProducer,
+    abortable,
+    fatal,
+    retriable,
+)
+
+IN = "in"
+PARTITIONS = {"out.a": 3, "out.b": 3}
+
+
+class Harness:
+    """A runner over a fake broker with two ingress partitions; the loop stops when ``until`` holds."""
+
+    def __init__(self, records: int = 5, guarantee: str = "exactly_once", batch_size: int = 500) -> None:
+        """Two ingress partitions of ``records`` records each, both assigned to this runner."""
+        self.broker = Broker()
+        for partition in (0, 1):
+            self.broker.add_partition(IN, partition, records)
+        self.consumer = FakeConsumer(self.broker, assign=[(IN, 0), (IN, 1)])
+        self.producers: list[FakeProducer] = []
+        self.pipeline = FakePipeline()
+        self.sleeps: list[float] = []
+        self.producer_faults: list[dict[str, list[BaseException]]] = []
+        settings = Settings(app_id="g", instance_id="w1", processing_guarantee=guarantee, batch_size=batch_size)
+        self.runner = Runner(
+            settings,
+            cast(Pipeline, self.pipeline),
+            PARTITIONS,
+            consumer_factory=self._consumer,
+            producer_factory=self._producer,
+            sleep=self.sleeps.append,
+        )
+
+    def _consumer(self, config: dict[str, Any]) -> FakeConsumer:
+        self.consumer.config = config
+        return self.consumer
+
+    def _producer(self, config: dict[str, Any]) -> FakeProducer:
+        producer = FakeProducer(self.broker, config)
+        if self.producer_faults:
+            producer.faults.update(self.producer_faults.pop(0))
+        self.producers.append(producer)
+        return producer
+
+    def run_until_drained(self, max_polls: int = 50) -> None:
+        """Run the loop until every ingress record's offset is committed (or ``max_polls`` consumes)."""
+        polls = 0
+        original = self.consumer.consume
+
+        def consume(num_messages: int = 1, timeout: float = -1) -> list[Any]:
+            nonlocal polls
+            polls += 1
+            done = all(self.broker.offsets.get(tp, 0) >= len(log) for tp, log in self.broker.logs.items())
+            if done or polls > max_polls:
+                self.runner.stop()
+                return []
+            return original(num_messages, timeout)
+
+        self.consumer.consume = consume  # type: ignore[method-assign]
+        self.runner.run()
+
+    def delivered(self) -> Counter[tuple[str, bytes | None]]:
+        """Committed outputs counted by (topic, value)."""
+        return Counter((topic, value) for topic, _, value in self.broker.committed_outputs)
+
+
+def test_happy_path_commits_outputs_and_offsets_in_one_transaction() -> None:
+    """A batch's views and its offsets commit together, once; the consumer reads read_committed."""
+    h = Harness(records=5)
+    h.run_until_drained()
+    assert h.runner.stats.transactions == 1
+    assert len(h.broker.committed_outputs) == 2 * 10
+    assert h.broker.offsets == {(IN, 0): 5, (IN, 1): 5}
+    assert h.consumer.config["isolation.level"] == "read_committed"
+    assert h.consumer.config["group.instance.id"] == "w1"
+    assert h.producers[0].calls[:2] == ["init_transactions", "begin_transaction"]
+    assert h.consumer.closed
+
+
+def test_producer_is_initialised_before_the_consumer_joins() -> None:
+    """init_transactions runs before the group hands out partitions (no lazy producer)."""
+    h = Harness(records=1)
+    order: list[str] = []
+    h.consumer.before_consume.append(lambda c: order.append(f"consume after {len(h.producers)} producer(s)"))
+    h.run_until_drained()
+    assert order == ["consume after 1 producer(s)"]
+    assert h.producers[0].calls[0] == "init_transactions"
+
+
+def test_abortable_error_aborts_rewinds_and_commits_each_output_once() -> None:
+    """An abortable commit error: abort, seek both partitions back, process again, no duplicate."""
+    h = Harness(records=5)
+    h.producer_faults.append({"commit_transaction": [abortable()]})
+    h.run_until_drained()
+    producer = h.producers[0]
+    assert "abort_transaction" in producer.calls
+    assert sorted(h.consumer.seeks) == [(IN, 0, 0), (IN, 1, 0)]
+    assert h.runner.stats.aborts == 1 and h.runner.stats.transactions == 1
+    assert len(h.producers) == 1, "an abortable error keeps the producer"
+    assert max(h.delivered().values()) == 1 and len(h.delivered()) == 20
+    assert h.sleeps == [0.1], "one backoff, injected"
+
+
+def test_fatal_fenced_producer_is_never_used_again_and_a_new_one_takes_over() -> None:
+    """A fenced producer (fatal): no abort on it, dropped; a new producer with the same id redoes the batch."""
+    h = Harness(records=5)
+    h.producer_faults.append({"commit_transaction": [fatal(KafkaError._FENCED)]})
+    h.run_until_drained()
+    first, second = h.producers
+    assert first.dead and "abort_transaction" not in first.calls
+    assert second.calls[0] == "init_transactions"
+    assert first.config["transactional.id"] == second.config["transactional.id"] == "g-w1"
+    assert h.runner.stats.fenced == 1 and h.runner.stats.producers == 2
+    assert max(h.delivered().values()) == 1 and len(h.delivered()) == 20
+
+
+def test_fatal_error_on_produce_drops_the_producer() -> None:
+    """A fatal error raised by produce (not only by commit) is handled the same way, never a dead worker."""
+    h = Harness(records=3)
+    h.producer_faults.append({"produce": [fatal(KafkaError._FATAL)]})
+    h.run_until_drained()
+    assert len(h.producers) == 2 and h.producers[0].dead
+    assert max(h.delivered().values()) == 1 and len(h.delivered()) == 12
+
+
+def test_failed_abort_drops_the_producer() -> None:
+    """If abort_transaction itself fails, the producer is replaced instead of reused."""
+    h = Harness(records=2)
+    h.producer_faults.append({"commit_transaction": [abortable()], "abort_transaction": [fatal()]})
+    h.run_until_drained()
+    assert len(h.producers) == 2
+    assert max(h.delivered().values()) == 1 and len(h.delivered()) == 8
+
+
+def test_unflagged_error_is_treated_as_fatal_for_the_producer() -> None:
+    """An error neither retriable, abortable nor fatal is handled as fatal (librdkafka's advice)."""
+    h = Harness(records=2)
+    from confluent_kafka import KafkaException
+
+    h.producer_faults.append({"begin_transaction": [KafkaException(KafkaError(KafkaError._STATE, "odd"))]})
+    h.run_until_drained()
+    assert len(h.producers) == 2
+    assert max(h.delivered().values()) == 1
+
+
+def test_zombie_offsets_refused_by_generation_abort_and_leave_the_partition() -> None:
+    """A zombie: its partitions moved to a newer generation while it processed; its offsets are
+    refused (KIP-447), it aborts, commits nothing, and processes nothing more once the loss is served."""
+    h = Harness(records=4)
+
+    def lose_everything_mid_batch(c: FakeConsumer) -> None:
+        original = h.pipeline.process
+
+        def process(record: Any) -> Any:
+            if h.broker.generation == 1:
+                h.broker.generation = 2  # the group rebalanced while this worker was stopped
+                c.pending_assign = []
+                c.before_consume.append(lambda c2: c2.revoke_now([(IN, 0), (IN, 1)], lost=True))
+            return original(record)
+
+        h.pipeline.process = process  # type: ignore[method-assign]
+
+    h.consumer.before_consume.append(lose_everything_mid_batch)
+    polls = 0
+    original = h.consumer.consume
+
+    def consume(num_messages: int = 1, timeout: float = -1) -> list[Any]:
+        nonlocal polls
+        polls += 1
+        if polls > 4:
+            h.runner.stop()
+            return []
+        return original(num_messages, timeout)
+
+    h.consumer.consume = consume  # type: ignore[method-assign]
+    h.runner.run()
+    assert h.broker.committed_outputs == [] and h.broker.offsets == {}
+    assert "abort_transaction" in h.producers[0].calls
+    assert len(h.pipeline.processed) == 8, "after the loss (served by the next consume) nothing is reprocessed"
+    assert h.runner._owned == set()
+    assert h.runner.stats.aborts == 1
+
+
+def test_permanent_delivery_error_stops_with_topic_partition_offset_and_cause() -> None:
+    """A record too large for its topic: abort, then RunnerFatal naming source coordinates and cause."""
+    h = Harness(records=3)
+
+    def too_large(topic: str, partition: int) -> KafkaError | None:
+        return KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Broker: Message size too large") if topic == "out.b" else None
+
+    original = h._producer
+
+    def producer(config: dict[str, Any]) -> FakeProducer:
+        p = original(config)
+        p.fail_delivery = too_large
+        return p
+
+    h.runner._producer_factory = producer
+    with pytest.raises(RunnerFatal) as caught:
+        h.run_until_drained()
+    message = str(caught.value)
+    assert "MSG_SIZE_TOO_LARGE" in message
+    assert f"{IN}[0]@0" in message
+    assert "to out.b[" in message
+    assert "abort_transaction" in h.producers[0].calls
+    assert h.broker.committed_outputs == [] and h.broker.offsets == {}
+
+
+def test_permanent_error_raised_by_produce_stops_the_runner() -> None:
+    """A record the producer refuses locally (too large for message.max.bytes) stops, never loops."""
+    from confluent_kafka import KafkaException
+
+    h = Harness(records=2)
+    h.producer_faults.append({"produce": [KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "too big"))]})
+    with pytest.raises(RunnerFatal, match=r"MSG_SIZE_TOO_LARGE"):
+        h.run_until_drained()
+    assert h.runner.stats.transactions == 0
+
+
+def test_retriable_commit_error_retries_the_commit_without_abort() -> None:
+    """A retriable commit timeout: the commit is called again; nothing is aborted or reprocessed."""
+    h = Harness(records=2)
+    h.producer_faults.append({"commit_transaction": [retriable()]})
+    h.run_until_drained()
+    calls = h.producers[0].calls
+    assert calls.count("commit_transaction") == 2 and "abort_transaction" not in calls
+    assert h.runner.stats.aborts == 0 and len(h.pipeline.processed) == 4
+
+
+def test_registry_outage_opens_no_transaction_and_retries_the_batch_after_backoff() -> None:
+    """A registry outage: no transaction begun, the batch sought back and retried with growing backoff."""
+    h = Harness(records=2)
+    h.pipeline.errors = [RegistryError("down"), RegistryError("down")]
+    h.run_until_drained()
+    assert h.producers[0].calls.count("begin_transaction") == 1
+    assert h.runner.stats.registry_retries == 2
+    assert h.sleeps == [0.1, 0.2]
+    assert max(h.delivered().values()) == 1 and len(h.delivered()) == 8
+
+
+def test_buffer_full_polls_and_retries_the_produce() -> None:
+    """BufferError (local queue full) is served by poll() and the record produced again."""
+    h = Harness(records=1)
+    h.producer_faults.append({"produce": [BufferError("full")]})
+    h.run_until_drained()
+    assert "poll" in h.producers[0].calls
+    assert len(h.delivered()) == 4 and max(h.delivered().values()) == 1
+
+
+def test_fatal_consumer_error_names_the_instance_id() -> None:
+    """A fenced static member (another live process with the same group.instance.id) stops the runner."""
+    h = Harness(records=1)
+    h.consumer.errors.append(KafkaError(KafkaError.FENCED_INSTANCE_ID, "fenced", fatal=True))
+    with pytest.raises(RunnerFatal, match=r"group\.instance\.id 'w1'"):
+        h.run_until_drained()
+
+
+def test_revoked_and_reassigned_in_one_poll_restarts_from_committed_offset() -> None:
+    """Records of a partition revoked and assigned again within one consume are dropped; the
+    partition restarts from its committed offset, so nothing is produced twice."""
+    h = Harness(records=4)
+    h.broker.offsets[(IN, 0)] = 2
+
+    def churn(c: FakeConsumer) -> None:
+        c.revoke_now([(IN, 0)])
+        c.assign_now([(IN, 0)])
+        c.positions[(IN, 0)] = 3  # whatever was fetched before: untrusted
+
+    h.consumer.before_consume.append(lambda c: None)
+    h.consumer.before_consume.append(churn)
+    h.run_until_drained()
+    assert (IN, 0, 2) in h.consumer.seeks
+    assert max(h.delivered().values()) == 1
+    assert len(h.delivered()) == 2 * (2 + 4)
+
+
+def test_at_least_once_produces_flushes_then_commits_offsets() -> None:
+    """at_least_once: no transactions; offsets are committed only after every delivery succeeded."""
+    h = Harness(records=3, guarantee="at_least_once")
+    h.run_until_drained()
+    calls = h.producers[0].calls
+    assert "begin_transaction" not in calls and "init_transactions" not in calls
+    assert "transactional.id" not in h.producers[0].config
+    assert h.consumer.commits and h.broker.offsets == {(IN, 0): 3, (IN, 1): 3}
+
+
+def test_batch_size_bounds_each_transaction() -> None:
+    """No transaction holds more than batch_size input records."""
+    h = Harness(records=5, batch_size=3)
+    h.run_until_drained()
+    assert h.runner.stats.transactions == 4  # 10 records: 1 + 2, 3, 3, 1 (first consume takes 1, then 2)
+    assert h.runner.stats.records == 10
+
+
+def test_stop_cuts_a_backoff_short() -> None:
+    """Without an injected sleep, backoff waits on the stop event, so stop() ends it at once."""
+    runner = Runner(Settings(), cast(Pipeline, FakePipeline()), PARTITIONS)
+    runner.stop()
+    assert runner._sleep(30.0) is True
+
+
+def test_runner_thread_exits_the_process_with_status_70_on_fatal() -> None:
+    """A RunnerFatal in the thread ends the process with EXIT_FATAL (injected exit)."""
+
+    class Failing:
+        stopping = False
+
+        def run(self) -> None:
+            raise RunnerFatal("permanent produce error")
+
+    codes: list[int] = []
+    run_runner_thread(cast(Runner, Failing()), exit_process=codes.append)
+    assert codes == [EXIT_FATAL] == [70]
+
+
+def test_runner_thread_returns_quietly_after_stop() -> None:
+    """A runner that returns because it was stopped does not exit the process."""
+
+    class Stopped:
+        stopping = True
+
+        def run(self) -> None:
+            return None
+
+    codes: list[int] = []
+    run_runner_thread(cast(Runner, Stopped()), exit_process=codes.append)
+    assert codes == []
