@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from streams.crypto.views import key_topic
 from streams.errors import ScreeningStreamsError
 from streams.settings import Settings
 
@@ -46,10 +47,13 @@ def topic_specs(settings: Settings, output_topics: Iterable[str]) -> list[TopicS
         TopicSpec(settings.dlq_topic, settings.ingress_partitions, dlq),
         TopicSpec(settings.audit_topic, settings.ingress_partitions, {"retention.ms": str(366 * DAY_MS)}),
     ]
+    outputs = list(output_topics)
     specs += [
         TopicSpec(settings.topic_prefix + t, settings.output_partitions, {"retention.ms": str(14 * DAY_MS)})
-        for t in output_topics
+        for t in outputs
     ]
+    # Each agency topic's sealed data keys (streams.crypto): compacted, kept as long as any record.
+    specs += [TopicSpec(settings.topic_prefix + key_topic(t), 1, {"cleanup.policy": "compact"}) for t in outputs]
     return specs
 
 
