@@ -34,6 +34,8 @@ class Settings:
     policy_dir: Path | None = None
     keys_file: Path | None = None
     geography_file: Path | None = None  # JSON departments -> region added to the routing table
+    public_keys_dir: Path | None = None  # agencies' public keys (streams.crypto); required when policies encrypt
+    key_epoch_s: int = 86_400  # a data key serves one agency for at most this long (UTC days by default)
     ingress_partitions: int = 6
     output_partitions: int = 3
     replication_factor: int = 1
@@ -86,6 +88,8 @@ _ENV: dict[str, tuple[str, type]] = {
     "policy_dir": ("SCREENING_POLICY_DIR", Path),
     "keys_file": ("SCREENING_KEYS_FILE", Path),
     "geography_file": ("SCREENING_GEOGRAPHY_FILE", Path),
+    "public_keys_dir": ("SCREENING_PUBLIC_KEYS_DIR", Path),
+    "key_epoch_s": ("SCREENING_KEY_EPOCH_S", int),
     "ingress_partitions": ("SCREENING_INGRESS_PARTITIONS", int),
     "output_partitions": ("SCREENING_OUTPUT_PARTITIONS", int),
     "replication_factor": ("SCREENING_REPLICATION_FACTOR", int),
@@ -125,6 +129,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(
             "environment SCREENING_SESSION_TIMEOUT_MS and SCREENING_TRANSACTION_TIMEOUT_MS: at least 1000 ms"
         )
+    if not 60 <= settings.key_epoch_s <= 366 * 86_400:
+        raise ConfigError("environment SCREENING_KEY_EPOCH_S: between 60 s and 366 days")
     if settings.ingress_max_message_bytes < 1024:
         raise ConfigError("environment SCREENING_INGRESS_MAX_MESSAGE_BYTES: at least 1024 bytes")
     return settings
