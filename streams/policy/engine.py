@@ -8,19 +8,88 @@ do not; ``policy dry-run`` prints it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import hashlib
+import hmac
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from streams.contracts.schemas import Schema, fields_by_name
 from streams.domain.geography import Geography
+from streams.domain.nir import normalise_nir
 from streams.errors import RecordRejected
 from streams.policy.model import DERIVED_FILTERS, Condition, FieldRule, Policy
 from streams.policy.operators import OPERATORS, BuildContext
-from streams.policy.pseudonyms import KeyRing
+from streams.policy.pseudonyms import KeyRing, make_partition_hasher
 
 Record = dict[str, Any]
 Getter = Callable[[Mapping[str, Any]], Any]
+#: ``route(input record, view) -> bytes``: the key that chooses an output record's partition.
+Router = Callable[[Mapping[str, Any], Record], bytes]
+
+DAY_MS = 86_400_000
+WEEK_MS = 7 * DAY_MS
+_FIRST_MONDAY_MS = 4 * DAY_MS  # 1970-01-05: ISO weeks start on Mondays
+#: How finely each (operator, source kind) releases a point in time, in ms.
+_TIME_RELEASE = {
+    ("keep", "timestamp-millis"): 1,
+    ("day", "timestamp-millis"): DAY_MS,
+    ("iso_week", "timestamp-millis"): WEEK_MS,
+    ("keep", "date"): DAY_MS,
+    ("iso_week", "date"): WEEK_MS,
+}
+
+
+def _no_route(record: Mapping[str, Any], view: Record) -> bytes:
+    return b""
+
+
+def clock_grain_ms(rules: Iterable[FieldRule], kinds: Mapping[str, str]) -> int:
+    """The unit an agency's Kafka record timestamps are truncated to: never finer than its policy.
+
+    A UTC day when the policy's emitted ``rules`` release some point in time at a day or finer
+    (``kinds`` maps input fields to their kind), an ISO week (Monday 00:00 UTC) when they
+    release time only by week, or nothing at all. Never finer than a day, even for a policy that keeps
+    millisecond timestamps: the record's time would otherwise tell when it was processed to the
+    millisecond, a join key with another agency's records.
+    """
+    finest = min(
+        (_TIME_RELEASE.get((rule.op, kinds.get(source, "")), WEEK_MS) for rule in rules for source in rule.sources),
+        default=WEEK_MS,
+    )
+    return DAY_MS if finest <= DAY_MS else WEEK_MS
+
+
+def truncate_ms(timestamp_ms: int, grain_ms: int) -> int:
+    """``timestamp_ms`` rounded down to a UTC day, or to a Monday for weeks."""
+    if grain_ms == WEEK_MS:
+        return (timestamp_ms - _FIRST_MONDAY_MS) // WEEK_MS * WEEK_MS + _FIRST_MONDAY_MS
+    return timestamp_ms // grain_ms * grain_ms
+
+
+def _router(policy: Policy, key: bytes) -> Router:
+    """Per-agency keyed partition key: of the person when the policy names the NIR, else of the view.
+
+    Keyed with the agency's own key (a derivation distinct from its pseudonyms), so one
+    person's records share a partition at this agency (and stay in order there), while two
+    agencies' partitions of one person are unrelated. A policy that does not name the NIR
+    gets a hash of its own view instead, so the partition depends on nothing it may not see.
+    """
+    if "nir" in policy.named_sources():
+        person = make_partition_hasher(key)
+
+        def by_person(record: Mapping[str, Any], view: Record) -> bytes:
+            return person(normalise_nir(record["nir"]))
+
+        return by_person
+    base = hmac.new(key, b"partition|view|", hashlib.sha256)
+
+    def by_view(record: Mapping[str, Any], view: Record) -> bytes:
+        mac = base.copy()
+        mac.update(repr(sorted(view.items())).encode())
+        return mac.digest()[:16]
+
+    return by_view
 
 
 @dataclass(frozen=True)
@@ -33,14 +102,17 @@ class Agency:
     region: str | None
     policy: Policy
     project: Callable[[Mapping[str, Any]], Record]
+    route: Router = _no_route  # the output partition key (see :func:`_router`)
+    clock_grain_ms: int = DAY_MS  # output record timestamps are truncated to this (see :func:`clock_grain_ms`)
 
 
 @dataclass(frozen=True)
 class View:
-    """What one agency receives for one record."""
+    """What one agency receives for one record, and the key choosing its output partition."""
 
     agency: Agency
     record: Record
+    route_key: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -106,6 +178,7 @@ class Minimiser:
         self.policies = policies
         self.geography = geography
         inputs = fields_by_name(input_schema)
+        kinds_of = {name: info.kind for name, info in inputs.items()}
         self._routes: list[
             tuple[Policy, tuple[tuple[str, frozenset[Any], bool], ...], str | None, dict[str | None, Agency]]
         ] = []
@@ -124,7 +197,16 @@ class Minimiser:
                     ctx = BuildContext(name, keys, geography, rule.sources, kinds)
                     getters.append((rule.name, _getter(rule, op.build(ctx, rule.args))))
                 topic = policy.topic.replace("{region}", region or "")
-                agency = Agency(name, policy.recipient, topic, region, policy, _projector(tuple(getters)))
+                agency = Agency(
+                    name,
+                    policy.recipient,
+                    topic,
+                    region,
+                    policy,
+                    _projector(tuple(getters)),
+                    _router(policy, keys.key_for(name)),
+                    clock_grain_ms(policy.emitted, kinds_of),
+                )
                 by_region[region] = agency
                 agencies.append(agency)
             self._routes.append((policy, filters, policy.route, by_region))
@@ -155,7 +237,8 @@ class Minimiser:
                         "is routed by region and no region is guessed",
                         stage="route",
                     )
-                views.append(View(agency, agency.project(record)))
+                view = agency.project(record)
+                views.append(View(agency, view, agency.route(record, view)))
         return views
 
     def explain(self, record: Mapping[str, Any]) -> list[Decision]:

@@ -110,3 +110,84 @@ def test_output_keys_are_exactly_the_policy_fields(minimiser: Minimiser) -> None
     for event in _events(300):
         for view in minimiser.apply(event):
             assert list(view.record) == [r.name for r in view.agency.policy.emitted]
+
+
+# --- partition keys and timestamp grain (issue 8, items 6 and 7) ---------------------------------
+
+
+def _views(minimiser: Minimiser, event: dict[str, Any]) -> dict[str, Any]:
+    return {v.agency.recipient: v for v in minimiser.apply(event)}
+
+
+def test_one_persons_records_share_a_partition_key_per_agency(minimiser: Minimiser) -> None:
+    """Two tests of one person (another event, another day, NIR spelled with spaces) get the same key."""
+    first = _event()
+    nir = first["nir"]
+    spaced = " ".join([nir[:1], nir[1:3], nir[3:5], nir[5:7], nir[7:10], nir[10:13], nir[13:]])
+    retest = _event(
+        event_id="ffffffff-ffff-4fff-bfff-ffffffffffff", nir=spaced, sampled_at=first["sampled_at"] + 86_400_000
+    )
+    a, b = _views(minimiser, first), _views(minimiser, retest)
+    for recipient in ("cnam", "spf", "ars"):
+        assert a[recipient].route_key == b[recipient].route_key
+        assert len(a[recipient].route_key) == 16
+        assert a[recipient].record["event_ref"] != b[recipient].record["event_ref"]
+
+
+def test_partition_keys_differ_across_agencies_and_people(minimiser: Minimiser) -> None:
+    """One person's keys at CNAM, SPF and ARS are unrelated; two people's keys at one agency differ."""
+    events = list(generate_events(200, GeneratorSettings(seed=3)))
+    seen: dict[str, set[bytes]] = {"cnam": set(), "spf": set()}
+    for event in events:
+        views = _views(minimiser, {**event, "processing_mode": "P", "result": "POSITIVE"})
+        assert len({v.route_key for v in views.values()}) == len(views)
+        for recipient in seen:
+            seen[recipient].add(views[recipient].route_key)
+    people = len({e["nir"] for e in events})
+    assert len(seen["cnam"]) == len(seen["spf"]) == people
+
+
+def test_partition_key_is_not_a_pseudonym_nor_unkeyed(minimiser: Minimiser) -> None:
+    """The key is not the agency's pseudonym bytes nor a plain hash of the NIR (keyed, distinct derivation)."""
+    import base64
+    import hashlib
+
+    event = _event()
+    spf = _views(minimiser, event)["spf"]
+    assert base64.urlsafe_b64decode(spf.record["pseudonym"]) != spf.route_key[:15]
+    assert spf.route_key != hashlib.sha256(event["nir"].encode()).digest()[:16]
+
+
+def test_clock_grain_is_a_day_for_the_shipped_policies(minimiser: Minimiser) -> None:
+    """SPF and ARS release days and CNAM milliseconds: every agency's record time is a UTC day."""
+    from streams.policy.engine import DAY_MS
+
+    assert {a.clock_grain_ms for a in minimiser.agencies} == {DAY_MS}
+
+
+def test_clock_grain_is_a_week_when_the_policy_releases_time_only_by_week() -> None:
+    """Rules releasing only an ISO week, or no point in time at all, get week-truncated record times."""
+    from streams.policy.engine import DAY_MS, WEEK_MS, clock_grain_ms
+    from streams.policy.model import FieldRule
+
+    kinds = {"sampled_at": "timestamp-millis", "sex": "enum", "birth_date": "date"}
+
+    def rules(*pairs: tuple[str, str]) -> list[FieldRule]:
+        return [FieldRule(f"f{i}", (src,), op, {}, "test") for i, (op, src) in enumerate(pairs)]
+
+    assert clock_grain_ms(rules(("iso_week", "sampled_at"), ("keep", "sex")), kinds) == WEEK_MS
+    assert clock_grain_ms(rules(("keep", "sex"), ("birth_year", "birth_date")), kinds) == WEEK_MS
+    assert clock_grain_ms(rules(("day", "sampled_at")), kinds) == DAY_MS
+    assert clock_grain_ms(rules(("keep", "sampled_at"), ("iso_week", "sampled_at")), kinds) == DAY_MS
+
+
+def test_truncate_to_day_and_to_monday() -> None:
+    """Days start at 00:00 UTC; weeks on Monday 00:00 UTC (2026-01-01 is a Thursday)."""
+    import datetime as dt
+
+    from streams.policy.engine import DAY_MS, WEEK_MS, truncate_ms
+
+    thursday_noon = int(dt.datetime(2026, 1, 1, 12, 34, 56, 789000, tzinfo=dt.UTC).timestamp() * 1000)
+    assert truncate_ms(thursday_noon, DAY_MS) == int(dt.datetime(2026, 1, 1, tzinfo=dt.UTC).timestamp() * 1000)
+    monday = dt.datetime.fromtimestamp(truncate_ms(thursday_noon, WEEK_MS) / 1000, tz=dt.UTC)
+    assert monday == dt.datetime(2025, 12, 29, tzinfo=dt.UTC)
