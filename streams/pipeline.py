@@ -37,8 +37,9 @@ H_PARTITION = "dlq.source.partition"
 H_OFFSET = "dlq.source.offset"
 H_TIME = "dlq.time"
 H_VERSION = "dlq.processor.version"
-H_REPLAYS = "dlq.replay.count"
-DLQ_HEADERS = (H_CODE, H_REASON, H_STAGE, H_TOPIC, H_PARTITION, H_OFFSET, H_TIME, H_VERSION, H_REPLAYS)
+DLQ_HEADERS = (H_CODE, H_REASON, H_STAGE, H_TOPIC, H_PARTITION, H_OFFSET, H_TIME, H_VERSION)
+#: The dead-letter machinery's header namespace: an ingress record's headers under it are dropped.
+DLQ_PREFIX = "dlq."
 
 # Output record headers.
 H_RECIPIENT = "policy.recipient"
@@ -221,11 +222,11 @@ class Pipeline:
 def dead_letter(record: InputRecord, code: str, reason: str, stage: str, dlq_topic: str, now_ms: int) -> OutputRecord:
     """Build the dead-letter record of ``record``: its raw key and value, and why it failed.
 
-    The original headers are kept, except earlier dead-letter headers, which are replaced;
-    ``dlq.replay.count`` carries over so a replayed record that fails again is visible.
+    The original headers are kept, except any under ``dlq.``: a producer could forge them (e.g.
+    a replay count), so only the pipeline's own are written. Whether the record was a replay
+    is the replay ledger's to say (``streams.dlq.ledger``), from the source coordinates.
     """
-    previous = dict(record.headers)
-    kept = [(k, v) for k, v in record.headers if k not in DLQ_HEADERS]
+    kept = [(k, v) for k, v in record.headers if not k.startswith(DLQ_PREFIX)]
     when = dt.datetime.fromtimestamp(now_ms / 1000, tz=dt.UTC).isoformat(timespec="milliseconds")
     headers = [
         *kept,
@@ -237,7 +238,6 @@ def dead_letter(record: InputRecord, code: str, reason: str, stage: str, dlq_top
         (H_OFFSET, str(record.offset).encode()),
         (H_TIME, when.encode()),
         (H_VERSION, __version__.encode()),
-        (H_REPLAYS, previous.get(H_REPLAYS) or b"0"),
     ]
     route = f"{record.topic}:{record.partition}".encode()
     return OutputRecord(dlq_topic, record.key, record.value, headers, route, dead_letter=True)

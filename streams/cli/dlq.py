@@ -1,13 +1,15 @@
 """``screening-streams dlq ...``: list, show and replay the dead letters of the ingress.
 
 The dead-letter topic holds raw input (identifying data): these commands print reason codes,
-coordinates and sizes, never a raw value. See :mod:`streams.dlq.replay` for the rules of a replay.
+coordinates and sizes, never a raw value. See :mod:`streams.dlq.replay` for the rules of a replay
+and :mod:`streams.dlq.ledger` for where replay counts come from (never from record headers).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -16,15 +18,9 @@ import click
 from kafka import TopicPartition
 
 from streams.cli.options import common_options, settings
+from streams.dlq.ledger import Ledger, coordinates, entry, ledger_topic, read_ledger
 from streams.dlq.letters import DeadLetter, Selection, parse, render, render_summary, select, summarise, within
-from streams.dlq.replay import (
-    DEFAULT_MAX_REPLAYS,
-    ReplayPlan,
-    ledger_entry,
-    ledger_topic,
-    plan_replay,
-    replayed_coordinates,
-)
+from streams.dlq.replay import DEFAULT_MAX_REPLAYS, ReplayPlan, ReplayRecord, plan_replay
 from streams.errors import ScreeningStreamsError
 from streams.kafka.offsets import ReadRecord, beginning_offsets, end_offsets, read_from
 from streams.settings import Settings
@@ -81,10 +77,15 @@ def _read_topic(bootstrap_servers: str, topic: str) -> list[ReadRecord]:
     return within(records, {(tp.topic, tp.partition): end for tp, end in ends.items()})
 
 
-def _dead_letters(settings: Settings) -> list[DeadLetter]:
+def _ledger(settings: Settings) -> Ledger:
+    """The replay ledger as it stands now (empty when nothing was ever replayed)."""
+    return read_ledger(_read_topic(settings.bootstrap_servers, ledger_topic(settings.topic_prefix)))
+
+
+def _dead_letters(settings: Settings, ledger: Ledger) -> list[DeadLetter]:
     if not end_offsets(settings.bootstrap_servers, [settings.dlq_topic]):
         raise DlqError(f"topic {settings.dlq_topic} does not exist: run `screening-streams topics`")
-    return [parse(r) for r in _read_topic(settings.bootstrap_servers, settings.dlq_topic)]
+    return [parse(r, ledger) for r in _read_topic(settings.bootstrap_servers, settings.dlq_topic)]
 
 
 @click.group()
@@ -104,7 +105,7 @@ def list_(
     """Count dead letters per reason code, stage and source topic, with their time range."""
     cfg = settings(bootstrap_servers=bootstrap_servers, registry_url=registry_url, topic_prefix=topic_prefix)
     selection = _selection(**criteria)
-    letters = select(_dead_letters(cfg), selection)
+    letters = select(_dead_letters(cfg, _ledger(cfg)), selection)
     click.echo(render_summary(summarise(letters), cfg.dlq_topic))
 
 
@@ -137,9 +138,9 @@ def show(
         if tp not in ends:
             raise DlqError(f"{cfg.dlq_topic} has no partition {selection.partition}")
         found = read_from(cfg.bootstrap_servers, {tp: selection.offset}, limit=1) if selection.offset < ends[tp] else []
-        letters = select((parse(r) for r in found), selection)
+        letters = select((parse(r, _ledger(cfg)) for r in found), selection)
     else:
-        letters = select(_dead_letters(cfg), selection)
+        letters = select(_dead_letters(cfg, _ledger(cfg)), selection)
     if not letters:
         raise DlqError(f"no dead letter in {cfg.dlq_topic} matches the selection")
     click.echo("\n\n".join(render(letter, hex_preview=hex_preview) for letter in letters[:limit]))
@@ -180,16 +181,15 @@ def replay(
     """Send matching dead letters back to the ingress topic, unchanged, up to the DLQ's current end."""
     cfg = settings(bootstrap_servers=bootstrap_servers, registry_url=registry_url, topic_prefix=topic_prefix)
     selection = _selection(**criteria)
-    letters = select(_dead_letters(cfg), selection)  # bounded by the end offsets taken now
-    ledger = ledger_topic(cfg.topic_prefix)
-    replayed = replayed_coordinates(_read_topic(cfg.bootstrap_servers, ledger))
-    plan = plan_replay(letters, max_replays=max_replays, force=force, replayed=replayed, again=again)
+    ledger = _ledger(cfg)
+    letters = select(_dead_letters(cfg, ledger), selection)  # bounded by the end offsets taken now
+    plan = plan_replay(letters, max_replays=max_replays, force=force, replayed=ledger.replayed, again=again)
     if dry_run:
         for record in plan.records:
             click.echo(f"would replay {record.of} as replay {record.count}")
         click.echo(f"dry run: would replay {len(plan.records)} dead letters to {cfg.ingress_topic}")
     else:
-        sent = _publish(cfg, ledger, plan) if plan.records else 0
+        sent = _publish(cfg, plan) if plan.records else 0
         chosen = {r.of for r in plan.records}
         codes = Counter(letter.code for letter in letters if letter.coordinates in chosen)
         detail = f" ({', '.join(f'{c}: {n}' for c, n in sorted(codes.items()))})" if codes else ""
@@ -206,10 +206,11 @@ def _report_skips(plan: ReplayPlan, max_replays: int) -> None:
         click.echo(f"skipped {len(plan.already_replayed)} an earlier replay already sent back (--again to resend)")
 
 
-def _publish(cfg: Settings, ledger: str, plan: ReplayPlan) -> int:
+def _publish(cfg: Settings, plan: ReplayPlan) -> int:
     from streams.kafka.publish import publish_raw
     from streams.kafka.topics import TopicSpec, admin_client, ensure_topics, partition_counts
 
+    ledger = ledger_topic(cfg.topic_prefix)
     ledger_spec = TopicSpec(ledger, 1, {"cleanup.policy": "compact,delete", "retention.ms": str(14 * DAY_MS)})
     admin = admin_client(cfg.bootstrap_servers)
     try:
@@ -219,11 +220,35 @@ def _publish(cfg: Settings, ledger: str, plan: ReplayPlan) -> int:
         admin.close()
     if not ingress_partitions:
         raise DlqError(f"topic {cfg.ingress_topic} does not exist: run `screening-streams topics`")
-    records = [(r.key, r.value, r.headers) for r in plan.records]
-    sent = asyncio.run(publish_raw(cfg.bootstrap_servers, cfg.ingress_topic, records, ingress_partitions))
-    # Recorded after the replays are acknowledged: a crash in between replays them again on
-    # the next run (at least once; agencies see the duplicate event_ref), never loses one.
+    placed = asyncio.run(_send_replays(cfg.bootstrap_servers, cfg.ingress_topic, plan.records, ingress_partitions))
+    # Recorded after the replays are acknowledged, under the coordinates the broker gave them: a
+    # crash in between replays them again on the next run (at least once; agencies see the
+    # duplicate event_ref), never loses one; a replay not yet in the ledger counts as original.
     now_ms = time.time_ns() // 1_000_000
-    entries = [ledger_entry(r, cfg.ingress_topic, now_ms) for r in plan.records]
+    entries = [entry(at, r.of, r.count, now_ms) for at, r in zip(placed, plan.records, strict=True)]
     asyncio.run(publish_raw(cfg.bootstrap_servers, ledger, entries, ledger_partitions))
-    return sent
+    return len(placed)
+
+
+async def _send_replays(
+    bootstrap_servers: str, topic: str, records: tuple[ReplayRecord, ...], partitions: int
+) -> list[str]:
+    """Publish replays (partitioned like ``publish_raw``: CRC-32 of the key); return their ingress coordinates."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True)
+    try:
+        await producer.start()
+        sends = [
+            await producer.send(
+                topic, r.value, key=r.key, partition=zlib.crc32(r.key or b"") % partitions, headers=list(r.headers)
+            )
+            for r in records
+        ]
+        placed = await asyncio.gather(*sends)
+    except KafkaError as exc:
+        raise DlqError(f"replaying to {topic} failed: {exc}") from exc
+    finally:
+        await producer.stop()
+    return [coordinates(topic, md.partition, md.offset) for md in placed]

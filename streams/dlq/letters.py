@@ -7,7 +7,8 @@ holds identifying data: nothing here ever decodes the value to fields or returns
 
 The DLQ is read only up to the end offsets taken when a command starts (:func:`within`), so
 a replay (:mod:`streams.dlq.replay`) never sees, let alone replays, the dead letters its own
-output produces.
+output produces. Whether a dead letter is a failed replay, and of which rank, comes from the
+replay ledger (:mod:`streams.dlq.ledger`), never from its headers: a producer may forge those.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from streams.dlq.ledger import Ledger, coordinates
 from streams.kafka.offsets import ReadRecord
 from streams.pipeline import (
+    DLQ_PREFIX,
     H_CODE,
     H_OFFSET,
     H_PARTITION,
     H_REASON,
-    H_REPLAYS,
     H_STAGE,
     H_TIME,
     H_TOPIC,
@@ -31,10 +33,6 @@ from streams.pipeline import (
 )
 from streams.policy.explain import table
 
-#: Header naming the DLQ record a replay comes from: ``<dlq topic>:<partition>:<offset>``.
-H_REPLAY_OF = "dlq.replay.of"
-#: Every header under this prefix belongs to the DLQ machinery and is dropped on replay.
-DLQ_PREFIX = "dlq."
 #: How many bytes of the raw value ``show --hex`` may print.
 HEX_PREVIEW_BYTES = 16
 
@@ -45,7 +43,9 @@ Header = tuple[str, bytes]
 class DeadLetter:
     """One DLQ record with its ``dlq.*`` headers decoded (the raw value stays bytes).
 
-    ``replay_count`` is None when the header is present but not a number.
+    ``replay_count`` is how many times its input had been replayed when it failed, per the
+    ledger (0: an original failure; None: a ledger entry of unknown rank); ``replay_of`` the
+    DLQ coordinates of the dead letter that replay came from.
     """
 
     record: ReadRecord
@@ -77,22 +77,28 @@ def _int(value: bytes | None) -> int | None:
         return None
 
 
-def parse(record: ReadRecord) -> DeadLetter:
-    """Decode the ``dlq.*`` headers of one DLQ record (missing headers read as empty)."""
+def parse(record: ReadRecord, ledger: Ledger | None = None) -> DeadLetter:
+    """Decode the pipeline's ``dlq.*`` headers of one DLQ record (missing headers read as empty).
+
+    Replay count and origin come from ``ledger`` (matched on the source coordinates), so a
+    record nobody replayed is an original failure whatever headers its producer set.
+    """
     headers = dict(record.headers)
-    raw_count = headers.get(H_REPLAYS)
+    source_topic = text(headers.get(H_TOPIC)) or "?"
+    source_partition, source_offset = _int(headers.get(H_PARTITION)), _int(headers.get(H_OFFSET))
+    replay = (ledger or Ledger()).replay_at(coordinates(source_topic, source_partition, source_offset))
     return DeadLetter(
         record=record,
         code=text(headers.get(H_CODE)) or "?",
         reason=text(headers.get(H_REASON)),
         stage=text(headers.get(H_STAGE)) or "?",
-        source_topic=text(headers.get(H_TOPIC)) or "?",
-        source_partition=_int(headers.get(H_PARTITION)),
-        source_offset=_int(headers.get(H_OFFSET)),
+        source_topic=source_topic,
+        source_partition=source_partition,
+        source_offset=source_offset,
         time=text(headers.get(H_TIME)),
         processor_version=text(headers.get(H_VERSION)),
-        replay_count=0 if not raw_count else _int(raw_count),
-        replay_of=text(headers[H_REPLAY_OF]) if H_REPLAY_OF in headers else None,
+        replay_count=0 if replay is None else replay.count,
+        replay_of=None if replay is None else replay.of,
     )
 
 
@@ -229,9 +235,10 @@ def select(letters: Iterable[DeadLetter], selection: Selection) -> list[DeadLett
 def render(letter: DeadLetter, *, hex_preview: bool = False) -> str:
     """Describe one dead letter for ``dlq show`` without ever printing its raw value.
 
-    Shows every ``dlq.*`` header decoded, the source coordinates, the sizes of the key and
-    value, the Confluent framing (magic byte, schema id) when present, and only the *names*
-    and sizes of other headers. ``hex_preview`` adds the first 16 bytes of the value in hex.
+    Shows every ``dlq.*`` header decoded, the source coordinates, the replay rank (from the
+    ledger), the sizes of the key and value, the Confluent framing (magic byte, schema id) when
+    present, and only the *names* and sizes of other headers. ``hex_preview`` adds the first 16
+    bytes of the value in hex.
     """
     record = letter.record
     lines = [f"dead letter {letter.coordinates}"]
@@ -240,6 +247,11 @@ def render(letter: DeadLetter, *, hex_preview: bool = False) -> str:
     lines += [f"  {name.ljust(width)}  {text(value)}" for name, value in dlq_headers]
     source = f"{letter.source_topic} partition {_or_q(letter.source_partition)} offset {_or_q(letter.source_offset)}"
     lines.append(f"  {'source'.ljust(width)}  {source}")
+    if letter.replay_of is None:
+        replay = "0 (an original failure)"
+    else:
+        replay = f"{_or_q(letter.replay_count)} (a replay of {letter.replay_of}, per the replay ledger)"
+    lines.append(f"  {'replay'.ljust(width)}  {replay}")
     lines.append(f"  {'key'.ljust(width)}  {_size(record.key)}")
     lines.append(f"  {'value'.ljust(width)}  {_size(record.value)}{_framing(record.value)} (not shown: raw input)")
     others = [f"{k} ({len(v or b'')} B)" for k, v in record.headers if not k.startswith(DLQ_PREFIX)]

@@ -1,32 +1,28 @@
-"""Bounded, traceable replays of dead letters and the ledger that records them.
+"""Bounded, traceable replays of dead letters, planned from the replay ledger.
 
-A replay record carries the raw key and value unchanged, the original non-``dlq.*`` headers,
-``dlq.replay.count`` incremented and ``dlq.replay.of`` = ``<dlq topic>:<partition>:<offset>``.
-:func:`plan_replay` refuses a letter once its count reaches ``max_replays`` (unless forced);
-every replayed DLQ record is written to a small compacted ledger topic (:func:`ledger_entry`),
-and a later replay skips DLQ records found there unless asked again.
+A replay record carries the raw key and value unchanged and the original non-``dlq.*`` headers
+(nothing a producer could imitate: the pipeline drops ``dlq.*`` headers anyway). Its rank and
+origin are written to the ledger (:mod:`streams.dlq.ledger`) under the ingress coordinates the
+broker gives it, which is how a replay that fails again is recognised. :func:`plan_replay`
+refuses a letter once its count reaches ``max_replays`` (unless forced) and skips DLQ records
+the ledger says were already sent back (unless asked again).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-from collections.abc import Iterable, Sequence, Set
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 
-from streams.dlq.letters import DLQ_PREFIX, H_REPLAY_OF, DeadLetter, Header, text
-from streams.kafka.offsets import ReadRecord
-from streams.pipeline import H_REPLAYS
+from streams.dlq.letters import DeadLetter, Header
+from streams.pipeline import DLQ_PREFIX
 
 #: Default bound on how often one input may be replayed.
 DEFAULT_MAX_REPLAYS = 3
-#: Compacted topic recording which DLQ records were replayed (coordinates only, no data).
-LEDGER_TOPIC = "screening.results.dlq.replays.v1"
 
 
 @dataclass(frozen=True)
 class ReplayRecord:
-    """One record to publish to the ingress topic, and the DLQ record it replays."""
+    """One record to publish to the ingress topic, the DLQ record it replays and its replay count."""
 
     key: bytes | None
     value: bytes | None
@@ -50,16 +46,13 @@ class ReplayPlan:
 
 
 def replay_record(letter: DeadLetter) -> ReplayRecord:
-    """The ingress record replaying ``letter``: raw key/value, original headers, count + 1.
+    """The ingress record replaying ``letter``: raw key/value, original non-``dlq.*`` headers, count + 1.
 
-    Headers under ``dlq.`` are dropped (earlier replay markers included) and replaced by
-    ``dlq.replay.count`` (previous count + 1; an unreadable count restarts at 1) and
-    ``dlq.replay.of``.
+    The count is the ledger's count for ``letter`` plus one (an unknown count restarts at 1).
     """
     count = (letter.replay_count or 0) + 1
     kept = tuple((k, v) for k, v in letter.record.headers if not k.startswith(DLQ_PREFIX))
-    headers = (*kept, (H_REPLAYS, str(count).encode()), (H_REPLAY_OF, letter.coordinates.encode()))
-    return ReplayRecord(letter.record.key, letter.record.value, headers, letter.coordinates, count)
+    return ReplayRecord(letter.record.key, letter.record.value, kept, letter.coordinates, count)
 
 
 def plan_replay(
@@ -72,9 +65,9 @@ def plan_replay(
 ) -> ReplayPlan:
     """Decide which selected dead letters to replay.
 
-    A dead letter whose replay count is ``>= max_replays`` (or unreadable) is refused unless
-    ``force``; one whose coordinates are in ``replayed`` (the ledger) is skipped unless
-    ``again``.
+    A dead letter whose replay count (from the ledger) is ``>= max_replays`` or unknown is
+    refused unless ``force``; one whose coordinates are in ``replayed`` (the ledger's
+    :attr:`~streams.dlq.ledger.Ledger.replayed`) is skipped unless ``again``.
     """
     records: list[ReplayRecord] = []
     over: list[DeadLetter] = []
@@ -87,29 +80,3 @@ def plan_replay(
         else:
             records.append(replay_record(letter))
     return ReplayPlan(tuple(records), tuple(over), tuple(done))
-
-
-def ledger_entry(record: ReplayRecord, ingress_topic: str, now_ms: int) -> tuple[bytes, bytes, tuple[Header, ...]]:
-    """The ledger record noting that ``record`` was replayed (coordinates and count only)."""
-    when = dt.datetime.fromtimestamp(now_ms / 1000, tz=dt.UTC).isoformat(timespec="milliseconds")
-    value = {"replayed_at": when, "replay_count": record.count, "to": ingress_topic}
-    return record.of.encode(), json.dumps(value, sort_keys=True).encode(), ()
-
-
-def replayed_coordinates(ledger: Iterable[ReadRecord]) -> set[str]:
-    """The DLQ coordinates the ledger says were replayed (tombstones un-mark a record)."""
-    done: set[str] = set()
-    for record in ledger:
-        if record.key is None:
-            continue
-        coordinates = text(record.key)
-        if record.value is None:
-            done.discard(coordinates)
-        else:
-            done.add(coordinates)
-    return done
-
-
-def ledger_topic(topic_prefix: str) -> str:
-    """The replay ledger topic, with the prefix."""
-    return topic_prefix + LEDGER_TOPIC

@@ -232,7 +232,7 @@ def test_bad_input_yields_one_complete_dead_letter(case: str) -> None:
     assert headers["dlq.source.offset"] == b"1234"
     assert headers["dlq.time"] == FIXED_ISO
     assert headers["dlq.processor.version"] == __version__.encode()
-    assert headers["dlq.replay.count"] == b"0"
+    assert "dlq.replay.count" not in headers  # the replay ledger says which dead letters are replays
     assert headers["trace-id"] == b"abc"
     assert harness.pipeline.stats.dead_letters == {code: 1}
     assert harness.pipeline.stats.produced == {}
@@ -261,19 +261,19 @@ def test_validation_failures_are_staged_validate() -> None:
     assert stage["random"] == stage["unknown_id"] == stage["oversized_payload"] == b"decode"
 
 
-def test_replayed_record_keeps_count_and_replaces_old_dlq_headers() -> None:
-    """A replayed record failing again keeps dlq.replay.count and has each dlq header once."""
+def test_producer_set_dlq_headers_are_dropped_and_the_pipeline_writes_its_own_once() -> None:
+    """Incoming dlq.* headers (a forged dlq.replay.count: 99, old reasons, anything) never reach the DLQ record."""
     harness = Harness()
-    old = tuple((name, b"old") for name in DLQ_HEADERS if name != "dlq.replay.count")
-    headers = (("trace-id", b"abc"), *old, ("dlq.replay.count", b"1"))
+    forged = tuple((name, b"old") for name in DLQ_HEADERS)
+    headers = (("trace-id", b"abc"), *forged, ("dlq.replay.count", b"99"), ("dlq.replay.of", b"x:0:0"), ("dlq.x", b"1"))
     (out,) = harness.pipeline.process(harness.record(b"\x07not-framed", headers))
     got = _headers(out)
-    assert got["dlq.replay.count"] == b"1"
     assert got["dlq.reason.code"] == b"not_framed"
     assert got["dlq.time"] == FIXED_ISO
     assert got["trace-id"] == b"abc"
     assert b"old" not in got.values()
-    assert sum(1 for k, _ in out.headers if k.startswith("dlq.")) == len(DLQ_HEADERS)
+    assert not {"dlq.replay.count", "dlq.replay.of", "dlq.x"} & set(got)
+    assert [k for k, _ in out.headers if k.startswith("dlq.")] == list(DLQ_HEADERS)
 
 
 def test_topic_prefix_applies_to_outputs_and_dead_letters() -> None:

@@ -8,20 +8,11 @@ import re
 
 import pytest
 
-from streams.dlq.letters import (
-    H_REPLAY_OF,
-    DeadLetter,
-    Selection,
-    parse,
-    render,
-    render_summary,
-    select,
-    summarise,
-    within,
-)
-from streams.dlq.replay import ledger_entry, ledger_topic, plan_replay, replay_record, replayed_coordinates
+from streams.dlq.ledger import Ledger, Replay, entry, ledger_topic, read_ledger
+from streams.dlq.letters import DeadLetter, Selection, parse, render, render_summary, select, summarise, within
+from streams.dlq.replay import plan_replay, replay_record
 from streams.kafka.offsets import ReadRecord
-from streams.pipeline import H_REPLAYS, InputRecord, dead_letter
+from streams.pipeline import InputRecord, dead_letter
 
 DLQ = "screening.results.dlq.v1"
 INGRESS = "screening.results.v1"
@@ -44,11 +35,17 @@ def _letter(
     headers: tuple[tuple[str, bytes], ...] = (("trace-id", b"t-1"),),
     at_ms: int = T0,
     value: bytes | None = RAW,
+    ledger: Ledger | None = None,
 ) -> DeadLetter:
     """A dead letter exactly as the pipeline writes it, read back at DLQ coordinates (partition, offset)."""
     source = InputRecord(INGRESS, source_partition, source_offset, KEY, value, headers)
     out = dead_letter(source, code, "commune code's department maps to no region (not guessed)", stage, DLQ, at_ms)
-    return parse(ReadRecord(DLQ, partition, offset, out.key, out.value, tuple(out.headers)))
+    return parse(ReadRecord(DLQ, partition, offset, out.key, out.value, tuple(out.headers)), ledger)
+
+
+def _ledger(*replays: tuple[str, str, int | None]) -> Ledger:
+    """A ledger of (ingress coordinates, DLQ coordinates replayed, count) entries."""
+    return Ledger({at: Replay(at, of, count) for at, of, count in replays})
 
 
 def test_parse_decodes_every_pipeline_header() -> None:
@@ -61,12 +58,44 @@ def test_parse_decodes_every_pipeline_header() -> None:
     assert letter.coordinates == f"{DLQ}:3:17"
 
 
-def test_parse_tolerates_missing_and_malformed_headers() -> None:
-    """A record without dlq headers reads as code '?'; a non-numeric replay count is None (unknown)."""
+def test_parse_tolerates_missing_headers() -> None:
+    """A record without dlq headers reads as code '?', unknown source, an original failure (count 0)."""
     bare = parse(ReadRecord(DLQ, 0, 5, None, b"x", ()))
-    assert (bare.code, bare.stage, bare.source_partition, bare.replay_count) == ("?", "?", None, 0)
-    odd = parse(ReadRecord(DLQ, 0, 6, None, b"x", ((H_REPLAYS, b"many"),)))
-    assert odd.replay_count is None
+    assert (bare.code, bare.stage, bare.source_partition, bare.replay_count, bare.replay_of) == (
+        "?",
+        "?",
+        None,
+        0,
+        None,
+    )
+
+
+def test_replay_counts_come_from_the_ledger_never_from_headers() -> None:
+    """dlq.replay.* headers on a DLQ record mean nothing; a ledger entry at its source coordinates gives its rank."""
+    forged = ((b"dlq.replay.count", b"99"), (b"dlq.replay.of", f"{DLQ}:0:1".encode()))
+    headers = tuple((k.decode(), v) for k, v in forged)
+    source = InputRecord(INGRESS, 2, 40, KEY, RAW, headers)
+    out = dead_letter(source, "unknown_commune", "no region", "validate", DLQ, T0)
+    record = ReadRecord(DLQ, 0, 7, out.key, out.value, (*out.headers, *headers))  # even if they reached the DLQ
+    assert (parse(record).replay_count, parse(record).replay_of) == (0, None)
+    elsewhere = _ledger((f"{INGRESS}:2:41", f"{DLQ}:0:1", 2))
+    assert parse(record, elsewhere).replay_count == 0
+    here = _ledger((f"{INGRESS}:2:40", f"{DLQ}:0:1", 2))
+    assert (parse(record, here).replay_count, parse(record, here).replay_of) == (2, f"{DLQ}:0:1")
+    unknown = _ledger((f"{INGRESS}:2:40", f"{DLQ}:0:1", None))
+    assert parse(record, unknown).replay_count is None
+
+
+def test_a_producer_forging_a_replay_count_of_99_cannot_stop_its_record_being_replayed() -> None:
+    """An invalid ingress record with dlq.replay.count: 99 is dead-lettered without it and replay plans it (count 1)."""
+    forged = (("dlq.replay.count", b"99"), ("dlq.replay.of", f"{DLQ}:0:0".encode()), ("trace-id", b"t"))
+    out = dead_letter(InputRecord(INGRESS, 1, 5, KEY, RAW, forged), "unknown_commune", "no region", "validate", DLQ, T0)
+    assert [k for k, _ in out.headers if k.startswith("dlq.replay")] == []
+    letter = parse(ReadRecord(DLQ, 3, 9, out.key, out.value, tuple(out.headers)), _ledger((f"{INGRESS}:0:0", "x", 3)))
+    plan = plan_replay([letter], replayed=frozenset({f"{DLQ}:0:0"}))
+    assert [(r.of, r.count) for r in plan.records] == [(f"{DLQ}:3:9", 1)]
+    assert plan.skipped == 0
+    assert plan.records[0].headers == (("trace-id", b"t"),)
 
 
 def test_summary_counts_per_code_stage_and_source_topic_with_time_range() -> None:
@@ -80,11 +109,12 @@ def test_summary_counts_per_code_stage_and_source_topic_with_time_range() -> Non
         DLQ,
         T0 + 7_200_000,
     )
+    ledger = _ledger((f"{INGRESS}:1:99", failed_again.of, failed_again.count))
     letters = [
         _letter(offset=0),
         _letter(offset=1, at_ms=T0 + 3_600_000),
         _letter("not_framed", stage="decode", offset=2, at_ms=T0 - 60_000),
-        parse(ReadRecord(DLQ, 1, 0, again.key, again.value, tuple(again.headers))),
+        parse(ReadRecord(DLQ, 1, 0, again.key, again.value, tuple(again.headers)), ledger),
     ]
     summary = summarise(letters)
     assert summary.total == 4
@@ -147,9 +177,12 @@ def test_show_never_prints_the_raw_value_key_or_other_header_values() -> None:
         "dlq.stage",
         "dlq.source.topic",
         "dlq.time",
-        "dlq.replay.count",
+        "replay",
     ):
         assert header in text
+    assert "0 (an original failure)" in text
+    replayed = render(_letter(source_offset=40, ledger=_ledger((f"{INGRESS}:2:40", f"{DLQ}:0:1", 2))))
+    assert f"2 (a replay of {DLQ}:0:1, per the replay ledger)" in replayed
     assert "unknown_commune" in text and f"{DLQ}:3:17" in text
     assert f"{INGRESS} partition 2 offset 40" in text
     fields = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in text.splitlines()[1:])
@@ -177,21 +210,21 @@ def test_show_describes_unframed_and_null_values() -> None:
 
 
 def test_replay_record_keeps_raw_data_and_original_headers_and_counts_up() -> None:
-    """A replay carries the raw key and value unchanged, non-dlq headers, count + 1 and dlq.replay.of."""
-    letter = _letter(partition=4, offset=21, headers=(("trace-id", b"t-1"), ("dlq.replay.of", b"old:0:0")))
+    """A replay carries the raw key and value unchanged, only non-dlq headers, and the ledger's count + 1."""
+    ledger = _ledger((f"{INGRESS}:2:40", f"{DLQ}:0:1", 1))
+    letter = _letter(
+        partition=4, offset=21, headers=(("trace-id", b"t-1"), ("dlq.replay.of", b"old:0:0")), ledger=ledger
+    )
     replay = replay_record(letter)
     assert replay.key == KEY and replay.value == RAW
-    assert replay.headers == (
-        ("trace-id", b"t-1"),
-        (H_REPLAYS, b"1"),
-        (H_REPLAY_OF, f"{DLQ}:4:21".encode()),
-    )
-    assert (replay.of, replay.count) == (f"{DLQ}:4:21", 1)
+    assert replay.headers == (("trace-id", b"t-1"),)
+    assert (replay.of, replay.count) == (f"{DLQ}:4:21", 2)
 
 
 def test_a_replay_that_fails_again_returns_with_count_plus_one_until_refused() -> None:
-    """Replay → dead letter → replay … increments the count each round; at max_replays the plan refuses it."""
+    """Replay → ledger entry → dead letter → replay … increments the count each round; at max_replays it is refused."""
     letter = _letter()
+    ledger_records: list[ReadRecord] = []
     counts = []
     for round_ in range(5):
         plan = plan_replay([letter], max_replays=3)
@@ -200,6 +233,9 @@ def test_a_replay_that_fails_again_returns_with_count_plus_one_until_refused() -
             break
         replay = plan.records[0]
         counts.append(replay.count)
+        at = f"{INGRESS}:0:{100 + round_}"  # where the broker put the replay
+        key, value, _ = entry(at, replay.of, replay.count, T0)
+        ledger_records.append(ReadRecord("ledger", 0, round_, key, value, ()))
         failed = dead_letter(
             InputRecord(INGRESS, 0, 100 + round_, replay.key, replay.value, replay.headers),
             "unknown_commune",
@@ -208,8 +244,9 @@ def test_a_replay_that_fails_again_returns_with_count_plus_one_until_refused() -
             DLQ,
             T0,
         )
-        letter = parse(ReadRecord(DLQ, 0, 10 + round_, failed.key, failed.value, tuple(failed.headers)))
-        assert letter.replay_of == f"{DLQ}:0:{10 + round_ - 1}" if round_ else letter.replay_of == f"{DLQ}:0:0"
+        record = ReadRecord(DLQ, 0, 10 + round_, failed.key, failed.value, tuple(failed.headers))
+        letter = parse(record, read_ledger(ledger_records))
+        assert letter.replay_of == (f"{DLQ}:0:{10 + round_ - 1}" if round_ else f"{DLQ}:0:0")
         assert letter.record.value == RAW
     assert counts == [1, 2, 3]
     assert letter.replay_count == 3
@@ -218,9 +255,9 @@ def test_a_replay_that_fails_again_returns_with_count_plus_one_until_refused() -
 
 
 def test_plan_skips_ledgered_records_unless_again_and_unknown_counts_unless_forced() -> None:
-    """Records the ledger lists are skipped unless again; an unreadable count is refused unless forced."""
-    first, second = _letter(offset=1), _letter(offset=2)
-    odd = parse(ReadRecord(DLQ, 0, 3, KEY, RAW, ((H_REPLAYS, b"many"),)))
+    """Records the ledger lists are skipped unless again; an unknown count is refused unless forced."""
+    first, second = _letter(offset=1, source_offset=1), _letter(offset=2, source_offset=2)
+    odd = _letter(offset=3, source_offset=3, ledger=_ledger((f"{INGRESS}:2:3", f"{DLQ}:0:0", None)))
     plan = plan_replay([first, second, odd], replayed={first.coordinates})
     assert [r.of for r in plan.records] == [second.coordinates]
     assert plan.already_replayed == (first,) and plan.over_limit == (odd,) and plan.skipped == 2
@@ -233,26 +270,37 @@ def test_plan_skips_ledgered_records_unless_again_and_unknown_counts_unless_forc
     assert plan_replay([first], max_replays=0).over_limit == (first,)
 
 
-def test_ledger_entries_hold_coordinates_only_and_read_back_as_the_replayed_set() -> None:
-    """A ledger entry is keyed by DLQ coordinates, holds no raw data, and tombstones un-mark a record."""
+def test_ledger_entries_hold_coordinates_only_and_fold_into_the_ledger() -> None:
+    """An entry is keyed by the replay's ingress coordinates, holds no data; tombstones and foreign records drop out."""
     replay = replay_record(_letter(offset=8))
-    key, value, headers = ledger_entry(replay, INGRESS, T0)
-    assert key == f"{DLQ}:0:8".encode() and headers == ()
-    assert json.loads(value) == {"replayed_at": "2021-09-01T08:00:00.000+00:00", "replay_count": 1, "to": INGRESS}
-    assert RAW not in value and NIR.encode() not in value
-    ledger = [
-        ReadRecord("ledger", 0, 0, key, value, ()),
-        ReadRecord("ledger", 0, 1, b"x:0:1", value, ()),
-        ReadRecord("ledger", 0, 2, b"x:0:1", None, ()),
-        ReadRecord("ledger", 0, 3, None, value, ()),
-    ]
-    assert replayed_coordinates(ledger) == {f"{DLQ}:0:8"}
+    key, value, headers = entry(f"{INGRESS}:4:77", replay.of, replay.count, T0)
+    assert key == f"{INGRESS}:4:77".encode() and headers == ()
+    assert json.loads(value) == {"of": f"{DLQ}:0:8", "replay_count": 1, "replayed_at": "2021-09-01T08:00:00.000+00:00"}
+    assert RAW not in value and NIR.encode() not in value and KEY not in value
+    other = entry(f"{INGRESS}:4:78", f"{DLQ}:0:9", 2, T0)[1]
+    ledger = read_ledger(
+        [
+            ReadRecord("ledger", 0, 0, key, value, ()),
+            ReadRecord("ledger", 0, 1, f"{INGRESS}:4:78".encode(), other, ()),
+            ReadRecord("ledger", 0, 2, f"{INGRESS}:4:78".encode(), None, ()),  # tombstone
+            ReadRecord("ledger", 0, 3, None, value, ()),  # no key
+            ReadRecord("ledger", 0, 4, f"{DLQ}:0:5".encode(), b'{"replay_count": 1, "to": "x"}', ()),  # no "of"
+            ReadRecord("ledger", 0, 5, b"k", b"not json", ()),
+            ReadRecord("ledger", 0, 6, f"{INGRESS}:4:79".encode(), b'{"of": "d:0:1", "replay_count": true}', ()),
+        ]
+    )
+    assert set(ledger.replays) == {f"{INGRESS}:4:77", f"{INGRESS}:4:79"}
+    assert ledger.replay_at(f"{INGRESS}:4:77") == Replay(f"{INGRESS}:4:77", f"{DLQ}:0:8", 1)
+    assert ledger.replay_at(f"{INGRESS}:4:79") == Replay(f"{INGRESS}:4:79", "d:0:1", None)
+    assert ledger.replayed == {f"{DLQ}:0:8", "d:0:1"}
     assert ledger_topic("it.x.") == "it.x.screening.results.dlq.replays.v1"
 
 
 @pytest.mark.parametrize("max_replays", [1, 2, 3])
 def test_max_replays_counts_earlier_replays(max_replays: int) -> None:
-    """A dead letter replayed n times is replayable while n < max_replays."""
+    """A dead letter whose input the ledger says was replayed n times is replayable while n < max_replays."""
     for n in range(5):
-        letter = parse(ReadRecord(DLQ, 0, n, KEY, RAW, ((H_REPLAYS, str(n).encode()),)))
+        ledger = _ledger((f"{INGRESS}:2:40", f"{DLQ}:0:0", n)) if n else None
+        letter = _letter(offset=n + 1, ledger=ledger)
+        assert letter.replay_count == n
         assert bool(plan_replay([letter], max_replays=max_replays).records) == (n < max_replays)
