@@ -4,8 +4,10 @@ Only the public contract is used: the ``screening-streams worker`` and ``screeni
 commands configured by environment variables, and the topics. An event from Saint-Pierre-et-
 Miquelon (commune 97501, department 975, in no region) is dead-lettered with
 ``unknown_commune``. Replaying it before the fix sends it back to the DLQ with a higher replay
-count; after the fix (``SCREENING_GEOGRAPHY_FILE`` mapping 975 to region 28) one replay
-delivers it exactly once, and later replays send nothing unless asked (``--again``).
+count (per the replay ledger); after the fix (``SCREENING_GEOGRAPHY_FILE`` mapping 975 to
+region 28) one replay delivers it exactly once, and later replays send nothing unless asked
+(``--again``). An invalid record whose producer set ``dlq.replay.count: 99`` is dead-lettered
+without that header and replayed like any other: producers cannot forge replay counts.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from kafka import TopicPartition
 
 from streams.assembly import load_policy_set
 from streams.contracts.registry import HttpSchemaRegistry
+from streams.dlq.ledger import Ledger, ledger_topic, read_ledger
+from streams.dlq.letters import DeadLetter, parse
 from streams.domain.generate import GeneratorSettings, generate_events
 from streams.domain.geography import DEFAULT_GEOGRAPHY
 from streams.kafka.offsets import ReadRecord, read_from, wait_for_lag_zero
@@ -32,6 +36,8 @@ from streams.stack.settings import Endpoints
 from .conftest import Env, Worker, make_env
 
 STRAY_ID = "97500000-0000-4000-8000-000000000975"
+FORGED_ID = "99000000-0000-4000-8000-000000000099"
+FORGED_HEADERS = (("dlq.replay.count", b"99"), ("dlq.replay.of", b"screening.results.dlq.v1:0:0"))
 
 
 def _read_all(env: Env, topic: str) -> list[ReadRecord]:
@@ -65,11 +71,13 @@ def round_trip(stack: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> It
     encoder = event_encoder(HttpSchemaRegistry(env.settings.registry_url), env.settings.ingress_topic, 1)
     events = list(generate_events(12, GeneratorSettings(seed=975, positive_share=0.5)))
     stray = dict(events[0], event_id=STRAY_ID, commune_code="97501", result="POSITIVE", processing_mode="P")
+    forged = dict(events[1], event_id=FORGED_ID, nir=events[1]["nir"][:13] + "00")  # invalid NIR key
+    records = [*framed_events([*events, stray], encoder), (FORGED_ID.encode(), encoder.encode(forged), FORGED_HEADERS)]
     asyncio.run(
         publish_raw(
             env.settings.bootstrap_servers,
             env.settings.ingress_topic,
-            framed_events([*events, stray], encoder),
+            records,
             env.partitions[env.settings.ingress_topic],
         )
     )
@@ -82,6 +90,9 @@ def round_trip(stack: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> It
         seen["replay_before_fix"] = _cli(env, "replay", "--code", "unknown_commune")
         _drain(env)
         seen["dlq_after_failed_replay"] = _read_all(env, env.settings.dlq_topic)
+        seen["replay_forged"] = _cli(env, "replay", "--code", "invalid_nir")
+        _drain(env)
+        seen["dlq_after_forged_replay"] = _read_all(env, env.settings.dlq_topic)
     finally:
         seen["exit_1"] = before_fix.stop()
         seen["log_1"] = before_fix.log()
@@ -100,6 +111,8 @@ def round_trip(stack: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> It
         )
         _drain(env)
         seen["dlq_final"] = _read_all(env, env.settings.dlq_topic)
+        ledger = TopicPartition(ledger_topic(env.settings.topic_prefix), 0)  # one partition
+        seen["ledger"] = read_ledger(read_from(env.settings.bootstrap_servers, {ledger: 0}))
         seen["list"] = _cli(env, "list")
         seen["show"] = _cli(env, "show", "--code", "unknown_commune", "--limit", "5", "--hex")
     finally:
@@ -112,23 +125,46 @@ def _headers(record: ReadRecord) -> dict[str, str]:
     return {k: v.decode() for k, v in record.headers if k.startswith("dlq.")}
 
 
+def _keyed(records: list[ReadRecord], key: str) -> list[ReadRecord]:
+    return [r for r in records if r.key == key.encode()]
+
+
+def _letters(round_trip: dict[str, Any], records: list[ReadRecord], key: str) -> list[DeadLetter]:
+    """The dead letters of ``key``, their replay ranks read from the final ledger, in replay order."""
+    ledger: Ledger = round_trip["ledger"]
+    return sorted((parse(r, ledger) for r in _keyed(records, key)), key=lambda d: d.replay_count or 0)
+
+
 def test_event_of_a_department_in_no_region_is_dead_lettered_as_unknown_commune(round_trip: dict[str, Any]) -> None:
     """Commune 97501 (department 975) is quarantined with unknown_commune, raw input kept; valid events are not."""
     assert round_trip["exit_1"] == 0, round_trip["log_1"][-2000:]
-    (record,) = round_trip["dlq_initial"]
-    assert record.key == STRAY_ID.encode()
+    assert {r.key for r in round_trip["dlq_initial"]} == {STRAY_ID.encode(), FORGED_ID.encode()}
+    (record,) = _keyed(round_trip["dlq_initial"], STRAY_ID)
     headers = _headers(record)
-    assert headers["dlq.reason.code"] == "unknown_commune" and headers["dlq.replay.count"] == "0"
+    assert headers["dlq.reason.code"] == "unknown_commune" and "dlq.replay.count" not in headers
+    (letter,) = _letters(round_trip, round_trip["dlq_initial"], STRAY_ID)
+    assert (letter.replay_count, letter.replay_of) == (0, None)
 
 
 def test_a_replay_that_fails_again_returns_once_with_count_plus_one(round_trip: dict[str, Any]) -> None:
     """Before the fix, a replay terminates after one record and yields one new dead letter: count 1, traceable."""
     assert round_trip["replay_before_fix"].startswith("replayed 1 dead letters")
-    original, again = sorted(round_trip["dlq_after_failed_replay"], key=lambda r: _headers(r)["dlq.replay.count"])
-    assert again.key == original.key and again.value == original.value
-    assert _headers(again)["dlq.replay.count"] == "1"
-    assert _headers(again)["dlq.replay.of"] == f"{original.topic}:{original.partition}:{original.offset}"
-    assert _headers(again)["dlq.reason.code"] == "unknown_commune"
+    original, again = _letters(round_trip, round_trip["dlq_after_failed_replay"], STRAY_ID)
+    assert again.record.key == original.record.key and again.record.value == original.record.value
+    assert (original.replay_count, again.replay_count) == (0, 1)
+    assert again.replay_of == original.coordinates
+    assert again.code == "unknown_commune"
+
+
+def test_a_forged_replay_count_is_dropped_and_the_record_is_replayed(round_trip: dict[str, Any]) -> None:
+    """dlq.replay.count: 99 set by the producer never reaches the DLQ; `dlq replay` replays the record (count 1)."""
+    (first,) = _keyed(round_trip["dlq_initial"], FORGED_ID)
+    headers = _headers(first)
+    assert headers["dlq.reason.code"] == "invalid_nir"
+    assert "dlq.replay.count" not in headers and "dlq.replay.of" not in headers
+    assert round_trip["replay_forged"].startswith("replayed 1 dead letters to")
+    original, again = _letters(round_trip, round_trip["dlq_after_forged_replay"], FORGED_ID)
+    assert (original.replay_count, again.replay_count, again.replay_of) == (0, 1, original.coordinates)
 
 
 def test_after_the_geography_fix_one_replay_delivers_the_event_exactly_once(round_trip: dict[str, Any]) -> None:
@@ -145,13 +181,15 @@ def test_after_the_geography_fix_one_replay_delivers_the_event_exactly_once(roun
     for topic, ref in expected.items():
         copies = [r for r in _read_all(env, topic) if r.key == ref.encode()]
         assert len(copies) == 1, f"{topic}: {len(copies)} copies"
-    assert len(round_trip["dlq_final"]) == len(round_trip["dlq_after_failed_replay"]) == 2
+    stray = [_keyed(round_trip[k], STRAY_ID) for k in ("dlq_final", "dlq_after_failed_replay")]
+    assert len(stray[0]) == len(stray[1]) == 2
 
 
 def test_later_replays_send_nothing_unless_asked_again(round_trip: dict[str, Any]) -> None:
     """A second replay skips DLQ records already sent back; --again would resend them, bounded by --max-replays."""
     out = round_trip["replay_again_unasked"]
     assert out.startswith("replayed 0 dead letters") and "skipped 2 an earlier replay already sent back" in out
+    assert all(letter.replay_count is not None for letter in _letters(round_trip, round_trip["dlq_final"], STRAY_ID))
     assert "dry run: would replay 2 dead letters" in round_trip["replay_again_dry_run"]
     capped = round_trip["replay_again_capped"]
     assert "dry run: would replay 1 dead letters" in capped
@@ -164,7 +202,7 @@ def test_list_and_show_describe_without_identifying_data(round_trip: dict[str, A
     row = next(line.split() for line in listing.splitlines() if line.startswith("unknown_commune"))
     assert row[1:] == ["validate", round_trip["env"].settings.ingress_topic, "2", "1"]
     shown = round_trip["show"]
-    assert shown.count("dead letter ") == 2 and "dlq.replay.of" in shown
+    assert shown.count("dead letter ") == 2 and "(a replay of " in shown and "0 (an original failure)" in shown
     stray = round_trip["stray"]
     for field in ("nir", "last_name", "first_names", "phone", "email", "postcode", "city"):
         value = stray.get(field)
