@@ -1,18 +1,21 @@
-"""The runner's confluent-kafka (librdkafka) clients: their configuration and error classes.
+"""The runner's confluent-kafka (librdkafka) clients: configuration, error classes, interfaces.
 
 Kept apart from the loop in :mod:`streams.kafka.transactional` so the settings that carry the
 guarantees (isolation, static membership, transaction timeout, record sizes) are in one place
-and unit-tested without a broker.
+and unit-tested without a broker; the ``*Like`` protocols are what the runner needs of the
+clients (fakes implement them in unit tests), :class:`RunnerListener` what metrics hook into.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, cast
 
-from confluent_kafka import KafkaError
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from streams.pipeline import InputRecord, OutputRecord
 from streams.settings import DLQ_HEADROOM_BYTES, Settings
 
 #: Produce errors that no retry can fix: the record, the topic's limits or the ACLs must change.
@@ -141,3 +144,110 @@ def error_of(exc: BaseException) -> KafkaError | None:
     if args and isinstance(args[0], KafkaError):
         return args[0]
     return None
+
+
+class MessageLike(Protocol):
+    """The part of ``confluent_kafka.Message`` the runner reads."""
+
+    def error(self) -> KafkaError | None: ...
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+    def key(self) -> bytes | None: ...
+    def value(self) -> bytes | None: ...
+    def headers(self) -> list[tuple[str, bytes]] | None: ...
+    def timestamp(self) -> tuple[int, int]: ...
+
+
+RebalanceCallback = Callable[[Any, list[TopicPartition]], None]
+
+
+class ConsumerLike(Protocol):
+    """The part of ``confluent_kafka.Consumer`` the runner uses (a fake in unit tests)."""
+
+    def subscribe(
+        self,
+        topics: list[str],
+        on_assign: RebalanceCallback | None = None,
+        on_revoke: RebalanceCallback | None = None,
+        on_lost: RebalanceCallback | None = None,
+    ) -> None: ...
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> Sequence[MessageLike]: ...
+    def seek(self, partition: TopicPartition) -> None: ...
+    def committed(self, partitions: list[TopicPartition], timeout: float = -1) -> list[TopicPartition]: ...
+    def consumer_group_metadata(self) -> Any: ...
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> Any: ...
+    def close(self) -> None: ...
+
+
+DeliveryCallback = Callable[[KafkaError | None, Any], None]
+
+
+class ProducerLike(Protocol):
+    """The part of ``confluent_kafka.Producer`` the runner uses (a fake in unit tests)."""
+
+    def init_transactions(self, timeout: float = -1) -> None: ...
+    def begin_transaction(self) -> None: ...
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int = -1,
+        on_delivery: DeliveryCallback | None = None,
+        timestamp: int = 0,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> None: ...
+    def poll(self, timeout: float = -1) -> int: ...
+    def flush(self, timeout: float = -1) -> int: ...
+    def send_offsets_to_transaction(
+        self, positions: list[TopicPartition], group_metadata: Any, timeout: float = -1
+    ) -> None: ...
+    def commit_transaction(self, timeout: float = -1) -> None: ...
+    def abort_transaction(self, timeout: float = -1) -> None: ...
+
+
+class RunnerListener(Protocol):
+    """Hooks for metrics and health (``streams.ops``): called from the runner thread."""
+
+    def committed(self, records: Sequence[InputRecord], outputs: Sequence[OutputRecord]) -> None:
+        """A batch's outputs and offsets committed (count here, never before)."""
+
+    def aborted(self) -> None:
+        """A transaction (or an at-least-once delivery round) failed and its batch will be redone."""
+
+    def fenced(self) -> None:
+        """A producer was fenced and replaced."""
+
+    def polled(self) -> None:
+        """The loop went round (liveness)."""
+
+
+class NoListener:
+    """The listener that does nothing (the default)."""
+
+    def committed(self, records: Sequence[InputRecord], outputs: Sequence[OutputRecord]) -> None:
+        pass
+
+    def aborted(self) -> None:
+        pass
+
+    def fenced(self) -> None:
+        pass
+
+    def polled(self) -> None:
+        pass
+
+
+ConsumerFactory = Callable[[dict[str, Any]], ConsumerLike]
+ProducerFactory = Callable[[dict[str, Any]], ProducerLike]
+
+
+def confluent_consumer(config: dict[str, Any]) -> ConsumerLike:
+    """A real confluent-kafka consumer."""
+    return cast(ConsumerLike, Consumer(config))
+
+
+def confluent_producer(config: dict[str, Any]) -> ProducerLike:
+    """A real confluent-kafka producer."""
+    return cast(ProducerLike, Producer(config))

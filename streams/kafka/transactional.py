@@ -47,19 +47,28 @@ the offsets; a crash between flush and commit delivers the batch again.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from streams.errors import RegistryError, ScreeningStreamsError
 from streams.kafka.clients import (
     FENCED,
     PURGED,
+    ConsumerFactory,
+    ConsumerLike,
+    NoListener,
+    ProducerFactory,
+    ProducerLike,
+    RunnerListener,
+    confluent_consumer,
+    confluent_producer,
     consumer_config,
     describe,
     error_of,
@@ -80,79 +89,6 @@ TP = tuple[str, int]
 
 class RunnerFatal(ScreeningStreamsError):
     """The runner cannot go on without losing or duplicating data; the worker must stop."""
-
-
-class MessageLike(Protocol):
-    """The part of ``confluent_kafka.Message`` the runner reads."""
-
-    def error(self) -> KafkaError | None: ...
-    def topic(self) -> str | None: ...
-    def partition(self) -> int | None: ...
-    def offset(self) -> int | None: ...
-    def key(self) -> bytes | None: ...
-    def value(self) -> bytes | None: ...
-    def headers(self) -> list[tuple[str, bytes]] | None: ...
-    def timestamp(self) -> tuple[int, int]: ...
-
-
-RebalanceCallback = Callable[[Any, list[TopicPartition]], None]
-
-
-class ConsumerLike(Protocol):
-    """The part of ``confluent_kafka.Consumer`` the runner uses (a fake in unit tests)."""
-
-    def subscribe(
-        self,
-        topics: list[str],
-        on_assign: RebalanceCallback | None = None,
-        on_revoke: RebalanceCallback | None = None,
-        on_lost: RebalanceCallback | None = None,
-    ) -> None: ...
-    def consume(self, num_messages: int = 1, timeout: float = -1) -> Sequence[MessageLike]: ...
-    def seek(self, partition: TopicPartition) -> None: ...
-    def committed(self, partitions: list[TopicPartition], timeout: float = -1) -> list[TopicPartition]: ...
-    def consumer_group_metadata(self) -> Any: ...
-    def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> Any: ...
-    def close(self) -> None: ...
-
-
-DeliveryCallback = Callable[[KafkaError | None, Any], None]
-
-
-class ProducerLike(Protocol):
-    """The part of ``confluent_kafka.Producer`` the runner uses (a fake in unit tests)."""
-
-    def init_transactions(self, timeout: float = -1) -> None: ...
-    def begin_transaction(self) -> None: ...
-    def produce(
-        self,
-        topic: str,
-        value: bytes | None = None,
-        key: bytes | None = None,
-        partition: int = -1,
-        on_delivery: DeliveryCallback | None = None,
-        timestamp: int = 0,
-        headers: Sequence[tuple[str, bytes]] | None = None,
-    ) -> None: ...
-    def poll(self, timeout: float = -1) -> int: ...
-    def flush(self, timeout: float = -1) -> int: ...
-    def send_offsets_to_transaction(
-        self, positions: list[TopicPartition], group_metadata: Any, timeout: float = -1
-    ) -> None: ...
-    def commit_transaction(self, timeout: float = -1) -> None: ...
-    def abort_transaction(self, timeout: float = -1) -> None: ...
-
-
-ConsumerFactory = Callable[[dict[str, Any]], ConsumerLike]
-ProducerFactory = Callable[[dict[str, Any]], ProducerLike]
-
-
-def _confluent_consumer(config: dict[str, Any]) -> ConsumerLike:
-    return cast(ConsumerLike, Consumer(config))
-
-
-def _confluent_producer(config: dict[str, Any]) -> ProducerLike:
-    return cast(ProducerLike, Producer(config))
 
 
 @dataclass
@@ -204,11 +140,11 @@ class Runner:
         pipeline: Pipeline,
         partitions: Mapping[str, int],
         *,
-        consumer_factory: ConsumerFactory = _confluent_consumer,
-        producer_factory: ProducerFactory = _confluent_producer,
+        consumer_factory: ConsumerFactory = confluent_consumer,
+        producer_factory: ProducerFactory = confluent_producer,
         sleep: Callable[[float], object] | None = None,
-        poll_timeout_s: float = 0.2,
         max_backoff_s: float = 5.0,
+        listener: RunnerListener | None = None,
     ) -> None:
         """Process ``settings.ingress_topic``; ``partitions`` gives each output topic's count.
 
@@ -219,11 +155,14 @@ class Runner:
         self.partitions = dict(partitions)
         self.exactly_once = settings.processing_guarantee == "exactly_once"
         self.stats = RunnerStats()
+        self.listener: RunnerListener = listener or NoListener()
         self._consumer_factory = consumer_factory
         self._producer_factory = producer_factory
         self._stopping = threading.Event()
         self._sleep = sleep or self._stopping.wait
-        self._poll_timeout_s = poll_timeout_s
+        # How long one poll waits for a first record (then it takes whatever is already fetched,
+        # up to batch_size): a batch never waits to fill, so latency stays one commit round trip.
+        self._poll_timeout_s = max(0.01, settings.batch_within_s)
         self._max_backoff_s = max_backoff_s
         self._max_batch = max(1, settings.batch_size)
         self._txn_timeout_s = settings.transaction_timeout_ms / 1000
@@ -261,6 +200,7 @@ class Runner:
                     self._producer = self._open_producer()
                     continue
                 batch = self._poll(consumer)
+                self.listener.polled()
                 if batch is not None:
                     self._handle(consumer, batch)
         finally:
@@ -455,9 +395,13 @@ class Runner:
         except KafkaException as exc:
             self._failed(consumer, batch, producer, error_of(exc), failures)
             return
+        self._done(batch, work)
+
+    def _done(self, batch: _Batch, work: list[tuple[InputRecord, list[OutputRecord]]]) -> None:
         self.stats.transactions += 1
         self.stats.records += len(batch.records)
         self._backoff_s = 0.0
+        self.listener.committed(batch.records, [out for _, outputs in work for out in outputs])
 
     def _retrying(self, call: Callable[[], None], attempts: int = 3) -> None:
         """Call; repeat a retriable failure (the operation goes on in the background) a few times."""
@@ -481,6 +425,9 @@ class Runner:
     ) -> None:
         """A transaction failed: abort or drop the producer, rewind, back off; stop on permanent errors."""
         self.stats.aborts += 1
+        self.listener.aborted()
+        with contextlib.suppress(KafkaException, RuntimeError):
+            producer.poll(0)  # serve the delivery reports that explain the failure
         permanent = next((f for f in failures if is_permanent(f.error)), None)
         usable = error is not None and not error.fatal() and (error.txn_requires_abort() or error.retriable())
         if usable:
@@ -489,9 +436,12 @@ class Runner:
             except KafkaException as exc:
                 usable = False
                 error = error_of(exc) or error
+        if permanent is not None:
+            raise RunnerFatal(_permanent_message(permanent))
         if not usable:
             if error is not None and error.code() in FENCED:
                 self.stats.fenced += 1
+                self.listener.fenced()
             log.warning(
                 "transaction failed fatally for this producer (%s); a new producer takes over, "
                 "the batch of %d records is processed again",
@@ -505,8 +455,6 @@ class Runner:
                 describe(error),
                 len(batch.records),
             )
-        if permanent is not None:
-            raise RunnerFatal(_permanent_message(permanent))
         self._rewind(consumer, batch)
         self._back_off()
 
@@ -528,6 +476,7 @@ class Runner:
             raise RunnerFatal(_permanent_message(permanent))
         if left != 0 or failures:
             self.stats.aborts += 1
+            self.listener.aborted()
             log.warning("%d deliveries failed; the batch is sent again", len(failures) or abs(left))
             self._rewind(consumer, batch)
             self._back_off()
@@ -536,9 +485,7 @@ class Runner:
             consumer.commit(offsets=batch.positions(), asynchronous=False)
         except KafkaException as exc:  # e.g. the partitions moved: their next owner re-delivers
             log.warning("offset commit failed (%s); the batch may be delivered again", describe(error_of(exc)))
-        self.stats.transactions += 1
-        self.stats.records += len(batch.records)
-        self._backoff_s = 0.0
+        self._done(batch, work)
 
     # ------------------------------------------------------------------ recovery
     def _rewind(self, consumer: ConsumerLike, batch: _Batch) -> None:

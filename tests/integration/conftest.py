@@ -14,9 +14,11 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,8 +77,8 @@ class Env:
         return wait_for_lag_zero(s.bootstrap_servers, s.group_id, s.ingress_topic, timeout_s=timeout_s)
 
 
-def make_env(stack: Endpoints, tmp: Path, name: str) -> Env:
-    """Create a fresh topic namespace with throw-away keys on the shared stack."""
+def make_env(stack: Endpoints, tmp: Path, name: str, **settings_changes: Any) -> Env:
+    """Create a fresh topic namespace with throw-away keys on the shared stack (``settings_changes`` on top)."""
     from streams.policy.pseudonyms import generate_keys, write_key_file
 
     prefix = f"it.{name}.{uuid.uuid4().hex[:8]}."
@@ -86,6 +88,7 @@ def make_env(stack: Endpoints, tmp: Path, name: str) -> Env:
         topic_prefix=prefix,
         state_dir=tmp,
         batch_within_s=0.02,
+        **settings_changes,
     )
     policy_set = load_policy_set(settings)
     keys = generate_keys(agency_names(policy_set))
@@ -93,6 +96,102 @@ def make_env(stack: Endpoints, tmp: Path, name: str) -> Env:
     write_key_file(keys_file, keys)
     partitions = create_topics(settings, output_topics(policy_set))
     return Env(settings, partitions, keys_file, StaticKeyRing(keys))
+
+
+def publish_events(env: Env, count: int, seed: int) -> list[dict[str, Any]]:
+    """Generate ``count`` valid events (30 % positive) and publish them to the ingress topic."""
+    from streams.contracts.registry import HttpSchemaRegistry
+    from streams.domain.generate import GeneratorSettings, generate_events
+    from streams.kafka.publish import event_encoder, framed_events
+
+    events = list(generate_events(count, GeneratorSettings(seed=seed, positive_share=0.3)))
+    encoder = event_encoder(HttpSchemaRegistry(env.settings.registry_url), env.settings.ingress_topic, 1)
+    env.publish(framed_events(events, encoder))
+    return events
+
+
+def expected_pairs(env: Env, events: Iterable[Mapping[str, Any]]) -> set[tuple[str, bytes]]:
+    """Every (agency topic, event_ref) the policies derive from ``events``, in-process, with the same keys."""
+    from streams.domain.geography import DEFAULT_GEOGRAPHY
+    from streams.policy.engine import Minimiser
+
+    policy_set = load_policy_set(env.settings)
+    minimiser = Minimiser(policy_set.policies, policy_set.input_schema, env.keys, DEFAULT_GEOGRAPHY)
+    return {
+        (env.settings.topic_prefix + view.agency.topic, view.record["event_ref"].encode())
+        for event in events
+        for view in minimiser.apply(dict(event))
+    }
+
+
+def committed_keys(env: Env, topics: Iterable[str], idle_timeout_s: float = 30.0) -> Counter[tuple[str, bytes | None]]:
+    """Every (topic, key) a read_committed reader finds on ``topics``, from the beginning to the end.
+
+    An independent confluent-kafka consumer (not the worker's code): assigned all partitions,
+    it reads until each reports end of partition (past transaction markers).
+    """
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError
+    from confluent_kafka import TopicPartition as CTopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": env.settings.bootstrap_servers,
+            "group.id": f"audit-{uuid.uuid4().hex}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    tps = [CTopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in range(env.partitions[t])]
+    consumer.assign(tps)
+    pending = {(tp.topic, tp.partition) for tp in tps}
+    keys: Counter[tuple[str, bytes | None]] = Counter()
+    idle_since = time.monotonic()
+    try:
+        while pending and time.monotonic() - idle_since < idle_timeout_s:
+            for message in consumer.consume(10_000, 0.5):
+                idle_since = time.monotonic()
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        pending.discard((str(message.topic()), int(message.partition() or 0)))
+                    continue
+                keys[(str(message.topic()), message.key())] += 1
+    finally:
+        consumer.close()
+    assert not pending, f"partitions not read to their end: {sorted(pending)[:5]}"
+    return keys
+
+
+def audit_delivery(env: Env, events: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Compare what a read_committed reader finds on the agency topics with what the policies derive."""
+    events = list(events)
+    expected = expected_pairs(env, events)
+    s = env.settings
+    outputs = [t for t in env.partitions if t not in (s.ingress_topic, s.audit_topic, s.dlq_topic)]
+    delivered = committed_keys(env, outputs)
+    dead = committed_keys(env, [s.dlq_topic])
+    return {
+        "events": len(events),
+        "expected": len(expected),
+        "delivered": len(delivered),
+        "missing": len(expected - set(delivered)),
+        "unexpected": len(set(delivered) - expected),
+        "duplicated": sum(n - 1 for n in delivered.values() if n > 1),
+        "dead_lettered": sum(dead.values()),
+    }
+
+
+def lag_retrying(env: Env) -> int:
+    """The group's lag; the coordinator may be briefly unavailable while members come and go."""
+    from streams.kafka.offsets import KafkaIOError, group_lag
+
+    for _ in range(50):
+        try:
+            return group_lag(env.settings.bootstrap_servers, env.settings.group_id, env.settings.ingress_topic)
+        except KafkaIOError:
+            time.sleep(0.2)
+    raise AssertionError("group offsets unreadable for 10 s")
 
 
 _STARTED: list[subprocess.Popen[bytes]] = []
@@ -122,6 +221,11 @@ class Worker:
                 stderr=subprocess.STDOUT,
             )
         _STARTED.append(self.process)
+
+    def signal(self, signum: int) -> None:
+        """Send a signal (SIGSTOP, SIGCONT, SIGKILL, ...) to the worker if it still runs."""
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signum)
 
     def stop(self) -> int:
         """SIGTERM and wait; return the exit code."""

@@ -350,3 +350,36 @@ def test_runner_thread_returns_quietly_after_stop() -> None:
     codes: list[int] = []
     run_runner_thread(cast(Runner, Stopped()), exit_process=codes.append)
     assert codes == []
+
+
+def test_listener_counts_only_committed_batches() -> None:
+    """The listener hears about a batch once, when it commits; an aborted attempt is an abort, not a count."""
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.committed_records = 0
+            self.committed_outputs = 0
+            self.aborts = 0
+            self.fences = 0
+            self.polls = 0
+
+        def committed(self, records: Any, outputs: Any) -> None:
+            self.committed_records += len(records)
+            self.committed_outputs += len(outputs)
+
+        def aborted(self) -> None:
+            self.aborts += 1
+
+        def fenced(self) -> None:
+            self.fences += 1
+
+        def polled(self) -> None:
+            self.polls += 1
+
+    h = Harness(records=3)
+    recorder = Recorder()
+    h.runner.listener = recorder
+    h.producer_faults.append({"commit_transaction": [abortable(), fatal(KafkaError.PRODUCER_FENCED)]})
+    h.run_until_drained()
+    assert (recorder.committed_records, recorder.committed_outputs) == (6, 12)
+    assert recorder.aborts == 2 and recorder.fences == 1 and recorder.polls >= 3
