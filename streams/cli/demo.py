@@ -68,7 +68,7 @@ def run_demo(count: int, seed: int, keep_running: bool, echo: Echo = print) -> N
     )
     agencies, outputs = _agencies_and_topics(settings)
     keys_file = state / "throwaway-keys.json"
-    write_key_file(keys_file, generate_keys(agencies))
+    write_key_file(keys_file, generate_keys(agencies), force=True)  # fresh throw-away keys each run
     echo(f"throw-away pseudonymisation keys for {len(agencies)} agencies: {keys_file}")
 
     partitions = create_topics(settings, outputs)

@@ -108,17 +108,17 @@ def keys() -> None:
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
-    envvar="SCREENING_KEYS_FILE",
     required=True,
-    help="Key file to write (JSON, mode 0600).",
+    help="Key file to create (JSON, mode 0600). No environment fallback: SCREENING_KEYS_FILE names live keys.",
 )
-def keys_generate(out: Path) -> None:
-    """Write throw-away random keys for every agency (demos and tests; never commit them)."""
+@click.option("--force", is_flag=True, default=False, help="Replace an existing key file (no environment fallback).")
+def keys_generate(out: Path, force: bool) -> None:
+    """Write throw-away random keys for every agency (demos and tests; never commit them); never overwrites."""
     from streams.assembly import agency_names, load_policy_set
     from streams.policy.pseudonyms import generate_keys, write_key_file
 
     agencies = agency_names(load_policy_set(_settings()))
-    write_key_file(out, generate_keys(agencies))
+    write_key_file(out, generate_keys(agencies), force=force)
     click.echo(f"wrote keys for {len(agencies)} agencies to {out}")
 
 

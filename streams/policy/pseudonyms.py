@@ -2,7 +2,9 @@
 
 Two agencies hold different keys, so their pseudonyms for one person cannot be joined, and
 nobody without a key can reverse a pseudonym by hashing every possible NIR.
-Keys never sit in the repository: they come from a key file or the environment.
+Keys never sit in the repository: they come from a key file or the environment. A key ring
+refuses two agencies sharing a key; a key file must be its owner's alone (no group or other
+permission bit) and is never overwritten unless asked (``force``, then atomically, 0600).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import hmac
 import json
 import os
 import secrets
+import stat
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -39,9 +43,16 @@ class StaticKeyRing:
         """Hold ``keys`` (agency -> secret); ``source`` names where they came from in errors."""
         self._keys = dict(keys)
         self.source = source
-        for agency, key in self._keys.items():
+        owners: dict[bytes, str] = {}
+        for agency, key in sorted(self._keys.items()):
             if len(key) < 16:
                 raise ConfigError(f"{source}: key for agency {agency!r} is shorter than 16 bytes")
+            if key in owners:
+                raise ConfigError(
+                    f"{source}: agencies {owners[key]!r} and {agency!r} share one key "
+                    "(their pseudonyms could be joined): give each agency its own"
+                )
+            owners[key] = agency
 
     def key_for(self, agency: str) -> bytes:
         """Return the key of ``agency`` or fail naming the key source and the agency."""
@@ -52,7 +63,18 @@ class StaticKeyRing:
 
     @classmethod
     def from_file(cls, path: Path) -> StaticKeyRing:
-        """Load a JSON object ``{agency: hex key}`` (see :func:`write_key_file`)."""
+        """Load a JSON object ``{agency: hex key}`` (see :func:`write_key_file`) from an owner-only file."""
+        try:
+            mode = path.stat().st_mode
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot load pseudonymisation keys: {exc}") from exc
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"{path}: cannot load pseudonymisation keys: not a regular file")
+        if mode & 0o077:
+            raise ConfigError(
+                f"{path}: key file has mode 0{stat.S_IMODE(mode):o}, open to group or others: "
+                f"refused (run `chmod 600 {path}`)"
+            )
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
             keys = {str(k): bytes.fromhex(str(v)) for k, v in raw.items()}
@@ -91,13 +113,33 @@ def generate_keys(agencies: Iterable[str], token: Callable[[int], bytes] = secre
     return {agency: token(KEY_BYTES) for agency in agencies}
 
 
-def write_key_file(path: Path, keys: Mapping[str, bytes]) -> None:
-    """Write keys as JSON ``{agency: hex}`` readable only by the owner."""
+def write_key_file(path: Path, keys: Mapping[str, bytes], *, force: bool = False) -> None:
+    """Write keys as JSON ``{agency: hex}``, mode 0600 from creation; never overwrite unless ``force``.
+
+    Without ``force`` the file is created exclusively (``O_EXCL``: an existing file or symlink,
+    even dangling, is refused). With ``force`` a new 0600 file is written beside it and renamed
+    over it, so the old file is replaced, never rewritten in place.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # the mode above applies only when the file is created
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump({k: v.hex() for k, v in sorted(keys.items())}, handle, indent=1)
+    content = json.dumps({k: v.hex() for k, v in sorted(keys.items())}, indent=1)
+    if not force:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            raise ConfigError(f"{path} already exists: not overwritten (--force replaces it)") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot write the key file: {exc}") from exc
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(content)
+        return
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(content)
+        os.replace(temporary, path)
+    except OSError as exc:
+        Path(temporary).unlink(missing_ok=True)
+        raise ConfigError(f"{path}: cannot replace the key file: {exc}") from exc
 
 
 def make_pseudonymiser(key: bytes, domain: str, cache_size: int = 1 << 16) -> Callable[[str], str]:

@@ -89,18 +89,74 @@ def test_key_file_round_trip_and_owner_only_mode(tmp_path: Path) -> None:
     assert ring.source == str(path)
 
 
-def test_rewriting_a_key_file_makes_it_private(tmp_path: Path) -> None:
-    """Overwriting an existing world-readable key file replaces its content and sets mode 0600."""
+def test_writing_a_key_file_never_overwrites_one(tmp_path: Path) -> None:
+    """An existing key file (or a symlink, even dangling) is never replaced without force: ConfigError, file intact."""
+    path = tmp_path / "keys.json"
+    write_key_file(path, {"cnam": KEY_A, "spf": KEY_B})
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match=r"keys\.json already exists"):
+        write_key_file(path, {"cnam": KEY_B, "spf": KEY_A})
+    assert path.read_bytes() == before
+    link = tmp_path / "link.json"
+    link.symlink_to(tmp_path / "elsewhere.json")
+    with pytest.raises(ConfigError, match=r"link\.json already exists"):
+        write_key_file(link, {"cnam": KEY_A})
+    assert not (tmp_path / "elsewhere.json").exists()
+
+
+def test_forced_rewrite_replaces_the_file_privately(tmp_path: Path) -> None:
+    """With force, an existing world-readable file is replaced (not rewritten in place) by a 0600 one."""
     path = tmp_path / "keys.json"
     path.write_text("{}")
     path.chmod(0o644)
-    write_key_file(path, {"cnam": KEY_A, "spf": KEY_B})
+    old_inode = path.stat().st_ino
+    write_key_file(path, {"cnam": KEY_A, "spf": KEY_B}, force=True)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    write_key_file(path, {"cnam": KEY_B})
+    assert path.stat().st_ino != old_inode  # a new file: the old one's readers never see the new keys
+    write_key_file(path, {"cnam": KEY_B}, force=True)
     assert StaticKeyRing.from_file(path).key_for("cnam") == KEY_B
     with pytest.raises(ConfigError):
         StaticKeyRing.from_file(path).key_for("spf")
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keys.json"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o620, 0o602, 0o700 | 0o044])
+def test_key_file_open_to_group_or_others_is_refused_at_load(tmp_path: Path, mode: int) -> None:
+    """A key file any group or other permission bit is set on fails the load, naming the file and the fix."""
+    path = tmp_path / "keys.json"
+    write_key_file(path, {"cnam": KEY_A})
+    path.chmod(mode)
+    with pytest.raises(ConfigError, match=rf"keys\.json.*mode 0{mode:o}.*chmod 600") as caught:
+        StaticKeyRing.from_file(path)
+    assert KEY_A.hex() not in str(caught.value)
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400])
+def test_owner_only_key_files_load(tmp_path: Path, mode: int) -> None:
+    """Modes 0600 and 0400 are accepted."""
+    path = tmp_path / "keys.json"
+    write_key_file(path, {"cnam": KEY_A})
+    path.chmod(mode)
+    assert StaticKeyRing.from_file(path).key_for("cnam") == KEY_A
+
+
+def test_two_agencies_with_one_key_fail_the_load(tmp_path: Path) -> None:
+    """Agencies sharing a key could join their pseudonyms: refused from memory, a file or the environment."""
+    with pytest.raises(ConfigError, match=r"agencies 'ars\.11' and 'spf' share one key") as caught:
+        StaticKeyRing({"cnam": KEY_A, "spf": KEY_B, "ars.11": KEY_B})
+    assert KEY_B.hex() not in str(caught.value)
+    path = tmp_path / "keys.json"
+    write_key_file(path, {"cnam": KEY_A, "spf": KEY_A})
+    with pytest.raises(ConfigError, match=r"keys\.json: agencies 'cnam' and 'spf' share one key"):
+        StaticKeyRing.from_file(path)
+    with pytest.raises(ConfigError, match="environment: agencies 'cnam' and 'spf' share one key"):
+        StaticKeyRing.from_env({"SCREENING_KEY_CNAM": KEY_A.hex(), "SCREENING_KEY_SPF": KEY_A.hex()})
+
+
+def test_a_directory_is_not_a_key_file(tmp_path: Path) -> None:
+    """A key path that is a directory fails with ConfigError naming it."""
+    with pytest.raises(ConfigError, match="not a regular file"):
+        StaticKeyRing.from_file(tmp_path)
 
 
 @pytest.mark.parametrize("content", ["not json", '{"cnam": "zz"}', "[1, 2]"])
@@ -108,7 +164,8 @@ def test_unreadable_key_file_is_config_error(tmp_path: Path, content: str) -> No
     """A key file that is not a JSON object of hex keys fails with ConfigError naming the file."""
     path = tmp_path / "keys.json"
     path.write_text(content)
-    with pytest.raises(ConfigError, match=r"keys\.json"):
+    path.chmod(0o600)
+    with pytest.raises(ConfigError, match=r"keys\.json: cannot load pseudonymisation keys"):
         StaticKeyRing.from_file(path)
 
 
