@@ -13,6 +13,8 @@ from streams.errors import ConfigError
 INGRESS_TOPIC = "screening.results.v1"
 DLQ_TOPIC = "screening.results.dlq.v1"
 AUDIT_TOPIC = "screening.audit.v1"
+#: Compacted topic of every DLQ replay (coordinates and counts only; see ``streams.dlq.ledger``).
+REPLAY_LEDGER_TOPIC = "screening.results.dlq.replays.v1"
 
 GUARANTEES = ("exactly_once", "at_least_once")
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
@@ -69,6 +71,11 @@ class Settings:
     def audit_topic(self) -> str:
         """The audit topic, with the prefix."""
         return self.topic_prefix + AUDIT_TOPIC
+
+    @property
+    def replay_ledger_topic(self) -> str:
+        """The DLQ replay ledger topic, with the prefix."""
+        return self.topic_prefix + REPLAY_LEDGER_TOPIC
 
     @property
     def group_id(self) -> str:

@@ -19,9 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from streams.kafka.offsets import ReadRecord
-
-#: Compacted topic recording every replay (coordinates and counts only, no data).
-LEDGER_TOPIC = "screening.results.dlq.replays.v1"
+from streams.settings import REPLAY_LEDGER_TOPIC as LEDGER_TOPIC
 
 
 @dataclass(frozen=True)

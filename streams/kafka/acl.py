@@ -3,8 +3,10 @@
 Pure: produces :class:`AclBinding` values and ``kafka-acls.sh`` command lines; applying them
 (with kafka-python's admin client on a SASL-enabled cluster) is the next step of the roadmap.
 Principals: the screening system writes the ingress; the processor reads it and writes agency
-topics, dead letters and the audit; operators read dead letters and replay to the ingress;
-each agency (``ars.11``, ``cnam``, ``spf``...) reads exactly its topic.
+topics, dead letters and the audit; operators read dead letters and replay to the ingress, and
+alone read, write (and create) the replay ledger, where replay counts come from (so nobody else
+can make a dead letter look replayed, or not); each agency (``ars.11``, ``cnam``, ``spf``...)
+reads exactly its topic.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ class AclBinding:
     principal: str
     resource_type: str  # TOPIC | GROUP | TRANSACTIONAL_ID
     name: str
-    operation: str  # READ | WRITE | DESCRIBE
+    operation: str  # READ | WRITE | CREATE | DESCRIBE
     pattern: str = "LITERAL"  # or PREFIXED
 
     def command(self, bootstrap: str) -> str:
@@ -58,6 +60,9 @@ def acl_plan(settings: Settings, policy_set: PolicySet, geography: Geography = D
         AclBinding(PROCESSOR, "TOPIC", settings.audit_topic, "WRITE"),
         AclBinding(OPERATOR, "TOPIC", settings.dlq_topic, "READ"),
         AclBinding(OPERATOR, "TOPIC", settings.ingress_topic, "WRITE"),
+        AclBinding(OPERATOR, "TOPIC", settings.replay_ledger_topic, "READ"),
+        AclBinding(OPERATOR, "TOPIC", settings.replay_ledger_topic, "WRITE"),
+        AclBinding(OPERATOR, "TOPIC", settings.replay_ledger_topic, "CREATE"),  # `dlq replay` creates it once
     ]
     rules += [AclBinding(PROCESSOR, "TOPIC", topic, "WRITE") for topic in outputs]
     for agency, topic in zip(agency_names(policy_set, geography), outputs, strict=True):

@@ -46,3 +46,16 @@ def test_acl_plan_command_prints_kafka_acls_lines() -> None:
     lines = result.output.splitlines()
     assert all(line.startswith("kafka-acls.sh --bootstrap-server kafka:9092 --add") for line in lines)
     assert any("User:agency-ars.94" in line and "tracing.ars.94.results.v1" in line for line in lines)
+
+
+def test_the_replay_ledger_is_the_operators_alone(policy_set: PolicySet) -> None:
+    """Operators read, write and create the replay ledger (the source of replay counts); nobody else has a rule."""
+    settings = Settings(topic_prefix="stg.")
+    ledger = settings.replay_ledger_topic
+    assert ledger == "stg.screening.results.dlq.replays.v1"
+    on_ledger = {(r.principal, r.operation) for r in acl_plan(settings, policy_set) if r.name == ledger}
+    assert on_ledger == {(OPERATOR, "READ"), (OPERATOR, "WRITE"), (OPERATOR, "CREATE")}
+    line = next(
+        r.command("k:9092") for r in acl_plan(settings, policy_set) if r.name == ledger and r.operation == "CREATE"
+    )
+    assert f"--operation Create --topic {ledger} --resource-pattern-type literal" in line
