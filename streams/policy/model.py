@@ -194,12 +194,19 @@ def _field_rule(ctx: _Context, raw: Any, inputs: Mapping[str, FieldInfo]) -> Fie
         raise ctx.fail("`args` must be a mapping", name)
     for arg, value in args.items():
         expected = op.args.get(arg)
-        if expected is None or not isinstance(value, expected):
+        if expected is None:
             raise ctx.fail(
-                f"operator {op_name!r} has no argument {arg!r} of that type "
+                f"operator {op_name!r} has no argument {arg!r} "
                 f"(arguments: {dict((k, t.__name__) for k, t in op.args.items())})",
                 name,
             )
+        # YAML `true` is a bool, and bool is an int in Python: never accept one for the other.
+        if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
+            wrong = f"argument {arg!r} must be {expected.__name__}, not {type(value).__name__}"
+            raise ctx.fail(f"operator {op_name!r}: {wrong}", name)
+    problem = op.check_args(args)
+    if problem is not None:
+        raise ctx.fail(f"operator {op_name!r}: {problem}", name)
     purpose = raw.get("purpose")
     if not isinstance(purpose, str) or len(purpose.split()) < MIN_PURPOSE_WORDS:
         raise ctx.fail(

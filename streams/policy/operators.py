@@ -45,6 +45,8 @@ class Operator:
     build: Callable[[BuildContext, Mapping[str, Any]], ValueFn]
     args: Mapping[str, type] = field(default_factory=dict)  # allowed argument names and types
     emits: bool = True  # False for ``drop``: documents a refusal, produces nothing
+    #: Range checks of well-typed arguments: returns what is wrong, or None (run at policy load).
+    check_args: Callable[[Mapping[str, Any]], str | None] = lambda args: None
 
 
 OPERATORS: dict[str, Operator] = {}
@@ -112,6 +114,15 @@ register(
 )
 
 
+NORMALISERS = frozenset({"nir"})
+
+
+def _check_pseudonymise(args: Mapping[str, Any]) -> str | None:
+    if "normalise" in args and args["normalise"] not in NORMALISERS:
+        return f"argument 'normalise' must be one of {sorted(NORMALISERS)} (got {args['normalise']!r})"
+    return None
+
+
 def _build_pseudonymise(ctx: BuildContext, args: Mapping[str, Any]) -> ValueFn:
     # Memoise person identifiers (people are re-tested); unique ids (memoise: false) never hit.
     cache = (1 << 16) if args.get("memoise", True) else 0
@@ -129,6 +140,7 @@ register(
         output_type=lambda fields, args: "string",
         build=_build_pseudonymise,
         args={"normalise": str, "memoise": bool},
+        check_args=_check_pseudonymise,
     )
 )
 
@@ -143,9 +155,21 @@ register(
 )
 
 
+AGE_BAND_WIDTH, AGE_BAND_TOP = 10, 90  # the defaults
+
+
+def _check_age_band(args: Mapping[str, Any]) -> str | None:
+    width, top = args.get("width", AGE_BAND_WIDTH), args.get("top", AGE_BAND_TOP)
+    if width < 1:
+        return f"argument 'width' must be at least 1 (got {width})"
+    if top < width:
+        return f"argument 'top' ({top}) must be at least 'width' ({width})"
+    return None
+
+
 def _build_age_band(ctx: BuildContext, args: Mapping[str, Any]) -> ValueFn:
-    width = int(args.get("width", 10))
-    top = int(args.get("top", 90))
+    width = int(args.get("width", AGE_BAND_WIDTH))
+    top = int(args.get("top", AGE_BAND_TOP))
 
     def age_band(birth_days: int, at: int) -> str:
         born = _date_of(birth_days)
@@ -167,6 +191,7 @@ register(
         output_type=lambda fields, args: "string",
         build=_build_age_band,
         args={"width": int, "top": int},
+        check_args=_check_age_band,
     )
 )
 
@@ -225,6 +250,11 @@ register(
 )
 
 
+def _check_mask(args: Mapping[str, Any]) -> str | None:
+    keep_last = args.get("keep_last", 2)
+    return f"argument 'keep_last' must be at least 0 (got {keep_last})" if keep_last < 0 else None
+
+
 def _build_mask(ctx: BuildContext, args: Mapping[str, Any]) -> ValueFn:
     keep_last = int(args.get("keep_last", 2))
 
@@ -243,5 +273,6 @@ register(
         output_type=lambda fields, args: "string",
         build=_build_mask,
         args={"keep_last": int},
+        check_args=_check_mask,
     )
 )

@@ -194,3 +194,56 @@ def test_policy_version_is_a_hash_of_the_file() -> None:
     doc = _base()
     doc["fields"] = [{"name": "sex", "op": "keep", "purpose": "Count the cases by sex."}]
     assert first.version != _parse(doc).version  # type: ignore[attr-defined]
+
+
+def _with_field(field: dict[str, object]) -> dict[str, object]:
+    doc = _base()
+    doc["fields"] = [{**field, "purpose": "Needed by the recipient for its mission."}]
+    return doc
+
+
+AGE_BAND = {"name": "age", "from": ["birth_date", "sampled_at"], "op": "age_band"}
+MASK = {"name": "phone_hint", "from": "phone", "op": "mask"}
+PSEUDONYM = {"name": "person", "from": "nir", "op": "pseudonymise"}
+
+BAD_ARGUMENTS = {
+    "age_band width 0": (AGE_BAND, {"width": 0}, "argument 'width' must be at least 1 (got 0)"),
+    "age_band width -5": (AGE_BAND, {"width": -5}, "argument 'width' must be at least 1 (got -5)"),
+    "age_band width true (YAML boolean, not 1)": (AGE_BAND, {"width": True}, "argument 'width' must be int, not bool"),
+    "age_band width 2.5": (AGE_BAND, {"width": 2.5}, "argument 'width' must be int, not float"),
+    "age_band top below width": (AGE_BAND, {"width": 10, "top": 5}, "argument 'top' (5) must be at least 'width' (10)"),
+    "age_band top below the default width": (AGE_BAND, {"top": 0}, "argument 'top' (0) must be at least 'width' (10)"),
+    "age_band top false": (AGE_BAND, {"top": False}, "argument 'top' must be int, not bool"),
+    "age_band misspelt argument": (AGE_BAND, {"widht": 5}, "has no argument 'widht'"),
+    "mask keep_last -1": (MASK, {"keep_last": -1}, "argument 'keep_last' must be at least 0 (got -1)"),
+    "mask keep_last true": (MASK, {"keep_last": True}, "argument 'keep_last' must be int, not bool"),
+    "mask keep_last '2'": (MASK, {"keep_last": "2"}, "argument 'keep_last' must be int, not str"),
+    "pseudonymise normalise NIR": (PSEUDONYM, {"normalise": "NIR"}, "argument 'normalise' must be one of ['nir']"),
+    "pseudonymise memoise 1": (PSEUDONYM, {"memoise": 1}, "argument 'memoise' must be bool, not int"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ARGUMENTS))
+def test_operator_arguments_are_range_checked_at_load(case: str) -> None:
+    """Out-of-range, mistyped (a boolean is not an integer) or unknown arguments fail, naming file, recipient, field."""
+    field, args, expected = BAD_ARGUMENTS[case]
+    message = _error(_with_field({**field, "args": args}))
+    assert expected in message
+    assert message.startswith("lab.yaml: recipient 'lab', field ") and f"'{field['name']}'" in message
+
+
+@pytest.mark.parametrize(
+    ("field", "args"),
+    [
+        (AGE_BAND, {"width": 1, "top": 1}),
+        (AGE_BAND, {"width": 5, "top": 80}),
+        (AGE_BAND, {}),
+        (MASK, {"keep_last": 0}),
+        (MASK, {"keep_last": 4}),
+        (PSEUDONYM, {"normalise": "nir", "memoise": False}),
+    ],
+)
+def test_arguments_in_range_load(field: dict[str, object], args: dict[str, object]) -> None:
+    """The boundaries (width 1, top = width, keep_last 0) and the defaults are accepted."""
+    policy = _parse(_with_field({**field, "args": args}))
+    assert policy.fields[0].args == args  # type: ignore[attr-defined]
