@@ -16,8 +16,12 @@ from streams.contracts.codec import EventDecoder, ViewEncoder, register_encoder
 from streams.contracts.registry import SchemaRegistryClient
 from streams.contracts.schemas import Schema, canonical_json, input_schema, load_schema, schema_dir
 from streams.contracts.wire import frame
+from streams.crypto.envelope import FieldEncryptor
+from streams.crypto.ring import PublicKeyRing
+from streams.crypto.views import ViewSealer, encrypted_fields
 from streams.domain.geography import DEFAULT_GEOGRAPHY, Geography
 from streams.domain.validation import EventValidator, wall_clock_ms
+from streams.errors import ConfigError
 from streams.pipeline import Pipeline
 from streams.policy.engine import Minimiser, _regions_of
 from streams.policy.model import Policy, default_policy_dir, load_policies
@@ -61,6 +65,46 @@ def output_topics(policy_set: PolicySet, geography: Geography = DEFAULT_GEOGRAPH
     return _expand(policy_set, geography, lambda p, r: p.topic.replace("{region}", r or ""))
 
 
+def encrypting_agencies(policy_set: PolicySet, geography: Geography = DEFAULT_GEOGRAPHY) -> list[str]:
+    """Agencies whose policy encrypts fields: each needs a public key in force."""
+    encrypting = PolicySet(
+        tuple(p for p in policy_set.policies if any(r.op == "encrypt" for r in p.emitted)), policy_set.input_schema
+    )
+    return agency_names(encrypting, geography)
+
+
+def load_public_keys(settings: Settings) -> PublicKeyRing | None:
+    """The agencies' public keys from ``SCREENING_PUBLIC_KEYS_DIR`` (None when unset)."""
+    return PublicKeyRing.from_directory(settings.public_keys_dir) if settings.public_keys_dir else None
+
+
+def build_sealers(
+    settings: Settings,
+    minimiser: Minimiser,
+    schemas: dict[str, Schema],
+    public_keys: PublicKeyRing,
+    now_ms: int,
+) -> dict[str, ViewSealer]:
+    """One :class:`ViewSealer` per agency whose contract (``schemas`` by recipient) encrypts fields.
+
+    Fails when such a policy has no ``event_ref`` field, or an agency has no key in force at ``now_ms``.
+    """
+    encryptor = FieldEncryptor(public_keys, settings.key_epoch_s * 1000)
+    sealers = {}
+    for agency in minimiser.agencies:
+        fields = encrypted_fields(schemas[agency.recipient])
+        if not fields:
+            continue
+        if "event_ref" not in {r.name for r in agency.policy.emitted}:
+            raise ConfigError(
+                f"{agency.policy.path}: recipient {agency.recipient!r} encrypts fields but has no event_ref "
+                "output field, which binds each encrypted value to its record"
+            )
+        sealers[agency.agency] = ViewSealer(agency.agency, settings.topic_prefix + agency.topic, fields, encryptor)
+    public_keys.check_in_force(sealers, now_ms)
+    return sealers
+
+
 def subject_for(topic: str) -> str:
     """Confluent TopicNameStrategy subject of a topic's values."""
     return f"{topic}-value"
@@ -75,11 +119,14 @@ def build_pipeline(
     clock_ms: Callable[[], int] = wall_clock_ms,
     policy_set: PolicySet | None = None,
     audit_keys: AuditKeys | None = None,
+    public_keys: PublicKeyRing | None = None,
 ) -> Pipeline:
     """Build the full pipeline; registers every output contract with the registry.
 
     With ``audit_keys``, the pipeline drafts one audit decision record per input (see
-    :func:`build_audit_writer` for the writer that completes and chains them).
+    :func:`build_audit_writer` for the writer that completes and chains them). Fields the
+    policies encrypt are sealed to the agencies' ``public_keys``: without a ring, or without a
+    key in force now for every encrypting agency, building fails (nothing is sent in clear).
     """
     policy_set = policy_set or load_policy_set(settings, geography)
     minimiser = Minimiser(policy_set.policies, policy_set.input_schema, keys, geography)
@@ -88,6 +135,7 @@ def build_pipeline(
     for agency in minimiser.agencies:
         topic = settings.topic_prefix + agency.topic
         encoders[agency.agency] = register_encoder(registry, subject_for(topic), schemas[agency.recipient])
+    sealers = build_sealers(settings, minimiser, schemas, public_keys, clock_ms()) if public_keys is not None else None
     return Pipeline(
         EventDecoder(registry, policy_set.input_schema),
         EventValidator(geography, clock_ms),
@@ -97,6 +145,7 @@ def build_pipeline(
         clock_ms,
         settings.topic_prefix,
         Auditor(audit_keys, minimiser) if audit_keys is not None else None,
+        sealers,
     )
 
 

@@ -18,8 +18,11 @@ from typing import Any
 from streams import __version__
 from streams.audit.decisions import Auditor, PendingAudit
 from streams.contracts.codec import EventDecoder, ViewEncoder
+from streams.crypto.envelope import DataKey
+from streams.crypto.errors import KeyUnavailable
+from streams.crypto.views import ViewSealer
 from streams.domain.validation import EventValidator, wall_clock_ms
-from streams.errors import RecordRejected
+from streams.errors import ConfigError, RecordRejected
 from streams.policy.engine import Minimiser, View
 
 log = logging.getLogger(__name__)
@@ -88,6 +91,7 @@ class _Result:
     event: dict[str, Any] | None
     views: Sequence[View]
     code: str | None  # the dead-letter code, when rejected
+    keys: tuple[DataKey, ...] = ()  # data keys the outputs were encrypted under
 
 
 @dataclass
@@ -112,11 +116,26 @@ class Pipeline:
         clock_ms: Callable[[], int] = wall_clock_ms,
         topic_prefix: str = "",
         auditor: Auditor | None = None,
+        sealers: Mapping[str, ViewSealer] | None = None,
     ) -> None:
         """Wire the stages; ``encoders`` maps each agency name to its output encoder.
 
         With an ``auditor``, :meth:`process_batch` also drafts one decision record per input.
+        ``sealers`` maps each agency whose policy encrypts fields to its :class:`ViewSealer`; an
+        agency that encrypts without one is a :class:`ConfigError` (nothing is sent in clear).
         """
+        sealers = dict(sealers or {})
+        unsealed = sorted(
+            a.agency for a in minimiser.agencies if a.agency not in sealers and _encrypts(a.policy.emitted)
+        )
+        if unsealed:
+            named = ", ".join(unsealed[:3]) + (f" and {len(unsealed) - 3} more" if len(unsealed) > 3 else "")
+            raise ConfigError(
+                f"the policies encrypt fields for {named} but no public key ring was given "
+                "(SCREENING_PUBLIC_KEYS_DIR): nothing would be sent in clear, so nothing is sent"
+            )
+        self._sealers = {a.agency: sealers.get(a.agency) for a in minimiser.agencies}
+        self.key_topics = sorted({s.key_topic for s in sealers.values()})
         self.auditor = auditor
         self.decoder = decoder
         self.validator = validator
@@ -148,12 +167,30 @@ class Pipeline:
         produced coordinates into the audit record it commits in the same transaction.
         """
         batch = Batch([], [])
+        keys: dict[bytes, DataKey] = {}
         for record in records:
             result = self._process(record)
             if self.auditor is not None:
                 batch.audits.append(self._audit(record, result, len(batch.outputs)))
             batch.outputs.extend(result.outputs)
+            keys.update((k.key_id, k) for k in result.keys)
+        batch.outputs.extend(self._key_records(keys.values()))
         return batch
+
+    def _key_records(self, keys: Iterable[DataKey]) -> list[OutputRecord]:
+        """One key-topic record per data key the batch used, so the batch's transaction holds them.
+
+        A data key is re-published with every batch that uses it: a duplicate in a compacted topic
+        is harmless, and a record is never committed without the sealed key that opens it.
+        """
+        outputs = []
+        for key in keys:
+            sealer = self._sealers[key.agency]
+            assert sealer is not None
+            record, headers = key.record, ((H_AGENCY, key.agency.encode()),)
+            outputs.append(OutputRecord(sealer.key_topic, record.key, record.value(), headers, record.key))
+            self.stats.produced[sealer.key_topic] += 1
+        return outputs
 
     def _audit(self, record: InputRecord, result: _Result, first_output: int) -> PendingAudit:
         assert self.auditor is not None
@@ -179,12 +216,25 @@ class Pipeline:
             views = self.minimiser.apply(event)
             stage = "encode"
             outputs = []
+            used: list[DataKey] = []
             trace = ((H_SOURCE_TS, str(record.timestamp_ms).encode()),) if record.timestamp_ms is not None else ()
             for view in views:
                 topic, encoder, headers = self._routes[view.agency.agency]
                 ref = view.record.get("event_ref")
                 key = ref.encode() if isinstance(ref, str) else None
-                outputs.append(OutputRecord(topic, key, encoder.encode(view.record), headers + trace, key or b""))
+                values = view.record
+                sealer = self._sealers[view.agency.agency]
+                if sealer is not None:
+                    stage = "encrypt"
+                    if not isinstance(ref, str):
+                        raise TypeError("an encrypted view needs its event_ref")
+                    values, data_key = sealer.seal(values, ref, self.clock_ms())
+                    if data_key is not None:
+                        used.append(data_key)
+                    stage = "encode"
+                outputs.append(OutputRecord(topic, key, encoder.encode(values), headers + trace, key or b""))
+        except KeyUnavailable:
+            raise  # no key in force: infrastructure; the batch must not be acknowledged
         except RecordRejected as rejection:
             letter = self._dead_letter(record, rejection.code, str(rejection), rejection.stage)
             return _Result([letter], event, (), rejection.code)
@@ -204,19 +254,31 @@ class Pipeline:
             return _Result([letter], event, (), "internal_error")
         for out in outputs:
             self.stats.produced[out.topic] += 1
-        return _Result(outputs, event, views, None)
+        return _Result(outputs, event, views, None, tuple(used))
 
     def process_many(self, records: Iterable[InputRecord]) -> list[OutputRecord]:
-        """Process records in order and concatenate their outputs."""
+        """Process records in order and concatenate their outputs, then the batch's key records.
+
+        :meth:`process` returns one record's own outputs only; whatever commits outputs uses this
+        or :meth:`process_batch`, which append the key record of every data key the batch used.
+        """
         outputs: list[OutputRecord] = []
+        keys: dict[bytes, DataKey] = {}
         for record in records:
-            outputs.extend(self.process(record))
+            result = self._process(record)
+            outputs.extend(result.outputs)
+            keys.update((k.key_id, k) for k in result.keys)
+        outputs.extend(self._key_records(keys.values()))
         return outputs
 
     def _dead_letter(self, record: InputRecord, code: str, reason: str, stage: str) -> OutputRecord:
         self.stats.dead_letters[code] += 1
         log.warning("dead-lettered %s[%d]@%d: %s (%s)", record.topic, record.partition, record.offset, code, stage)
         return dead_letter(record, code, reason, stage, self.dlq_topic, self.clock_ms())
+
+
+def _encrypts(rules: Iterable[Any]) -> bool:
+    return any(rule.op == "encrypt" for rule in rules)
 
 
 def dead_letter(record: InputRecord, code: str, reason: str, stage: str, dlq_topic: str, now_ms: int) -> OutputRecord:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import pytest
 
-from streams.assembly import PolicySet, agency_names, load_policy_set
+from streams.assembly import PolicySet, agency_names, encrypting_agencies, load_policy_set
+from streams.crypto.keys import AgencyPrivateKey, generate_key_pair, parse_instant
+from streams.crypto.ring import PrivateKeyRing, PublicKeyRing
 from streams.domain.geography import DEFAULT_GEOGRAPHY
 from streams.policy.engine import Minimiser
 from streams.policy.pseudonyms import StaticKeyRing
@@ -26,6 +29,23 @@ def deterministic_keys() -> StaticKeyRing:
     return StaticKeyRing(
         {a: hashlib.sha256(f"test-key:{a}".encode()).digest() for a in all_agencies()}, source="test keys"
     )
+
+
+@functools.cache
+def agency_key_pairs() -> dict[str, AgencyPrivateKey]:
+    """One X25519 key pair per agency whose policy encrypts, valid 2000-2100 (tests only)."""
+    valid = parse_instant("2000-01-01"), parse_instant("2100-01-01")
+    return {a: generate_key_pair(a, *valid) for a in encrypting_agencies(load_policy_set(Settings()))}
+
+
+def public_key_ring() -> PublicKeyRing:
+    """The processor's side of :func:`agency_key_pairs`: public keys only."""
+    return PublicKeyRing([pair.public for pair in agency_key_pairs().values()], source="test public keys")
+
+
+def private_key_ring(agency: str) -> PrivateKeyRing:
+    """One agency's side of :func:`agency_key_pairs`: its private key."""
+    return PrivateKeyRing([agency_key_pairs()[agency]], agency)
 
 
 @pytest.fixture(scope="session")

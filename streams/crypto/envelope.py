@@ -10,7 +10,7 @@
   and tag (16)``, the additional data binding the topic, the field name, the data-key id and the
   record's ``event_ref``: a value copied to another record, field or topic fails to decrypt.
   Nonces count up per data key (a data key never leaves the process that made it, so they never
-  repeat); after 2³² values a fresh data key is made.
+  repeat); after 2²³ views (at most 2³¹ values) a fresh data key is made.
 * Only the agency's private key unseals a data key: the processor, the broker's disks and their
   operators hold ciphertext and public keys. Destroying the private key of a period makes its data
   keys, hence its records, unreadable in every copy (crypto-shredding).
@@ -47,7 +47,9 @@ ALGORITHM = "AES-256-GCM"
 KEY_SEALING = "HPKE base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM"
 KEY_RECORD_FORMAT = "screening-streams.data-key.v1"
 DAY_MS = 86_400_000
-MAX_VALUES_PER_KEY = 1 << 32
+MAX_VALUES_PER_KEY = 1 << 32  # counter nonces of 96 bits; far below, the bounds below retire a key
+MAX_FIELDS_PER_VIEW = 256
+MAX_VIEWS_PER_KEY = 1 << 23  # × MAX_FIELDS_PER_VIEW < MAX_VALUES_PER_KEY: a fresh key before any wrap
 SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 _VERSION_BYTE = bytes([VERSION])
 
@@ -144,11 +146,12 @@ class DataKey:
     not_after_ms: int
     record: KeyRecord
     aead: AESGCM = field(repr=False)
+    views: int = 0  # views sealed (bounded by MAX_VIEWS_PER_KEY)
     _nonces: itertools.count[int] = field(default_factory=itertools.count, repr=False)
 
     def covers(self, now_ms: int) -> bool:
-        """True when ``now_ms`` lies in this key's slot."""
-        return self.not_before_ms <= now_ms < self.not_after_ms
+        """True when ``now_ms`` lies in this key's slot and the key may seal another view."""
+        return self.not_before_ms <= now_ms < self.not_after_ms and self.views < MAX_VIEWS_PER_KEY
 
     def next_nonce(self) -> bytes:
         """The next nonce (a counter); ``OverflowError`` after 2³² values."""
@@ -178,18 +181,19 @@ class FieldEncryptor:
         self.data_keys_made = 0
 
     def data_key(self, agency: str, now_ms: int) -> DataKey:
-        """The agency's data key for ``now_ms``, made and sealed on first use of its slot.
+        """The agency's data key to seal one view (at most MAX_FIELDS_PER_VIEW values) at ``now_ms``.
 
-        Raises :class:`~streams.crypto.errors.KeyUnavailable` when no public key is in force.
+        Made and sealed on first use of its slot; raises
+        :class:`~streams.crypto.errors.KeyUnavailable` when no public key is in force.
         """
         key = self._current.get(agency)
-        if key is not None and key.covers(now_ms):
-            return key
-        with self._lock:
-            key = self._current.get(agency)
-            if key is None or not key.covers(now_ms):
-                key = self._current[agency] = self._new_key(agency, now_ms)  # the old one is forgotten
-            return key
+        if key is None or not key.covers(now_ms):
+            with self._lock:
+                key = self._current.get(agency)
+                if key is None or not key.covers(now_ms):
+                    key = self._current[agency] = self._new_key(agency, now_ms)  # the old one is forgotten
+        key.views += 1
+        return key
 
     def _new_key(self, agency: str, now_ms: int) -> DataKey:
         public = self.ring.require(agency, now_ms)
@@ -206,13 +210,7 @@ class FieldEncryptor:
 
     def encrypt(self, key: DataKey, aad: bytes, plaintext: bytes) -> bytes:
         """One field value under ``key`` (``aad`` from :func:`field_aad`)."""
-        try:
-            nonce = key.next_nonce()
-        except OverflowError:
-            with self._lock:
-                if self._current.get(key.agency) is key:
-                    del self._current[key.agency]
-            raise
+        nonce = key.next_nonce()
         return _VERSION_BYTE + key.key_id + nonce + key.aead.encrypt(nonce, plaintext, aad)
 
 

@@ -17,6 +17,7 @@ from streams.crypto.envelope import (
     DATA_KEY_ID_BYTES,
     HEADER_BYTES,
     KEY_SEALING,
+    MAX_FIELDS_PER_VIEW,
     DataKey,
     DataKeyStore,
     FieldEncryptor,
@@ -28,6 +29,9 @@ from streams.crypto.errors import DecryptionError
 from streams.crypto.plaintext import Decode, Encode, codec_for
 
 ENCRYPTION_ATTRIBUTE = "encryption"
+#: Value layout: version 1 (1 byte) | data-key id (16) | nonce (12) | AES-256-GCM ciphertext | tag (16);
+#: the plaintext is the Avro binary encoding of the value under ``plaintext_type``.
+ENVELOPE = "screening-streams.field.v1"
 _RESULTS = ".results."
 
 
@@ -46,15 +50,12 @@ def is_key_topic(topic: str) -> bool:
 
 
 def contract_attribute(plaintext_type: Any, key_topic_name: str) -> dict[str, Any]:
-    """The ``encryption`` attribute of an encrypted field in an output contract."""
+    """The ``encryption`` attribute of an encrypted field in an output contract (README: Encryption)."""
     return {
         "algorithm": ALGORITHM,
+        "envelope": ENVELOPE,
         "plaintext_type": plaintext_type,
-        "plaintext_encoding": "Avro binary encoding of the value under plaintext_type",
-        "format": f"version 1 (1 byte) | data-key id ({DATA_KEY_ID_BYTES} bytes) | nonce (12 bytes) | "
-        "ciphertext | tag (16 bytes)",
-        "key_id": f"the data-key id (value bytes 1-{DATA_KEY_ID_BYTES}); its record in {key_topic_name} "
-        "names the agency public key id it is sealed to",
+        "key_id": f"data-key id = value bytes 1-{DATA_KEY_ID_BYTES}, sealed in {key_topic_name}",
         "key_sealing": KEY_SEALING,
         "additional_data": "topic, field name, data-key id, event_ref",
     }
@@ -94,6 +95,8 @@ class ViewSealer:
         self.key_topic = key_topic(topic)
         self.encryptor = encryptor
         self._fields: tuple[tuple[str, Encode], ...] = tuple((n, codec_for(t)[0]) for n, t in fields.items())
+        if len(self._fields) > MAX_FIELDS_PER_VIEW:
+            raise ValueError(f"at most {MAX_FIELDS_PER_VIEW} encrypted fields per view")
         self._prefixes: tuple[bytes, tuple[bytes, ...]] = (b"", ())
 
     @property
@@ -108,8 +111,10 @@ class ViewSealer:
             self._prefixes = (key.key_id, prefixes)
         return prefixes
 
-    def seal(self, record: Mapping[str, Any], event_ref: str, now_ms: int) -> tuple[dict[str, Any], DataKey]:
-        """A copy of ``record`` with the marked fields encrypted, and the data key used."""
+    def seal(self, record: Mapping[str, Any], event_ref: str, now_ms: int) -> tuple[dict[str, Any], DataKey | None]:
+        """A copy of ``record`` with the marked fields encrypted, and the data key used (None: all null)."""
+        if all(record.get(name) is None for name, _ in self._fields):
+            return dict(record), None
         key = self.encryptor.data_key(self.agency, now_ms)
         ref = frame_parts(event_ref.encode())
         out = dict(record)

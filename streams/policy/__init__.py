@@ -1,1 +1,1 @@
-"""Policy engine: load, validate, apply; pseudonyms, contracts, explain, lock. Imports: contracts, domain, errors."""
+"""Policies: load, validate, apply; pseudonyms, contracts, explain, lock. Imports: crypto, contracts, domain, errors."""

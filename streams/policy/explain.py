@@ -58,7 +58,9 @@ def matrix_cells(policies: Sequence[Policy], input_schema: Schema) -> tuple[list
                 continue
             parts = []
             for rule in uses:
-                text = "keep" if rule.op == "keep" and rule.name == info.name else f"{rule.op}→{rule.name}"
+                text = (
+                    rule.op if rule.op in ("keep", "encrypt") and rule.name == info.name else f"{rule.op}→{rule.name}"
+                )
                 if rule.when:
                     text += " (if " + rule.when.describe().replace(" not in ", "∉").replace(" in ", "∈") + ")"
                 parts.append(text)
@@ -81,7 +83,9 @@ def matrix_html(policies: Sequence[Policy], input_schema: Schema) -> str:
     for row in rows:
         tds = []
         for i, cell in enumerate(row):
-            cls = "deny" if cell == "·" else ("kept" if cell == "keep" else ("xform" if i >= 2 else "meta"))
+            cls = (
+                "deny" if cell == "·" else ("kept" if cell in ("keep", "encrypt") else ("xform" if i >= 2 else "meta"))
+            )
             tds.append(f'<td class="{cls}">{html.escape(cell)}</td>')
         body.append("<tr>" + "".join(tds) + "</tr>")
     style = (

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.contracts.schemas import Schema, fields_by_name
+from streams.crypto.views import ENCRYPTION_ATTRIBUTE, contract_attribute, key_topic
 from streams.policy.model import Policy
 from streams.policy.operators import OPERATORS
 
@@ -31,7 +32,9 @@ def output_schema(policy: Policy, input_schema: Schema) -> Schema:
         avro_type = OPERATORS[rule.op].output_type(sources, rule.args)
         nullable = rule.when is not None or any(s.nullable for s in sources)
         data_class = (
-            sources[0].data_class if rule.op == "keep" else ("pseudonym" if rule.op == "pseudonymise" else "derived")
+            sources[0].data_class
+            if rule.op in ("keep", "encrypt")
+            else ("pseudonym" if rule.op == "pseudonymise" else "derived")
         )
         field: dict[str, Any] = {
             "name": rule.name,
@@ -49,6 +52,9 @@ def output_schema(policy: Policy, input_schema: Schema) -> Schema:
         )
         if rule.when is not None:
             field["when"] = rule.when.describe()
+        if rule.op == "encrypt":  # bytes on the wire; what they decrypt to, and how
+            plaintext_type = OPERATORS["keep"].output_type(sources, {})
+            field[ENCRYPTION_ATTRIBUTE] = contract_attribute(plaintext_type, key_topic(policy.topic))
         fields.append(field)
     return {
         "type": "record",

@@ -48,6 +48,7 @@ from streams.kafka.publish import event_encoder
 from streams.pipeline import MAX_PAYLOAD, InputRecord, OutputRecord, Pipeline
 from streams.policy.pseudonyms import StaticKeyRing
 from streams.settings import Settings
+from tests.conftest import public_key_ring
 
 NOW_MS = 1_767_225_600_000  # 2026-01-01T00:00Z, the pipeline's clock (generated events are from 2020)
 PER_CATEGORY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -123,7 +124,9 @@ def build_fuzz(policy_set: PolicySet, keys: StaticKeyRing) -> Fuzz:
     """Assemble the pipeline with an in-memory registry, deterministic keys and a fixed clock."""
     registry = InMemorySchemaRegistry()
     settings_ = Settings()
-    pipeline = build_pipeline(settings_, registry, keys, clock_ms=lambda: NOW_MS, policy_set=policy_set)
+    pipeline = build_pipeline(
+        settings_, registry, keys, clock_ms=lambda: NOW_MS, policy_set=policy_set, public_keys=public_key_ring()
+    )
     v1 = event_encoder(registry, settings_.ingress_topic, 1)
     v2 = event_encoder(registry, settings_.ingress_topic, 2)
     other = {"type": "record", "name": "Other", "fields": [{"name": "n", "type": "long", "class": "technical"}]}
@@ -894,9 +897,11 @@ def test_large_but_honest_records_within_the_budgets_are_delivered(fuzz: Fuzz) -
 
 _SUBPROCESS = """
 import json, sys
-from streams.assembly import agency_names, build_pipeline, load_policy_set
+from streams.assembly import agency_names, build_pipeline, encrypting_agencies, load_policy_set
 from streams.contracts.registry import InMemorySchemaRegistry
 from streams.contracts.wire import frame
+from streams.crypto.keys import generate_key_pair
+from streams.crypto.ring import PublicKeyRing
 from streams.pipeline import InputRecord
 from streams.policy.pseudonyms import StaticKeyRing, generate_keys
 from streams.settings import Settings
@@ -904,8 +909,10 @@ from streams.settings import Settings
 cases = json.load(sys.stdin)
 settings = Settings()
 registry = InMemorySchemaRegistry()
-keys = StaticKeyRing(generate_keys(agency_names(load_policy_set(settings))))
-pipeline = build_pipeline(settings, registry, keys)
+policy_set = load_policy_set(settings)
+keys = StaticKeyRing(generate_keys(agency_names(policy_set)))
+ring = PublicKeyRing([generate_key_pair(a, 0, 4_102_444_800_000).public for a in encrypting_agencies(policy_set)])
+pipeline = build_pipeline(settings, registry, keys, public_keys=ring)
 codes = []
 for offset, (schema, body) in enumerate(cases):
     schema_id = registry.register(settings.ingress_topic + "-value", schema)

@@ -19,6 +19,7 @@ from streams.pipeline import InputRecord
 from streams.policy.pseudonyms import StaticKeyRing
 from streams.settings import Settings
 from streams.worker import _quiet_framework_loggers
+from tests.conftest import public_key_ring
 
 NOW_MS = 1_767_225_600_000  # 2026-01-01T00:00Z: after every generated event
 IDENTIFYING = ("nir", "last_name", "first_names", "phone", "email", "prescriber_last_name", "prescriber_phone")
@@ -48,7 +49,9 @@ def test_pipeline_logs_at_debug_hold_no_identifying_value(
     """At DEBUG, good, invalid and crashing events log codes and coordinates, never an identity or contact value."""
     caplog.set_level(logging.DEBUG)
     registry = InMemorySchemaRegistry()
-    pipeline = build_pipeline(Settings(), registry, keys, clock_ms=lambda: NOW_MS, policy_set=policy_set)
+    pipeline = build_pipeline(
+        Settings(), registry, keys, clock_ms=lambda: NOW_MS, policy_set=policy_set, public_keys=public_key_ring()
+    )
     pipeline.validator = LeakyValidator(DEFAULT_GEOGRAPHY, lambda: NOW_MS)
     encoder = event_encoder(registry, Settings().ingress_topic)
     events = list(generate_events(400, GeneratorSettings(seed=23, positive_share=0.3)))

@@ -12,7 +12,7 @@ import fastavro
 import pytest
 
 from streams import __version__
-from streams.assembly import build_pipeline, load_policy_set, subject_for
+from streams.assembly import build_pipeline, build_sealers, load_policy_set, subject_for
 from streams.contracts.codec import EventDecoder, ViewEncoder, register_encoder
 from streams.contracts.registry import InMemorySchemaRegistry
 from streams.contracts.schemas import strip_logical_types
@@ -33,6 +33,7 @@ from streams.policy.engine import Minimiser
 from streams.policy.outputs import output_schema
 from streams.policy.pseudonyms import StaticKeyRing, generate_keys
 from streams.settings import DLQ_TOPIC, INGRESS_TOPIC, Settings
+from tests.conftest import public_key_ring
 
 FIXED = 1_601_510_400_000  # 2020-10-01T00:00Z, after every generated event (July-August 2020)
 FIXED_ISO = b"2020-10-01T00:00:00.000+00:00"
@@ -54,7 +55,12 @@ class Harness:
         self.registry = InMemorySchemaRegistry()
         self.keys = StaticKeyRing(generate_keys(AGENCIES))
         self.pipeline = build_pipeline(
-            self.settings, self.registry, self.keys, clock_ms=lambda: FIXED, policy_set=POLICY_SET
+            self.settings,
+            self.registry,
+            self.keys,
+            clock_ms=lambda: FIXED,
+            policy_set=POLICY_SET,
+            public_keys=public_key_ring(),
         )
         self.encoder = event_encoder(self.registry, self.settings.ingress_topic)
 
@@ -307,6 +313,7 @@ def test_internal_error_is_dead_lettered_without_the_exception_text() -> None:
         a.agency: register_encoder(registry, subject_for(a.topic), output_schema(a.policy, policy_set.input_schema))
         for a in minimiser.agencies
     }
+    schemas = {p.recipient: output_schema(p, policy_set.input_schema) for p in policy_set.policies}
     pipeline = Pipeline(
         EventDecoder(registry, policy_set.input_schema),
         EventValidator(DEFAULT_GEOGRAPHY, lambda: FIXED),
@@ -314,6 +321,7 @@ def test_internal_error_is_dead_lettered_without_the_exception_text() -> None:
         encoders,
         settings.dlq_topic,
         lambda: FIXED,
+        sealers=build_sealers(settings, minimiser, schemas, public_key_ring(), FIXED),
     )
     event = _event()
     value = event_encoder(registry, settings.ingress_topic).encode(event)

@@ -17,6 +17,7 @@ from streams.kafka.publish import event_encoder
 from streams.pipeline import Batch, InputRecord, Pipeline
 from streams.policy.pseudonyms import StaticKeyRing, generate_keys
 from streams.settings import Settings
+from tests.conftest import public_key_ring
 
 FIXED = 1_601_510_400_000 + 1_234_567  # a little after 2020-10-01T00:00Z
 POLICY_SET = load_policy_set(Settings())
@@ -39,6 +40,7 @@ class Trail:
             clock_ms=lambda: FIXED,
             policy_set=POLICY_SET,
             audit_keys=self.audit_keys,
+            public_keys=public_key_ring(),
         )
         self.writer: AuditWriter = build_audit_writer(self.settings, self.registry, self.audit_keys)
         self.encoder = event_encoder(self.registry, self.settings.ingress_topic)

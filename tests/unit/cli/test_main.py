@@ -113,7 +113,7 @@ def test_policy_matrix_marks_what_spf_never_receives() -> None:
         assert spf[name] == "·"
     assert spf["nir"] == "pseudonymise→pseudonym"
     cnam = {row["input field"]: row["cnam"] for row in rows}
-    assert cnam["nir"] == "keep" and cnam["prescriber_rpps"] == "·"
+    assert cnam["nir"] == "encrypt" and cnam["prescriber_rpps"] == "·"
 
 
 def test_policy_matrix_html_writes_a_table(tmp_path: Path) -> None:
