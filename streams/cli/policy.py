@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -365,7 +366,7 @@ def _views(
     return events, records
 
 
-def _read_events(path: Path, schema: dict[str, Any]) -> Any:
+def _read_events(path: Path, schema: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Events of a .avro container or a .jsonl file, as wire-native records with defaults filled in."""
     defaults = {f["name"]: f.get("default") for f in schema["fields"] if "default" in f}
     if path.suffix == ".avro":

@@ -77,9 +77,9 @@ class _Where:
         return ConfigError(f"{where}: {message} (rewrite it with `screening-streams policy lock --write`)")
 
 
-def _mapping(where: _Where, value: Any, what: str, recipient: str | None = None, field: str | None = None) -> Mapping[
-    str, Any
-]:
+def _mapping(
+    where: _Where, value: Any, what: str, recipient: str | None = None, field: str | None = None
+) -> Mapping[str, Any]:
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise where.fail(f"{what} must be a mapping", recipient, field)
     return value
