@@ -245,6 +245,12 @@ def _write_events(out: Path, events: Any, version: int, count: int) -> None:
     envvar=env_var("processing_guarantee"),
     help="exactly_once (default: Kafka transactions) or at_least_once.",
 )
+@click.option(
+    "--public-keys-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar=env_var("public_keys_dir"),
+    help="Agencies' public keys (agency import-key): required when the policies encrypt fields.",
+)
 def worker(
     bootstrap_servers: str | None,
     registry_url: str | None,
@@ -254,9 +260,10 @@ def worker(
     loglevel: str,
     instance_id: str | None,
     guarantee: str | None,
+    public_keys_dir: Path | None,
 ) -> None:
     """Run a worker: consume the ingress topic, publish minimised views (scale by processes)."""
-    from streams.assembly import build_pipeline, load_policy_set, output_topics
+    from streams.assembly import build_pipeline, load_policy_set, load_public_keys, output_topics
     from streams.contracts.registry import HttpSchemaRegistry
     from streams.domain.geography import DEFAULT_GEOGRAPHY
     from streams.domain.geography_file import load_geography_file
@@ -273,12 +280,15 @@ def worker(
         log_level=loglevel,
         instance_id=instance_id,
         processing_guarantee=guarantee,
+        public_keys_dir=public_keys_dir,
     )
     geography = load_geography_file(settings.geography_file) if settings.geography_file else DEFAULT_GEOGRAPHY
     key_ring = StaticKeyRing.from_file(settings.keys_file) if settings.keys_file else StaticKeyRing.from_env()
     policy_set = load_policy_set(settings, geography=geography)
     registry = HttpSchemaRegistry(settings.registry_url)
-    pipeline = build_pipeline(settings, registry, key_ring, geography=geography, policy_set=policy_set)
+    pipeline = build_pipeline(
+        settings, registry, key_ring, geography=geography, policy_set=policy_set, public_keys=load_public_keys(settings)
+    )
     partitions = create_topics(settings, output_topics(policy_set, geography))
     sys.argv = [sys.argv[0]]  # faust's Worker parses argv itself
     run_worker(build_app(settings, pipeline, partitions), loglevel=settings.log_level)
@@ -301,11 +311,13 @@ def demo(count: int, seed: int, keep_running: bool) -> None:
     run_demo(count=count, seed=seed, keep_running=keep_running, echo=click.echo)
 
 
+from streams.cli.agency import agency  # noqa: E402  (registers the `agency` group)
 from streams.cli.dlq import dlq  # noqa: E402  (registers the `dlq` group)
 from streams.cli.policy import policy  # noqa: E402  (registers the `policy` group)
 
 main.add_command(policy)
 main.add_command(dlq)
+main.add_command(agency)
 
 if __name__ == "__main__":
     main()
