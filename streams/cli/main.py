@@ -290,6 +290,12 @@ def worker(
         settings, registry, key_ring, geography=geography, policy_set=policy_set, public_keys=load_public_keys(settings)
     )
     partitions = create_topics(settings, output_topics(policy_set, geography))
+    # Sizes end to end: fail fast unless every accepted ingress record can be dead-lettered whole.
+    from streams.kafka.clients import producer_max_message_bytes
+    from streams.kafka.topics import check_record_limits, topic_limits
+
+    limits = topic_limits(settings.bootstrap_servers, [settings.ingress_topic, settings.dlq_topic])
+    check_record_limits(settings, limits, producer_max_message_bytes(settings))
     sys.argv = [sys.argv[0]]  # faust's Worker parses argv itself
     run_worker(build_app(settings, pipeline, partitions), loglevel=settings.log_level)
 

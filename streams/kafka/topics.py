@@ -104,3 +104,43 @@ def create_topics(settings: Settings, output_topics: Iterable[str]) -> dict[str,
         return ensure_topics(admin, topic_specs(settings, output_topics), settings.replication_factor)
     finally:
         admin.close()
+
+
+def topic_limits(bootstrap_servers: str, topics: Iterable[str]) -> dict[str, int]:
+    """Each topic's effective ``max.message.bytes`` (its own setting or the broker's default)."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.admin._config import ConfigResource
+    from confluent_kafka.admin._resource import ResourceType
+
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    resources = [ConfigResource(ResourceType.TOPIC, t) for t in topics]
+    try:
+        futures = admin.describe_configs(resources)
+        return {r.name: int(futures[r].result(timeout=30)["max.message.bytes"].value) for r in resources}
+    except (KafkaException, KeyError, ValueError) as exc:
+        raise TopicError(f"cannot read max.message.bytes of {', '.join(r.name for r in resources)}: {exc}") from exc
+
+
+def check_record_limits(settings: Settings, limits: Mapping[str, int], producer_limit: int) -> None:
+    """Fail fast unless any record the ingress accepts can be dead-lettered whole.
+
+    The dead-letter topic (and the worker's producer) must take the largest ingress record plus
+    ``DLQ_HEADROOM_BYTES`` of ``dlq.*`` headers; topics created by this version are sized so,
+    older or hand-made ones may not be.
+    """
+    from streams.settings import DLQ_HEADROOM_BYTES
+
+    ingress, dlq = limits[settings.ingress_topic], limits[settings.dlq_topic]
+    needed = ingress + DLQ_HEADROOM_BYTES
+    if dlq < needed:
+        raise TopicError(
+            f"topic {settings.dlq_topic} accepts records up to {dlq} bytes, but a dead letter of the largest "
+            f"record {settings.ingress_topic} accepts ({ingress} bytes) needs {needed}: set its "
+            f"max.message.bytes to at least {needed}"
+        )
+    if producer_limit < needed:
+        raise TopicError(
+            f"the worker's producer limit ({producer_limit} bytes) is below {needed}, the largest dead letter "
+            f"of {settings.ingress_topic}: raise SCREENING_INGRESS_MAX_MESSAGE_BYTES to at least {ingress}"
+        )

@@ -82,7 +82,10 @@ def test_broker_restart_mid_run_loses_and_duplicates_nothing(stack: Endpoints, t
     worker = Worker(env, tmp_path / "worker.log", FAULT_ENV)
     settings = StackSettings.from_env(os.environ)
     try:
-        time.sleep(5.0)
+        deadline = time.monotonic() + 120  # stop the broker once the worker makes progress
+        while lag_retrying(env) >= len(events) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
         lag_before = lag_retrying(env)
         lifecycle.down(settings, only="kafka", echo=lambda line: None)
         time.sleep(3.0)

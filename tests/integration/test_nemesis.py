@@ -126,7 +126,9 @@ class Nemesis:
     def pause(self) -> None:
         """SIGSTOP past the session timeout, then SIGCONT: a zombie waking up mid-transaction."""
         name = self.pick()
-        held = SESSION_MS / 1000 * 1.3 + self.rng.uniform(0.0, 4.0)
+        # Past the session always; past the transaction timeout (and the broker's 10 s abort
+        # sweep) sometimes, so some zombies find their transaction aborted and their producer fenced.
+        held = SESSION_MS / 1000 * 1.3 + self.rng.uniform(0.0, 12.0)
         self.live[name].signal(signal.SIGSTOP)
         time.sleep(held)
         self.live[name].signal(signal.SIGCONT)
@@ -164,7 +166,7 @@ class Nemesis:
         return kinds
 
 
-def _scrape(logs: list[str]) -> dict[str, int]:
+def _scrape(logs: list[str]) -> dict[str, Any]:
     """Counts from the workers' logs: aborted transactions, fenced producers, refused zombie offsets."""
     text = "\n".join(logs)
     aborted = re.findall(r"transaction aborted \(([A-Z_]+)", text)
@@ -177,6 +179,7 @@ def _scrape(logs: list[str]) -> dict[str, int]:
         ),
         "producers_replaced": len(fatal),
         "critical": text.count("[CRITICAL]"),
+        "abort_codes": "/".join(f"{code}:{n}" for code, n in sorted(Counter(aborted + fatal).items())) or "-",
     }
 
 

@@ -11,7 +11,7 @@ from streams.kafka.clients import (
     producer_max_message_bytes,
     transactional_id,
 )
-from streams.settings import Settings
+from streams.settings import DLQ_HEADROOM_BYTES, Settings
 
 
 def test_consumer_reads_committed_with_offsets_only_through_transactions() -> None:
@@ -61,3 +61,30 @@ def test_permanent_errors_are_told_from_transient_ones() -> None:
         assert is_permanent(KafkaError(code))
     for code in (KafkaError._MSG_TIMED_OUT, KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError._TRANSPORT):
         assert not is_permanent(KafkaError(code))
+
+
+def test_topic_specs_size_the_dlq_above_the_ingress() -> None:
+    """New ingress and DLQ topics carry max.message.bytes: the DLQ's leaves room for the dlq.* headers."""
+    from streams.kafka.topics import topic_specs
+
+    settings = Settings(ingress_max_message_bytes=2_000_000)
+    specs = {spec.name: spec for spec in topic_specs(settings, [])}
+    assert specs[settings.ingress_topic].configs["max.message.bytes"] == "2000000"
+    assert specs[settings.dlq_topic].configs["max.message.bytes"] == str(2_000_000 + DLQ_HEADROOM_BYTES)
+
+
+def test_record_limits_check_refuses_a_dlq_too_small_for_the_ingress() -> None:
+    """A DLQ topic (or producer) that cannot take the largest ingress record plus headers fails fast, naming it."""
+    import pytest
+
+    from streams.kafka.topics import TopicError, check_record_limits
+
+    settings = Settings()
+    ok = {settings.ingress_topic: 1_048_588, settings.dlq_topic: 1_048_588 + DLQ_HEADROOM_BYTES}
+    check_record_limits(settings, ok, producer_max_message_bytes(settings))
+    too_small = {**ok, settings.dlq_topic: 1_048_588}
+    with pytest.raises(TopicError, match=r"screening\.results\.dlq\.v1 accepts records up to 1048588"):
+        check_record_limits(settings, too_small, producer_max_message_bytes(settings))
+    bigger_ingress = {settings.ingress_topic: 4_000_000, settings.dlq_topic: 5_000_000}
+    with pytest.raises(TopicError, match="SCREENING_INGRESS_MAX_MESSAGE_BYTES"):
+        check_record_limits(settings, bigger_ingress, producer_max_message_bytes(settings))
