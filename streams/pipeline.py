@@ -259,17 +259,27 @@ class Pipeline:
     def process_many(self, records: Iterable[InputRecord]) -> list[OutputRecord]:
         """Process records in order and concatenate their outputs, then the batch's key records.
 
-        :meth:`process` returns one record's own outputs only; whatever commits outputs uses this
-        or :meth:`process_batch`, which append the key record of every data key the batch used.
+        :meth:`process` returns one record's own outputs only; whatever commits outputs uses this,
+        :meth:`process_each` or :meth:`process_batch`, which add the key record of every data key
+        the batch used.
         """
-        outputs: list[OutputRecord] = []
+        return [out for _, outputs in self.process_each(records) for out in outputs]
+
+    def process_each(self, records: Iterable[InputRecord]) -> list[tuple[InputRecord, list[OutputRecord]]]:
+        """Each record with its own outputs; the batch's key records are appended to the last record's.
+
+        For runners that attribute delivery failures to their source record: committing all the
+        returned outputs together commits every data key they need with them.
+        """
+        work: list[tuple[InputRecord, list[OutputRecord]]] = []
         keys: dict[bytes, DataKey] = {}
         for record in records:
             result = self._process(record)
-            outputs.extend(result.outputs)
+            work.append((record, list(result.outputs)))
             keys.update((k.key_id, k) for k in result.keys)
-        outputs.extend(self._key_records(keys.values()))
-        return outputs
+        if keys:
+            work[-1][1].extend(self._key_records(keys.values()))
+        return work
 
     def _dead_letter(self, record: InputRecord, code: str, reason: str, stage: str) -> OutputRecord:
         self.stats.dead_letters[code] += 1

@@ -329,7 +329,7 @@ class Runner:
     # ------------------------------------------------------------------ process and produce
     def _handle(self, consumer: ConsumerLike, batch: _Batch) -> None:
         try:
-            work = [(record, self.pipeline.process(record)) for record in batch.records]
+            work = self.pipeline.process_each(batch.records)  # with the key records of the batch's data keys
         except RegistryError as exc:
             # Infrastructure, not the records' fault: nothing was produced; go back and wait.
             self.stats.registry_retries += 1

@@ -259,3 +259,7 @@ class FakePipeline:
         self.processed.append(record)
         ref = f"{record.partition}:{record.offset}".encode()
         return [OutputRecord(topic, ref, ref, (), ref) for topic in ("out.a", "out.b")]
+
+    def process_each(self, records: list[InputRecord]) -> list[tuple[InputRecord, list[OutputRecord]]]:
+        """Each record with its outputs, as ``Pipeline.process_each`` (this fake encrypts nothing: no key records)."""
+        return [(record, self.process(record)) for record in records]
