@@ -16,13 +16,14 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from streams.assembly import agency_names, load_policy_set, output_topics
+from streams.assembly import agency_names, encrypting_agencies, load_policy_set, output_topics
+from streams.crypto.ring import PrivateKeyRing
 from streams.kafka.offsets import wait_for_lag_zero
 from streams.kafka.publish import publish_raw
 from streams.kafka.topics import create_topics
@@ -53,6 +54,8 @@ class Env:
     partitions: dict[str, int]
     keys_file: Path
     keys: StaticKeyRing
+    #: Agency side: each encrypting agency's private key file (the processor only has the public ones).
+    private_keys: dict[str, Path] = field(default_factory=dict)
 
     def process_env(self) -> dict[str, str]:
         """Environment variables for a worker or CLI subprocess of this environment."""
@@ -62,9 +65,14 @@ class Env:
             "SCHEMA_REGISTRY_URL": self.settings.registry_url,
             "SCREENING_TOPIC_PREFIX": self.settings.topic_prefix,
             "SCREENING_KEYS_FILE": str(self.keys_file),
+            "SCREENING_PUBLIC_KEYS_DIR": str(self.settings.public_keys_dir or ""),
             "SCREENING_STATE_DIR": str(self.settings.state_dir),
             "SCREENING_LOG_LEVEL": "info",
         }
+
+    def private_ring(self, agency: str) -> PrivateKeyRing:
+        """An agency's private key ring (what its reference client is given)."""
+        return PrivateKeyRing.from_files([self.private_keys[agency]], agency)
 
     def publish(self, records: Iterable[tuple[bytes | None, bytes | None, Sequence[tuple[str, bytes]]]]) -> int:
         """Publish raw ``(key, value, headers)`` records to this environment's ingress topic."""
@@ -94,8 +102,25 @@ def make_env(stack: Endpoints, tmp: Path, name: str, **settings_changes: Any) ->
     keys = generate_keys(agency_names(policy_set))
     keys_file = tmp / "keys.json"
     write_key_file(keys_file, keys)
+    private_keys = agency_key_files(tmp, encrypting_agencies(policy_set))
+    settings = settings.with_(public_keys_dir=tmp / "public-keys")
     partitions = create_topics(settings, output_topics(policy_set))
-    return Env(settings, partitions, keys_file, StaticKeyRing(keys))
+    return Env(settings, partitions, keys_file, StaticKeyRing(keys), private_keys)
+
+
+def agency_key_files(tmp: Path, agencies: Iterable[str], valid_days: int = 365) -> dict[str, Path]:
+    """Each agency makes a key pair valid from yesterday (files under ``tmp/agency-keys``); the processor
+    imports the public halves into ``tmp/public-keys``. Returns the private key file of each agency."""
+    from streams.crypto.keys import generate_key_pair, write_key_pair
+    from streams.crypto.ring import import_public_key
+
+    now = int(time.time() * 1000)
+    private_keys = {}
+    for agency in agencies:
+        pair = generate_key_pair(agency, now - 86_400_000, now + valid_days * 86_400_000)
+        private_keys[agency], public = write_key_pair(tmp / "agency-keys", pair)
+        import_public_key(tmp / "public-keys", public)
+    return private_keys
 
 
 def publish_events(env: Env, count: int, seed: int) -> list[dict[str, Any]]:

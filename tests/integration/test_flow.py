@@ -22,6 +22,9 @@ from streams.assembly import load_policy_set
 from streams.contracts.registry import HttpSchemaRegistry
 from streams.contracts.schemas import load_schema, schema_dir, strip_logical_types
 from streams.contracts.wire import frame
+from streams.crypto.envelope import DataKeyStore
+from streams.crypto.ring import PrivateKeyRing
+from streams.crypto.views import RecordOpener, encrypted_fields, key_topic
 from streams.domain.generate import GeneratorSettings, generate_events
 from streams.domain.geography import DEFAULT_GEOGRAPHY
 from streams.kafka.offsets import ReadRecord, read_from
@@ -95,6 +98,14 @@ def _decode(value: bytes, schema: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def _opener(env: Env, agency: str, topic: str) -> RecordOpener:
+    """What the agency decrypts with: its private key and its key topic (empty for agencies that encrypt nothing)."""
+    store = DataKeyStore(agency, env.private_ring(agency) if agency in env.private_keys else PrivateKeyRing([]))
+    for record in _read_all(env, key_topic(topic)):
+        store.add(record.value)
+    return RecordOpener(store)
+
+
 def test_worker_exits_cleanly_and_never_logs_identifying_data(flow: dict[str, Any]) -> None:
     """SIGTERM stops the worker with exit 0, and its log holds no NIR, name, phone or email."""
     assert flow["worker_exit"] == 0, flow["worker_log"][-2000:]
@@ -107,7 +118,8 @@ def test_worker_exits_cleanly_and_never_logs_identifying_data(flow: dict[str, An
 
 
 def test_every_agency_topic_holds_exactly_the_expected_views(flow: dict[str, Any]) -> None:
-    """Each agency topic holds exactly the views the policies derive, decodable with the checked-in contract."""
+    """Each agency topic holds exactly the views the policies derive, decodable with the checked-in contract
+    and, for encrypted fields, decrypted with the agency's private key and its key topic."""
     env: Env = flow["env"]
     policy_set = load_policy_set(env.settings)
     minimiser = Minimiser(policy_set.policies, policy_set.input_schema, env.keys, DEFAULT_GEOGRAPHY)
@@ -122,12 +134,16 @@ def test_every_agency_topic_holds_exactly_the_expected_views(flow: dict[str, Any
         for region in regions:
             topic = policy.topic.replace("{region}", region)
             records = _read_all(env, topic)
+            opener = _opener(env, policy.recipient + (f".{region}" if region else ""), topic)
             got = {}
             for record in records:
                 assert record.value is not None
                 schema_id = int.from_bytes(record.value[1:5], "big")
                 assert json.loads(registry.get_schema(schema_id)) == contract
-                view = _decode(record.value, contract)
+                wire = _decode(record.value, contract)
+                view = opener.open(wire, schema_id, contract, record.topic, f"{record.topic}@{record.offset}")
+                for name in encrypted_fields(contract):  # on the wire: ciphertext, never the value
+                    assert wire[name] is None or (isinstance(wire[name], bytes) and wire[name] != view[name])
                 assert record.key == view["event_ref"].encode()
                 assert dict(record.headers)["policy.version"] == policy.version.encode()
                 got[view["event_ref"]] = view
