@@ -17,7 +17,7 @@ from streams.contracts.registry import SchemaRegistryClient
 from streams.contracts.schemas import Schema, canonical_json, input_schema, load_schema, schema_dir
 from streams.contracts.wire import frame
 from streams.crypto.envelope import FieldEncryptor
-from streams.crypto.ring import PublicKeyRing
+from streams.crypto.ring import KeyDirectory, PublicKeyRing
 from streams.crypto.views import ViewSealer, encrypted_fields
 from streams.domain.geography import DEFAULT_GEOGRAPHY, Geography
 from streams.domain.validation import EventValidator, wall_clock_ms
@@ -73,16 +73,18 @@ def encrypting_agencies(policy_set: PolicySet, geography: Geography = DEFAULT_GE
     return agency_names(encrypting, geography)
 
 
-def load_public_keys(settings: Settings) -> PublicKeyRing | None:
-    """The agencies' public keys from ``SCREENING_PUBLIC_KEYS_DIR`` (None when unset)."""
-    return PublicKeyRing.from_directory(settings.public_keys_dir) if settings.public_keys_dir else None
+def load_public_keys(settings: Settings) -> KeyDirectory | None:
+    """The agencies' public keys from ``SCREENING_PUBLIC_KEYS_DIR`` (None when unset), re-read when it changes."""
+    if settings.public_keys_dir is None:
+        return None
+    return KeyDirectory(settings.public_keys_dir, settings.public_keys_reload_s)
 
 
 def build_sealers(
     settings: Settings,
     minimiser: Minimiser,
     schemas: dict[str, Schema],
-    public_keys: PublicKeyRing,
+    public_keys: PublicKeyRing | KeyDirectory,
     now_ms: int,
 ) -> dict[str, ViewSealer]:
     """One :class:`ViewSealer` per agency whose contract (``schemas`` by recipient) encrypts fields.
@@ -101,7 +103,7 @@ def build_sealers(
                 "output field, which binds each encrypted value to its record"
             )
         sealers[agency.agency] = ViewSealer(agency.agency, settings.topic_prefix + agency.topic, fields, encryptor)
-    public_keys.check_in_force(sealers, now_ms)
+    (public_keys.ring if isinstance(public_keys, KeyDirectory) else public_keys).check_in_force(sealers, now_ms)
     return sealers
 
 
@@ -119,7 +121,7 @@ def build_pipeline(
     clock_ms: Callable[[], int] = wall_clock_ms,
     policy_set: PolicySet | None = None,
     audit_keys: AuditKeys | None = None,
-    public_keys: PublicKeyRing | None = None,
+    public_keys: PublicKeyRing | KeyDirectory | None = None,
 ) -> Pipeline:
     """Build the full pipeline; registers every output contract with the registry.
 

@@ -38,6 +38,7 @@ class Settings:
     geography_file: Path | None = None  # JSON departments -> region added to the routing table
     public_keys_dir: Path | None = None  # agencies' public keys (streams.crypto); required when policies encrypt
     key_epoch_s: int = 86_400  # a data key serves one agency for at most this long (UTC days by default)
+    public_keys_reload_s: float = 30.0  # how often a worker looks for newly imported public keys
     ingress_partitions: int = 6
     output_partitions: int = 3
     replication_factor: int = 1
@@ -97,6 +98,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "geography_file": ("SCREENING_GEOGRAPHY_FILE", Path),
     "public_keys_dir": ("SCREENING_PUBLIC_KEYS_DIR", Path),
     "key_epoch_s": ("SCREENING_KEY_EPOCH_S", int),
+    "public_keys_reload_s": ("SCREENING_PUBLIC_KEYS_RELOAD_S", float),
     "ingress_partitions": ("SCREENING_INGRESS_PARTITIONS", int),
     "output_partitions": ("SCREENING_OUTPUT_PARTITIONS", int),
     "replication_factor": ("SCREENING_REPLICATION_FACTOR", int),
@@ -138,6 +140,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         )
     if not 60 <= settings.key_epoch_s <= 366 * 86_400:
         raise ConfigError("environment SCREENING_KEY_EPOCH_S: between 60 s and 366 days")
+    if not 0 < settings.public_keys_reload_s <= 86_400:
+        raise ConfigError("environment SCREENING_PUBLIC_KEYS_RELOAD_S: between 0 (excluded) and 86400 s")
     if settings.ingress_max_message_bytes < 1024:
         raise ConfigError("environment SCREENING_INGRESS_MAX_MESSAGE_BYTES: at least 1024 bytes")
     return settings

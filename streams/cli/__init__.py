@@ -1,1 +1,1 @@
-"""Command line: main, policy, dlq, audit, agency, demo groups and shared options. On top: imports anything; none imports it."""
+"""Command line: main, policy, dlq, audit, agency, demo groups. On top: imports anything; none imports it."""

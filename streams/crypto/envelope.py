@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from streams.crypto.errors import DecryptionError
 from streams.crypto.keys import format_instant
-from streams.crypto.ring import PrivateKeyRing, PublicKeyRing
+from streams.crypto.ring import KeyDirectory, PrivateKeyRing, PublicKeyRing
 
 VERSION = 1
 DATA_KEY_BYTES = 32
@@ -166,14 +166,19 @@ class FieldEncryptor:
 
     def __init__(
         self,
-        ring: PublicKeyRing,
+        ring: PublicKeyRing | KeyDirectory,
         epoch_ms: int = DAY_MS,
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
-        """Encrypt to the keys of ``ring``; a data key lives at most one epoch of ``epoch_ms``."""
+        """Encrypt to the keys of ``ring``; a data key lives at most one epoch of ``epoch_ms``.
+
+        With a :class:`~streams.crypto.ring.KeyDirectory`, keys imported while running are taken
+        into account (data keys are re-made when the directory changed).
+        """
         if epoch_ms < 1000:
             raise ValueError("the key epoch must be at least one second")
-        self.ring = ring
+        self._directory = ring if isinstance(ring, KeyDirectory) else None
+        self.ring = ring.ring if isinstance(ring, KeyDirectory) else ring
         self.epoch_ms = epoch_ms
         self._random = random_bytes
         self._current: dict[str, DataKey] = {}
@@ -186,6 +191,10 @@ class FieldEncryptor:
         Made and sealed on first use of its slot; raises
         :class:`~streams.crypto.errors.KeyUnavailable` when no public key is in force.
         """
+        if self._directory is not None and self._directory.refresh():
+            with self._lock:
+                self.ring = self._directory.ring
+                self._current.clear()  # the periods may have changed: make data keys afresh
         key = self._current.get(agency)
         if key is None or not key.covers(now_ms):
             with self._lock:

@@ -17,7 +17,8 @@ import itertools
 import logging
 import os
 import stat
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from streams.crypto.errors import KeyFileError, KeyUnavailable
@@ -155,6 +156,54 @@ class PublicKeyRing:
                     raise KeyFileError(f"{path}: holds key {key.file_name()}; file name and content disagree")
                 keys.append(key)
         return cls(keys, source=str(directory))
+
+
+class KeyDirectory:
+    """The processor's key directory, re-read when its content changes: keys are rotated without a restart.
+
+    :meth:`refresh` looks (at most every ``interval_s``) at the names, sizes and times of its
+    ``*.public.json`` files; when they changed, it loads the directory again. A directory that
+    no longer satisfies the rule is logged and ignored: the last good ring stays in force.
+    """
+
+    def __init__(self, path: Path, interval_s: float = 30.0, monotonic: Callable[[], float] = time.monotonic) -> None:
+        """Load ``path`` now (failing fast); check it again at most every ``interval_s`` seconds."""
+        self.path = path
+        self.interval_s = interval_s
+        self._monotonic = monotonic
+        self._stamp = self._stamp_now()
+        self.ring = PublicKeyRing.from_directory(path)
+        self._next_check = monotonic() + interval_s
+        self.reloads = 0
+
+    def _stamp_now(self) -> tuple[tuple[str, int, int], ...]:
+        try:
+            entries = sorted(os.scandir(self.path), key=lambda e: e.name)
+            return tuple((e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in entries)
+        except OSError:
+            return ()
+
+    def refresh(self) -> bool:
+        """Reload the ring if the directory changed since the last look; True when a new ring is in place."""
+        now = self._monotonic()
+        if now < self._next_check:
+            return False
+        self._next_check = now + self.interval_s
+        stamp = self._stamp_now()
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            ring = PublicKeyRing.from_directory(self.path)
+        except KeyFileError as exc:
+            log.error("public key directory changed but is refused; the previous keys stay in force: %s", exc)
+            return False
+        self.ring = ring
+        self.reloads += 1
+        log.warning(
+            "public key directory %s reloaded: %d keys", self.path, sum(len(ring.keys_of(a)) for a in ring.agencies)
+        )
+        return True
 
 
 def import_public_key(

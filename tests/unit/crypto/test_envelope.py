@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,9 +22,9 @@ from streams.crypto.envelope import (
     parse_key_record,
 )
 from streams.crypto.errors import DecryptionError
-from streams.crypto.keys import AgencyPrivateKey, generate_key_pair
+from streams.crypto.keys import AgencyPrivateKey, generate_key_pair, write_key_pair
 from streams.crypto.plaintext import codec_for
-from streams.crypto.ring import PrivateKeyRing, PublicKeyRing
+from streams.crypto.ring import KeyDirectory, PrivateKeyRing, PublicKeyRing, import_public_key
 
 from .conftest import DAY_MS, T0, YEAR_END
 
@@ -240,3 +241,17 @@ def test_malformed_plaintexts_are_refused(data: bytes) -> None:
     with pytest.raises(DecryptionError) as caught:
         decode(data)
     assert caught.value.code == "bad_plaintext"
+
+
+def test_the_encryptor_switches_to_a_key_imported_while_running(tmp_path: Path) -> None:
+    """Rotation without a restart: once the directory shows the new key, new data keys are sealed to it."""
+    tick = [0.0]
+    old = generate_key_pair("cnam", T0, YEAR_END)
+    directory_path = tmp_path / "processor"
+    import_public_key(directory_path, write_key_pair(tmp_path / "agency", old)[1])
+    encryptor = FieldEncryptor(KeyDirectory(directory_path, interval_s=1, monotonic=lambda: tick[0]))
+    assert encryptor.data_key("cnam", NOW).public_key_id == old.key_id
+    new = generate_key_pair("cnam", NOW + 1, YEAR_END + DAY_MS)
+    import_public_key(directory_path, write_key_pair(tmp_path / "agency", new)[1])
+    tick[0] = 2.0
+    assert encryptor.data_key("cnam", NOW + 2).public_key_id == new.key_id

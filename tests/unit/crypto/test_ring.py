@@ -8,7 +8,7 @@ import pytest
 
 from streams.crypto.errors import KeyFileError, KeyUnavailable
 from streams.crypto.keys import generate_key_pair, load_public_key_file, write_key_pair, write_public_key_file
-from streams.crypto.ring import PrivateKeyRing, PublicKeyRing, import_public_key
+from streams.crypto.ring import KeyDirectory, PrivateKeyRing, PublicKeyRing, import_public_key
 
 from .conftest import DAY_MS, T0
 
@@ -129,3 +129,33 @@ def test_a_private_ring_refuses_another_agencys_key() -> None:
     """An agency's client loads its own keys only."""
     with pytest.raises(KeyFileError, match="not 'cnam'"):
         PrivateKeyRing([generate_key_pair("spf", T0, T0 + D)], "cnam")
+
+
+def test_a_key_directory_picks_up_an_imported_key_without_a_restart(tmp_path: Path) -> None:
+    """After import-key, the next look (interval elapsed) loads the new key; before the interval nothing is re-read."""
+    tick = [0.0]
+    agency_dir, processor_dir = tmp_path / "agency", tmp_path / "processor"
+    _, first = write_key_pair(agency_dir, generate_key_pair("cnam", T0, T0 + 20 * D))
+    import_public_key(processor_dir, first)
+    directory = KeyDirectory(processor_dir, interval_s=5, monotonic=lambda: tick[0])
+    nxt = generate_key_pair("cnam", T0 + 10 * D, T0 + 30 * D)
+    import_public_key(processor_dir, write_key_pair(agency_dir, nxt)[1])
+    assert not directory.refresh() and directory.ring.current("cnam", T0 + 11 * D) != nxt.public
+    tick[0] = 5.0
+    assert directory.refresh() and directory.reloads == 1
+    assert directory.ring.current("cnam", T0 + 11 * D) == nxt.public
+    tick[0] = 10.0
+    assert not directory.refresh()  # unchanged: not re-read
+
+
+def test_a_broken_directory_keeps_the_last_good_ring(tmp_path: Path) -> None:
+    """A file dropped in by mistake (here a private key) is refused while running; the keys in force stay."""
+    tick = [0.0]
+    pair = generate_key_pair("cnam", T0, T0 + D)
+    processor_dir = tmp_path / "processor"
+    import_public_key(processor_dir, write_key_pair(tmp_path / "agency", pair)[1])
+    directory = KeyDirectory(processor_dir, interval_s=1, monotonic=lambda: tick[0])
+    (processor_dir / pair.file_name()).write_bytes((tmp_path / "agency" / pair.file_name()).read_bytes())
+    tick[0] = 2.0
+    assert not directory.refresh()
+    assert directory.ring.current("cnam", T0) == pair.public
