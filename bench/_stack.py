@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from collections import Counter
@@ -106,9 +107,12 @@ def wait_members(settings: Settings, count: int, timeout_s: float = 120) -> None
 
 
 async def paced_publish(
-    settings: Settings, records: list[Raw], partitions: int, rate: float
+    settings: Settings, records: list[Raw], partitions: int, rate: float, sent_ms: list[float] | None = None
 ) -> float:
-    """Send ``records`` at ``rate`` per second (5 ms ticks); return the seconds taken."""
+    """Send ``records`` at ``rate`` per second (5 ms ticks); return the seconds taken.
+
+    ``sent_ms`` (if given) receives each record's wall-clock send time in ms, in order.
+    """
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
         acks="all",
@@ -121,6 +125,8 @@ async def paced_publish(
         while sent < len(records):
             due = min(len(records), int((time.monotonic() - start) * rate) + 1)
             for key, value, headers in records[sent:due]:
+                if sent_ms is not None:
+                    sent_ms.append(time.time() * 1000)
                 pending.append(
                     await producer.send(
                         settings.ingress_topic,
@@ -139,6 +145,48 @@ async def paced_publish(
         return time.monotonic() - start
     finally:
         await producer.stop()
+
+
+class LiveReader:
+    """Reads topics (``read_committed``) in a thread from their current end, noting when each record arrives.
+
+    ``arrived[(topic, key)]`` is the wall-clock ms at which this reader first saw the record:
+    end-to-end latency is that minus the event's publish time. Output records carry no
+    ingress time (an exact join key between agencies), so the benchmark times its own events.
+    """
+
+    def __init__(self, bootstrap: str, topics: Iterable[str]) -> None:
+        """Assign every partition of ``topics`` at its end offset (call before publishing)."""
+        self.arrived: dict[tuple[str, bytes | None], float] = {}
+        self._stop = threading.Event()
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            group_id=None,
+            isolation_level="read_committed",
+            fetch_max_wait_ms=50,
+        )
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(self._consumer.partitions_for_topic(t) or ())]
+        self._consumer.assign(tps)
+        self._consumer.seek_to_end(*tps)
+        for tp in tps:
+            self._consumer.position(tp)  # resolve the end offsets now, before anything is published
+        self._thread = threading.Thread(target=self._run, name="live-reader", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            batch = self._consumer.poll(timeout_ms=100, max_records=10_000)
+            now = time.time() * 1000
+            for records in batch.values():
+                for r in records:
+                    self.arrived.setdefault((r.topic, r.key), now)
+
+    def stop(self) -> None:
+        """Stop reading and close the consumer."""
+        self._stop.set()
+        self._thread.join(10)
+        self._consumer.close()
 
 
 def read_all(bootstrap: str, topics: Iterable[str]) -> Iterator[ConsumerRecord]:

@@ -13,7 +13,7 @@ from streams.audit.chain import AuditWriter
 from streams.audit.decisions import Auditor
 from streams.audit.keys import AuditKeys
 from streams.contracts.codec import EventDecoder, ViewEncoder, register_encoder
-from streams.contracts.registry import SchemaRegistryClient
+from streams.contracts.registry import SchemaRegistryClient, SchemaResolver
 from streams.contracts.schemas import Schema, canonical_json, input_schema, load_schema, schema_dir
 from streams.contracts.wire import frame
 from streams.crypto.envelope import FieldEncryptor
@@ -131,6 +131,11 @@ def build_pipeline(
     key in force now for every encrypting agency, building fails (nothing is sent in clear).
     """
     policy_set = policy_set or load_policy_set(settings, geography)
+    # The decoder's registry front: negative cache, single flight, lookups ahead of the pass.
+    resolver = registry if isinstance(registry, SchemaResolver) else SchemaResolver(registry)
+    # The reader joins the ingress subject's versions, so FORWARD_TRANSITIVE checks every new
+    # writer schema against it (see contracts.registry.COMPATIBILITY).
+    resolver.register(subject_for(settings.ingress_topic), canonical_json(policy_set.input_schema))
     minimiser = Minimiser(policy_set.policies, policy_set.input_schema, keys, geography)
     schemas = {p.recipient: output_schema(p, policy_set.input_schema) for p in policy_set.policies}
     encoders: dict[str, ViewEncoder] = {}
@@ -139,7 +144,7 @@ def build_pipeline(
         encoders[agency.agency] = register_encoder(registry, subject_for(topic), schemas[agency.recipient])
     sealers = build_sealers(settings, minimiser, schemas, public_keys, clock_ms()) if public_keys is not None else None
     return Pipeline(
-        EventDecoder(registry, policy_set.input_schema),
+        EventDecoder(resolver, policy_set.input_schema),
         EventValidator(geography, clock_ms),
         minimiser,
         encoders,
@@ -148,6 +153,7 @@ def build_pipeline(
         settings.topic_prefix,
         Auditor(audit_keys, minimiser) if audit_keys is not None else None,
         sealers,
+        schemas=resolver,
     )
 
 

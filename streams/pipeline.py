@@ -3,7 +3,14 @@
 Pure with respect to Kafka: the worker hands in :class:`InputRecord` values and produces the
 returned :class:`OutputRecord` values. Any per-record failure becomes one dead-letter record
 carrying the reason, the stage, the source coordinates, the time and the processor version;
-only infrastructure errors (registry unreachable, missing key) propagate.
+only infrastructure errors propagate: a registry that does not answer raises
+:class:`~streams.errors.RegistryUnavailable` (never a dead letter: the caller retries the batch).
+
+What two agencies' records of one event share is limited to the fields both policies name:
+no header is common to them but the policy ones; each record's Kafka timestamp is the
+processing time truncated to the agency's grain (a UTC day); its partition key is the
+agency's keyed hash of the person; and within a batch each topic's records are ordered by
+that key (:func:`transaction_order`), so their order lines up with no other topic's.
 """
 
 from __future__ import annotations
@@ -12,18 +19,21 @@ import datetime as dt
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from streams import __version__
 from streams.audit.decisions import Auditor, PendingAudit
 from streams.contracts.codec import EventDecoder, ViewEncoder
+from streams.contracts.registry import SchemaResolver
+from streams.contracts.wire import HEADER_SIZE, MAGIC
 from streams.crypto.envelope import DataKey
 from streams.crypto.errors import KeyUnavailable
 from streams.crypto.views import ViewSealer
 from streams.domain.validation import EventValidator, wall_clock_ms
-from streams.errors import ConfigError, RecordRejected
-from streams.policy.engine import Minimiser, View
+from streams.errors import ConfigError, RecordRejected, RegistryError, RegistryUnavailable
+from streams.policy.engine import Minimiser, View, truncate_ms
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +58,6 @@ DLQ_PREFIX = "dlq."
 H_RECIPIENT = "policy.recipient"
 H_POLICY_VERSION = "policy.version"
 H_AGENCY = "policy.agency"
-#: Ingress record timestamp (ms), so consumers and benchmarks can measure end-to-end latency.
-H_SOURCE_TS = "source.timestamp-ms"
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,12 @@ class InputRecord:
 
 @dataclass(frozen=True)
 class OutputRecord:
-    """One record to produce; ``route_key`` chooses the partition (stable per event)."""
+    """One record to produce; ``route_key`` chooses the partition (stable per person and agency).
+
+    ``timestamp_ms`` is the Kafka record time to produce with (``None``: the producer's
+    clock, dead letters only): for agency records, the processing time truncated to the
+    agency's grain, never finer than its policy allows.
+    """
 
     topic: str
     key: bytes | None
@@ -75,6 +88,7 @@ class OutputRecord:
     headers: Headers
     route_key: bytes
     dead_letter: bool = False
+    timestamp_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -117,12 +131,15 @@ class Pipeline:
         topic_prefix: str = "",
         auditor: Auditor | None = None,
         sealers: Mapping[str, ViewSealer] | None = None,
+        schemas: SchemaResolver | None = None,
     ) -> None:
         """Wire the stages; ``encoders`` maps each agency name to its output encoder.
 
         With an ``auditor``, :meth:`process_batch` also drafts one decision record per input.
         ``sealers`` maps each agency whose policy encrypts fields to its :class:`ViewSealer`; an
         agency that encrypts without one is a :class:`ConfigError` (nothing is sent in clear).
+        ``schemas`` (the decoder's registry front) lets :meth:`prefetch` look writer schemas up
+        before the CPU-bound pass, and keeps records that are not framed from costing a lookup.
         """
         sealers = dict(sealers or {})
         unsealed = sorted(
@@ -137,6 +154,7 @@ class Pipeline:
         self._sealers = {a.agency: sealers.get(a.agency) for a in minimiser.agencies}
         self.key_topics = sorted({s.key_topic for s in sealers.values()})
         self.auditor = auditor
+        self.schemas = schemas
         self.decoder = decoder
         self.validator = validator
         self.minimiser = minimiser
@@ -156,26 +174,55 @@ class Pipeline:
             for a in minimiser.agencies
         }
 
+    def prefetch(self, records: Iterable[InputRecord]) -> None:
+        """Look up the writer schemas of these records' framed payloads (blocking: run it off any event loop).
+
+        Raises :class:`~streams.errors.RegistryUnavailable` while the registry does not answer;
+        unknown ids are negatively cached, so the pass that follows makes no request.
+        """
+        if self.schemas is not None:
+            self.schemas.resolve(framed_schema_ids(records))
+
+    def needs_prefetch(self, records: Iterable[InputRecord]) -> bool:
+        """True when some framed record's writer schema id is not yet known either way (no I/O)."""
+        return self.schemas is not None and self.schemas.needs_lookup(framed_schema_ids(records))
+
+    def _scope(self, records: Sequence[InputRecord]) -> AbstractContextManager[None]:
+        """Registry lookups allowed during a pass: only for the ids of framed records."""
+        return nullcontext() if self.schemas is None else self.schemas.only(framed_schema_ids(records))
+
     def process(self, record: InputRecord) -> list[OutputRecord]:
         """Return the outputs of one input record (views, or a single dead letter)."""
-        return self._process(record).outputs
+        with self._scope((record,)):
+            return self._process(record).outputs
 
     def process_batch(self, records: Iterable[InputRecord]) -> Batch:
         """Process records in order: their outputs, and one audit draft per record if auditing.
 
-        A draft's delivered entries index the batch's ``outputs``, so the runner can seal the
-        produced coordinates into the audit record it commits in the same transaction.
+        Outputs come in :func:`transaction_order` (each topic ordered by its partition key), then
+        the key records. A draft's delivered entries index the batch's ``outputs``, so the runner
+        can seal the produced coordinates into the audit record it commits in the same transaction.
         """
+        records = list(records)
         batch = Batch([], [])
         keys: dict[bytes, DataKey] = {}
-        for record in records:
-            result = self._process(record)
-            if self.auditor is not None:
-                batch.audits.append(self._audit(record, result, len(batch.outputs)))
-            batch.outputs.extend(result.outputs)
-            keys.update((k.key_id, k) for k in result.keys)
-        batch.outputs.extend(self._key_records(keys.values()))
-        return batch
+        with self._scope(records):
+            for record in records:
+                result = self._process(record)
+                if self.auditor is not None:
+                    batch.audits.append(self._audit(record, result, len(batch.outputs)))
+                batch.outputs.extend(result.outputs)
+                keys.update((k.key_id, k) for k in result.keys)
+        order = transaction_order(batch.outputs)
+        moved = {old: new for new, old in enumerate(order)}
+        audits = [
+            replace(
+                a,
+                decisions=tuple(d if d.output is None else replace(d, output=moved[d.output]) for d in a.decisions),
+            )
+            for a in batch.audits
+        ]
+        return Batch([batch.outputs[i] for i in order] + self._key_records(keys.values()), audits)
 
     def _key_records(self, keys: Iterable[DataKey]) -> list[OutputRecord]:
         """One key-topic record per data key the batch used, so the batch's transaction holds them.
@@ -217,7 +264,7 @@ class Pipeline:
             stage = "encode"
             outputs = []
             used: list[DataKey] = []
-            trace = ((H_SOURCE_TS, str(record.timestamp_ms).encode()),) if record.timestamp_ms is not None else ()
+            now = self.clock_ms()
             for view in views:
                 topic, encoder, headers = self._routes[view.agency.agency]
                 ref = view.record.get("event_ref")
@@ -232,9 +279,17 @@ class Pipeline:
                     if data_key is not None:
                         used.append(data_key)
                     stage = "encode"
-                outputs.append(OutputRecord(topic, key, encoder.encode(values), headers + trace, key or b""))
+                stamp = truncate_ms(now, view.agency.clock_grain_ms)
+                route = view.route_key or key or b""
+                outputs.append(OutputRecord(topic, key, encoder.encode(values), headers, route, False, stamp))
         except KeyUnavailable:
             raise  # no key in force: infrastructure; the batch must not be acknowledged
+        except RegistryError as exc:
+            # Not the record's fault: the registry did not answer. Propagate, never dead-letter.
+            self.stats.consumed -= 1
+            if isinstance(exc, RegistryUnavailable):
+                raise
+            raise RegistryUnavailable(f"schema registry failed at stage {stage}: {type(exc).__name__}") from exc
         except RecordRejected as rejection:
             letter = self._dead_letter(record, rejection.code, str(rejection), rejection.stage)
             return _Result([letter], event, (), rejection.code)
@@ -266,17 +321,24 @@ class Pipeline:
         return [out for _, outputs in self.process_each(records) for out in outputs]
 
     def process_each(self, records: Iterable[InputRecord]) -> list[tuple[InputRecord, list[OutputRecord]]]:
-        """Each record with its own outputs; the batch's key records are appended to the last record's.
+        """A batch's outputs in :func:`transaction_order`, each with the input it came from.
 
-        For runners that attribute delivery failures to their source record: committing all the
-        returned outputs together commits every data key they need with them.
+        For runners that attribute delivery failures to their source record; produce the pairs
+        in the order given (one output per pair, the batch's key records with the last one):
+        committing all the returned outputs together commits every data key they need with them.
+        Writer schemas are looked up first (:meth:`prefetch`), so a registry outage raises
+        :class:`~streams.errors.RegistryUnavailable` before anything is produced.
         """
-        work: list[tuple[InputRecord, list[OutputRecord]]] = []
+        records = list(records)
+        self.prefetch(records)
+        pairs: list[tuple[InputRecord, OutputRecord]] = []
         keys: dict[bytes, DataKey] = {}
-        for record in records:
-            result = self._process(record)
-            work.append((record, list(result.outputs)))
-            keys.update((k.key_id, k) for k in result.keys)
+        with self._scope(records):
+            for record in records:
+                result = self._process(record)
+                pairs.extend((record, out) for out in result.outputs)
+                keys.update((k.key_id, k) for k in result.keys)
+        work = [(pairs[i][0], [pairs[i][1]]) for i in transaction_order([out for _, out in pairs])]
         if keys:
             work[-1][1].extend(self._key_records(keys.values()))
         return work
@@ -289,6 +351,34 @@ class Pipeline:
 
 def _encrypts(rules: Iterable[Any]) -> bool:
     return any(rule.op == "encrypt" for rule in rules)
+
+
+def framed_schema_ids(records: Iterable[InputRecord]) -> list[int]:
+    """Writer schema ids of the records framed in the Confluent wire format (magic byte 0).
+
+    Only these are ever looked up in the registry: a payload with another first byte (JSON,
+    a foreign framing) costs no request, whatever its next four bytes say.
+    """
+    ids = []
+    for record in records:
+        value = record.value
+        if value is not None and HEADER_SIZE <= len(value) <= MAX_PAYLOAD and value[0] == MAGIC:
+            ids.append(int.from_bytes(value[1:HEADER_SIZE], "big"))
+    return ids
+
+
+def transaction_order(outputs: Sequence[OutputRecord]) -> list[int]:
+    """The order to produce a batch's outputs in: by topic, then by partition key (stable).
+
+    Within a topic, records follow the agency's keyed hash of the person, so one person's
+    records keep their input order (same key, stable sort), while the order of one agency's
+    records says nothing about another agency's: their keys are unrelated. Dead letters keep
+    their input order.
+    """
+    return sorted(
+        range(len(outputs)),
+        key=lambda i: (outputs[i].topic, b"" if outputs[i].dead_letter else outputs[i].route_key, i),
+    )
 
 
 def dead_letter(record: InputRecord, code: str, reason: str, stage: str, dlq_topic: str, now_ms: int) -> OutputRecord:

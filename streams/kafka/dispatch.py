@@ -1,8 +1,9 @@
 """Produce a batch of output records with explicit partitions, and never report a failure as done.
 
-The send function is injected (faust's producer in the worker, a fake in unit tests). Records
-are partitioned here with CRC-32 of a stable route key, so aiokafka's pure-Python murmur2
-partitioner stays off the hot path and one event always lands on the same partition.
+The send function is injected (a producer's send, a fake in unit tests). Records are
+partitioned here with CRC-32 of their route key, the agency's keyed hash of the person
+(:mod:`streams.policy.engine`), so one person's records share a partition at each agency and
+stay in order there, while two agencies' partitions of one person are unrelated.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from streams.errors import RegistryError
+from streams.errors import RegistryUnavailable
 from streams.pipeline import InputRecord, OutputRecord, Pipeline
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ SleepFn = Callable[[float], Awaitable[None]]
 
 
 def partition_for(record: OutputRecord, partitions: Mapping[str, int]) -> int:
-    """Stable partition of a record: CRC-32 of its route key modulo its topic's partition count."""
+    """Partition of a record: CRC-32 of its route key (per person and agency) modulo its topic's count."""
     count = partitions.get(record.topic)
     if count is None:
         raise KeyError(f"no partition count known for topic {record.topic!r}")
@@ -94,8 +95,19 @@ class Dispatcher:
             pending = failed
 
 
+async def outputs_of(pipeline: Pipeline, records: list[InputRecord]) -> list[OutputRecord]:
+    """Run the pipeline over a batch from an event loop: registry lookups in a thread, then the pass.
+
+    Raises :class:`~streams.errors.RegistryUnavailable` (nothing produced) while the registry
+    does not answer.
+    """
+    if pipeline.needs_prefetch(records):
+        await asyncio.to_thread(pipeline.prefetch, records)
+    return pipeline.process_many(records)
+
+
 async def outputs_with_retry(
-    pipeline: Pipeline, records: list[InputRecord], sleep: SleepFn = asyncio.sleep
+    pipeline: Pipeline, records: list[InputRecord], sleep: SleepFn = asyncio.sleep, max_backoff_s: float = 30.0
 ) -> list[OutputRecord]:
     """Run the pipeline over a batch, retrying while the schema registry is unreachable.
 
@@ -105,8 +117,8 @@ async def outputs_with_retry(
     backoff = 0.5
     while True:
         try:
-            return pipeline.process_many(records)
-        except RegistryError as exc:
+            return await outputs_of(pipeline, records)
+        except RegistryUnavailable as exc:
             log.warning("schema registry unavailable (%s); retrying batch in %.1f s", type(exc).__name__, backoff)
             await sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
+            backoff = min(backoff * 2, max_backoff_s)

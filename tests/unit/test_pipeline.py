@@ -21,6 +21,7 @@ from streams.domain.generate import GeneratorSettings, generate_events
 from streams.domain.geography import DEFAULT_GEOGRAPHY
 from streams.domain.nir import nir_key
 from streams.domain.validation import EventValidator
+from streams.errors import RegistryError, RegistryUnavailable
 from streams.kafka.publish import event_encoder
 from streams.pipeline import (
     DLQ_HEADERS,
@@ -138,7 +139,8 @@ def test_outputs_carry_policy_headers_and_event_ref_key() -> None:
         assert headers["policy.agency"] == agency.encode()
         assert headers["policy.version"] == versions[recipient].encode()
         view = harness.view_of(out)
-        assert out.key == view["event_ref"].encode() == out.route_key
+        assert out.key == view["event_ref"].encode()
+        assert len(out.route_key) == 16 and out.route_key != out.key  # the agency's keyed hash of the person
         refs.add(view["event_ref"])
         if recipient != "cnam":  # only contact tracing may see identity, never in headers
             assert _leaks(out, event) == []
@@ -335,8 +337,8 @@ def test_internal_error_is_dead_lettered_without_the_exception_text() -> None:
     assert _leaks(out, event) == []
 
 
-def test_process_many_concatenates_in_order() -> None:
-    """process_many returns each record's outputs in input order and counts every input."""
+def test_process_many_returns_every_output_grouped_by_topic() -> None:
+    """process_many returns every record's outputs, grouped by topic, and counts every input."""
     harness = Harness()
     records = [
         harness.record(b"\x05bad"),
@@ -349,12 +351,177 @@ def test_process_many_concatenates_in_order() -> None:
     assert harness.pipeline.stats.produced == {"surveillance.spf.results.v1": 1}
 
 
-def test_source_timestamp_is_forwarded_on_outputs_only_when_known() -> None:
-    """Outputs carry source.timestamp-ms from the ingress record; without one, no such header."""
+def test_no_source_timestamp_header_and_record_times_are_days() -> None:
+    """No output carries the ingress time; each agency record's time is the processing day (UTC)."""
     harness = Harness()
     value = harness.encode(_event())
     stamped = InputRecord(INGRESS_TOPIC, 0, 1, None, value, (), timestamp_ms=1_598_000_000_123)
     outputs = harness.pipeline.process(stamped)
-    assert {_headers(o)["source.timestamp-ms"] for o in outputs} == {b"1598000000123"}
-    unstamped = harness.pipeline.process(harness.record(value))
-    assert all("source.timestamp-ms" not in _headers(o) for o in unstamped)
+    assert len(outputs) == 3
+    for out in outputs:
+        assert [k for k, _ in out.headers] == ["policy.recipient", "policy.agency", "policy.version"]
+        assert out.timestamp_ms == FIXED // MS_PER_DAY * MS_PER_DAY
+    assert harness.pipeline.process(harness.record(b"\x05bad"))[0].timestamp_ms is None
+
+
+# --- registry outages and floods (issue 8, item 3) ------------------------------------------------
+
+
+class CountingRegistry(InMemorySchemaRegistry):
+    """The in-memory registry that counts lookups and can be switched off like a stopped server."""
+
+    def __init__(self) -> None:
+        """Start empty and up."""
+        super().__init__()
+        self.lookups = 0
+        self.down = False
+
+    def get_schema(self, schema_id: int) -> str:
+        """Count, then answer or fail like an unreachable registry."""
+        self.lookups += 1
+        if self.down:
+            raise RegistryUnavailable("connection refused")
+        return super().get_schema(schema_id)
+
+
+def _counting_harness() -> tuple[Harness, CountingRegistry, ViewEncoder]:
+    """A pipeline whose registry counts lookups, and a v2 encoder whose id the pipeline never saw."""
+    harness = Harness()
+    registry = CountingRegistry()
+    harness.registry = registry
+    harness.pipeline = build_pipeline(
+        harness.settings,
+        registry,
+        harness.keys,
+        clock_ms=lambda: FIXED,
+        policy_set=POLICY_SET,
+        public_keys=public_key_ring(),
+    )
+    harness.encoder = event_encoder(registry, harness.settings.ingress_topic)
+    # A producer registers v2 straight with the registry: the pipeline's resolver has not seen it.
+    return harness, registry, event_encoder(registry, harness.settings.ingress_topic, 2)
+
+
+def _v2_event() -> dict[str, Any]:
+    event = next(iter(generate_events(1, GeneratorSettings(seed=5, schema_version=2))))
+    return {**event, "processing_mode": "P", "result": "POSITIVE", "commune_code": "75056"}
+
+
+def test_registry_outage_raises_retriable_error_and_dead_letters_nothing() -> None:
+    """An unseen writer id while the registry is down: RegistryUnavailable, no dead letter, nothing counted."""
+    harness, registry, v2 = _counting_harness()
+    registry.down = True
+    record = harness.record(v2.encode(_v2_event()))
+    with pytest.raises(RegistryUnavailable):
+        harness.pipeline.process(record)
+    with pytest.raises(RegistryUnavailable):
+        harness.pipeline.process_each([record])
+    assert harness.pipeline.stats.dead_letters == {}
+    assert harness.pipeline.stats.consumed == 0
+    registry.down = False
+    work = harness.pipeline.process_each([record])
+    assert sorted(o.topic for _, outs in work for o in outs if o.topic.endswith(".results.v1")) == sorted(
+        ["tracing.cnam.results.v1", "surveillance.spf.results.v1", "tracing.ars.11.results.v1"]
+    )
+
+
+def test_any_registry_error_but_not_found_is_infrastructure() -> None:
+    """A registry refusing with another error (e.g. HTTP 401) is retriable too: never internal_error."""
+    harness, registry, v2 = _counting_harness()
+
+    def refuse(schema_id: int) -> str:
+        raise RegistryError("HTTP 401 unauthorised")
+
+    registry.get_schema = refuse  # type: ignore[method-assign]
+    with pytest.raises(RegistryUnavailable):
+        harness.pipeline.process(harness.record(v2.encode(_v2_event())))
+    assert harness.pipeline.stats.dead_letters == {}
+
+
+def test_flood_of_unknown_ids_and_json_costs_one_lookup_per_distinct_id() -> None:
+    """2 000 records of one unknown id + 2 000 JSON payloads: one lookup in all, every one dead-lettered."""
+    harness, registry, _ = _counting_harness()
+    before = registry.lookups
+    unknown = frame(987_654, b"\x00" * 40)
+    json_payload = json.dumps({"event_id": "x", "nir": "1"}).encode()
+    records = [harness.record(unknown) for _ in range(2000)] + [harness.record(json_payload) for _ in range(2000)]
+    harness.pipeline.prefetch(records)
+    outputs = harness.pipeline.process_many(records)
+    assert registry.lookups - before == 1
+    codes = [dict(o.headers)["dlq.reason.code"] for o in outputs]
+    assert codes.count(b"unknown_schema_id") == 2000
+    assert codes.count(b"not_framed") == 2000
+
+
+def test_bad_magic_payload_costs_no_lookup_even_without_prefetch() -> None:
+    """A payload whose first byte is not 0 never reaches the registry, whatever its next four bytes are."""
+    harness, registry, _ = _counting_harness()
+    before = registry.lookups
+    outputs = harness.pipeline.process(harness.record(b'{"event_id": "0000-1111"}'))
+    assert registry.lookups == before
+    assert dict(outputs[0].headers)["dlq.reason.code"] == b"not_framed"
+
+
+def test_prefetch_looks_each_unseen_id_up_once_then_the_pass_needs_none() -> None:
+    """prefetch resolves the batch's unseen ids; afterwards nothing is left to look up."""
+    harness, registry, v2 = _counting_harness()
+    records = [harness.record(v2.encode(_v2_event())) for _ in range(50)]
+    assert harness.pipeline.needs_prefetch(records)
+    before = registry.lookups
+    harness.pipeline.prefetch(records)
+    assert registry.lookups - before == 1
+    assert not harness.pipeline.needs_prefetch(records)
+    harness.pipeline.process_many(records)
+    assert registry.lookups - before == 1
+
+
+# --- order within a transaction (issue 8, items 6 and 7) ------------------------------------------
+
+
+def test_transaction_order_groups_topics_and_sorts_by_partition_key() -> None:
+    """Within a batch each topic's records follow their partition key; one person's keep input order."""
+    harness = Harness()
+    events = [_event(event_id=f"00000000-0000-4000-8000-{i:012d}") for i in range(40)]
+    person = events[3]
+    events[20] = {**events[20], "nir": person["nir"]}  # a re-test of the same person later in the batch
+    records = [InputRecord(INGRESS_TOPIC, 0, i, None, harness.encode(e)) for i, e in enumerate(events)]
+    work = [(source, out) for source, outs in harness.pipeline.process_each(records) for out in outs]
+    work = [(source, out) for source, out in work if out.topic.endswith(".results.v1")]  # not the key records
+    outputs = [out for _, out in work]
+    topics = [o.topic for o in outputs]
+    assert topics == sorted(topics)
+    for topic in set(topics):
+        keys = [o.route_key for o in outputs if o.topic == topic]
+        assert keys == sorted(keys)
+    for topic in ("tracing.cnam.results.v1", "surveillance.spf.results.v1"):
+        mine = [source.offset for source, o in work if o.topic == topic and source.offset in (3, 20)]
+        assert mine == [3, 20]  # same key, stable: the person's results stay in order
+
+
+def test_process_batch_keeps_audit_indices_pointing_at_the_same_outputs() -> None:
+    """Reordering a batch remaps each audit draft's output index to the output it drafted."""
+    from streams.audit.keys import AuditKeys
+
+    harness = Harness()
+    audited = build_pipeline(
+        harness.settings,
+        harness.registry,
+        harness.keys,
+        clock_ms=lambda: FIXED,
+        policy_set=POLICY_SET,
+        public_keys=public_key_ring(),
+        audit_keys=AuditKeys(b"a" * 32),
+    )
+    events = [_event(event_id=f"00000000-0000-4000-8000-{i:012d}") for i in range(30)]
+    records = [InputRecord(INGRESS_TOPIC, 0, i, None, harness.encode(e)) for i, e in enumerate(events)]
+    batch = audited.process_batch(records)
+    views = [o for o in batch.outputs if o.topic.endswith(".results.v1")]
+    assert [o.topic for o in views] == sorted(o.topic for o in views)
+    pointed = 0
+    for audit in batch.audits:
+        for decision in audit.decisions:
+            if decision.output is not None:
+                out = batch.outputs[decision.output]
+                assert dict(out.headers)["policy.agency"] == (decision.agency or "").encode()
+                pointed += 1
+    assert pointed == len(views) == 90

@@ -192,3 +192,94 @@ def test_empty_batch_sends_nothing() -> None:
     producer, sleep = FakeProducer(), FakeSleep()
     asyncio.run(Dispatcher(producer.send, PARTITIONS, sleep=sleep).dispatch([]))
     assert producer.calls == [] and sleep.delays == []
+
+
+# --- registry outages through the async path, and per-person partitions -------------------------
+
+
+def _pipeline_with_flaky_registry(down_for: int) -> tuple[Any, Any, list[Any]]:
+    """A real pipeline whose registry fails ``down_for`` lookups before answering; a v2 batch it never saw."""
+    from streams.assembly import build_pipeline, load_policy_set
+    from streams.contracts.registry import InMemorySchemaRegistry
+    from streams.domain.generate import GeneratorSettings, generate_events
+    from streams.domain.geography import DEFAULT_GEOGRAPHY
+    from streams.errors import RegistryUnavailable
+    from streams.kafka.publish import event_encoder
+    from streams.pipeline import InputRecord
+    from streams.policy.pseudonyms import StaticKeyRing, generate_keys
+    from streams.settings import Settings
+    from tests.conftest import public_key_ring
+
+    class Flaky(InMemorySchemaRegistry):
+        failures = down_for
+        lookups = 0
+
+        def get_schema(self, schema_id: int) -> str:
+            """Fail like a stopped registry, then answer."""
+            self.lookups += 1
+            if self.failures > 0:
+                self.failures -= 1
+                raise RegistryUnavailable("connection refused")
+            return super().get_schema(schema_id)
+
+    settings = Settings()
+    registry = Flaky()
+    agencies = ["cnam", "spf", *(f"ars.{r}" for r in DEFAULT_GEOGRAPHY.region_names)]
+    pipeline = build_pipeline(
+        settings,
+        registry,
+        StaticKeyRing(generate_keys(agencies)),
+        clock_ms=lambda: 1_601_510_400_000,
+        policy_set=load_policy_set(settings),
+        public_keys=public_key_ring(),
+    )
+    v2 = event_encoder(registry, settings.ingress_topic, 2)
+    events = generate_events(20, GeneratorSettings(seed=4, schema_version=2))
+    records = [InputRecord(settings.ingress_topic, 0, i, None, v2.encode(dict(e))) for i, e in enumerate(events)]
+    return pipeline, registry, records
+
+
+def test_registry_outage_is_retried_with_backoff_and_nothing_is_dead_lettered() -> None:
+    """outputs_with_retry waits out 3 failed lookups (0.5, 1, 2 s backoff), then delivers every view."""
+    from streams.kafka.dispatch import outputs_with_retry
+
+    pipeline, registry, records = _pipeline_with_flaky_registry(down_for=3)
+    sleep = FakeSleep()
+    outputs = asyncio.run(outputs_with_retry(pipeline, records, sleep))
+    assert sleep.delays == pytest.approx([0.5, 1.0, 2.0])
+    assert not any(o.dead_letter for o in outputs)
+    assert pipeline.stats.dead_letters == {}
+    assert registry.lookups == 4  # the v2 id, once per attempt; never again once known
+
+
+def test_lookups_run_off_the_event_loop_thread() -> None:
+    """The registry lookup of an unseen id happens in a worker thread, not on the loop's thread."""
+    import threading
+
+    from streams.kafka.dispatch import outputs_of
+
+    pipeline, registry, records = _pipeline_with_flaky_registry(down_for=0)
+    threads: list[str] = []
+    original = registry.get_schema
+
+    def spy(schema_id: int) -> str:
+        threads.append(threading.current_thread().name)
+        return str(original(schema_id))
+
+    registry.get_schema = spy
+
+    async def run() -> str:
+        await outputs_of(pipeline, records)
+        return threading.current_thread().name
+
+    loop_thread = asyncio.run(run())
+    assert threads and loop_thread not in threads
+
+
+def test_one_persons_records_land_on_one_partition_per_agency() -> None:
+    """Records with one route key (one person at one agency) share a partition, whatever their event key."""
+    from streams.kafka.dispatch import partition_for
+
+    parts = {"t.spf": 3, "t.cnam": 3}
+    same = [OutputRecord("t.spf", f"ref{i}".encode(), b"v", (), b"person-key-at-spf") for i in range(10)]
+    assert {partition_for(r, parts) for r in same} == {zlib.crc32(b"person-key-at-spf") % 3}
