@@ -73,6 +73,30 @@ def _agencies_and_topics(settings: Settings) -> dict[str, str]:
     return dict(zip(agency_names(policy_set), output_topics(policy_set), strict=True))
 
 
+@agency.command("throwaway")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="SCREENING_AGENCY_KEYS_OUT",
+    required=True,
+    help="Where the private key files go (agency side).",
+)
+@_keys_dir
+@click.option("--days", type=int, default=365, show_default=True, envvar="SCREENING_AGENCY_DAYS")
+def throwaway(out: Path, public_keys_dir: Path, days: int) -> None:
+    """(Demos and tests) a key pair for every agency whose policy encrypts; public halves imported."""
+    import time
+
+    from streams.assembly import encrypting_agencies, load_policy_set
+    from streams.crypto.ring import throwaway_key_pairs
+
+    agencies = encrypting_agencies(load_policy_set(_settings()))
+    made = throwaway_key_pairs(agencies, out, public_keys_dir, int(time.time() * 1000), days)
+    click.echo(
+        f"throw-away key pairs for {len(made)} agencies: private keys in {out}, public keys in {public_keys_dir}"
+    )
+
+
 @agency.command("import-key")
 @click.argument(
     "file", type=click.Path(path_type=Path, dir_okay=False, exists=True), envvar="SCREENING_AGENCY_KEY_FILE"

@@ -12,21 +12,27 @@ import asyncio
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 import fastavro
 from kafka import TopicPartition
 
-from streams.assembly import agency_names, load_policy_set, output_topics
+from streams.assembly import agency_names, encrypting_agencies, load_policy_set, output_topics
 from streams.contracts.registry import HttpSchemaRegistry
 from streams.contracts.schemas import load_schema, schema_dir, strip_logical_types, to_readable
 from streams.contracts.wire import frame
+from streams.crypto.envelope import DataKeyStore
+from streams.crypto.reader import AgencyRecordReader
+from streams.crypto.ring import PrivateKeyRing, throwaway_key_pairs
+from streams.crypto.views import encrypted_fields, key_topic
 from streams.domain.generate import GeneratorSettings, generate_events
 from streams.kafka.offsets import count_records, end_offsets, read_from, wait_for_lag_zero, wait_for_members
 from streams.kafka.publish import event_encoder, framed_events, publish_raw
@@ -70,6 +76,12 @@ def run_demo(count: int, seed: int, keep_running: bool, echo: Echo = print) -> N
     keys_file = state / "throwaway-keys.json"
     write_key_file(keys_file, generate_keys(agencies), force=True)  # fresh throw-away keys each run
     echo(f"throw-away pseudonymisation keys for {len(agencies)} agencies: {keys_file}")
+    private_keys = _agency_keys(settings, state)
+    echo(
+        f"throw-away agency key pairs for {len(private_keys)} agencies that receive encrypted fields: "
+        f"private halves in {state / 'agency-keys'} (the agencies' side), public halves imported into "
+        f"{state / 'public-keys'} (the worker's)"
+    )
 
     partitions = create_topics(settings, outputs)
     topics = sorted(partitions)
@@ -80,6 +92,7 @@ def run_demo(count: int, seed: int, keep_running: bool, echo: Echo = print) -> N
         "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
         "SCHEMA_REGISTRY_URL": settings.registry_url,
         "SCREENING_KEYS_FILE": str(keys_file),
+        "SCREENING_PUBLIC_KEYS_DIR": str(state / "public-keys"),
         "SCREENING_STATE_DIR": str(state),
         "SCREENING_TOPIC_PREFIX": settings.topic_prefix,
     }
@@ -119,14 +132,28 @@ def run_demo(count: int, seed: int, keep_running: bool, echo: Echo = print) -> N
         except subprocess.TimeoutExpired:
             worker.kill()
     delta = count_records(settings.bootstrap_servers, before)
-    _summary(settings, delta, before, count + len(poison), done - t_publish, echo)
+    _summary(settings, delta, before, count + len(poison), done - t_publish, echo, private_keys)
     echo(f"\ndemo finished in {time.monotonic() - started:.1f} s; worker stopped (exit {worker.returncode})")
     if not keep_running:
         lifecycle.down(stack, echo=echo)
 
 
+def _agency_keys(settings: Settings, state: Path) -> dict[str, Path]:
+    """Fresh throw-away key pairs for the encrypting agencies (previous runs' keys are removed)."""
+    for name in ("agency-keys", "public-keys"):
+        shutil.rmtree(state / name, ignore_errors=True)
+    agencies = encrypting_agencies(load_policy_set(settings))
+    return throwaway_key_pairs(agencies, state / "agency-keys", state / "public-keys", int(time.time() * 1000))
+
+
 def _summary(
-    settings: Settings, delta: dict[str, int], before: dict[TopicPartition, int], sent: int, seconds: float, echo: Echo
+    settings: Settings,
+    delta: dict[str, int],
+    before: dict[TopicPartition, int],
+    sent: int,
+    seconds: float,
+    echo: Echo,
+    private_keys: dict[str, Path],
 ) -> None:
     echo(f"\n{'topic':<40} {'records':>8}")
     echo(f"{'-' * 40} {'-' * 8}")
@@ -161,4 +188,16 @@ def _summary(
             f"\nsample from {topic} (schema id {int.from_bytes(value[1:5], 'big')}, "
             f"policy {dict(sample[0].headers).get('policy.version', b'?').decode()}):"
         )
-        echo(json.dumps(to_readable(record, schema), ensure_ascii=False))
+        encrypted = encrypted_fields(schema)
+        wire = {k: f"<{len(v)} encrypted bytes>" if k in encrypted and v is not None else v for k, v in record.items()}
+        echo(json.dumps(to_readable(wire, schema), ensure_ascii=False))
+        agency = policy.recipient + (".11" if policy.route else "")
+        if agency in private_keys and any(record.get(name) is not None for name in encrypted):
+            store = DataKeyStore(agency, PrivateKeyRing.from_files([private_keys[agency]], agency))
+            keys = {tp: 0 for tp in end_offsets(settings.bootstrap_servers, [key_topic(topic)])}
+            for key_record in read_from(settings.bootstrap_servers, keys):
+                store.add(key_record.value)
+            reader = AgencyRecordReader(HttpSchemaRegistry(settings.registry_url), store)
+            opened = reader.read(topic, sample[0].partition, sample[0].offset, value)
+            echo(f"as {agency} reads it with its private key (encrypted fields decrypted):")
+            echo(json.dumps(opened, ensure_ascii=False))

@@ -26,8 +26,10 @@ from streams.crypto.keys import (
     AgencyPrivateKey,
     AgencyPublicKey,
     format_instant,
+    generate_key_pair,
     load_private_key_file,
     load_public_key_file,
+    write_key_pair,
     write_public_key_file,
 )
 
@@ -264,3 +266,20 @@ def ring_of(pairs: Mapping[str, AgencyPrivateKey] | Iterable[AgencyPrivateKey]) 
     """The public ring of some key pairs (tests and the demo)."""
     values = pairs.values() if isinstance(pairs, Mapping) else pairs
     return PublicKeyRing([p.public for p in values])
+
+
+def throwaway_key_pairs(
+    agencies: Iterable[str], private_dir: Path, public_dir: Path, now_ms: int, days: int = 365
+) -> dict[str, Path]:
+    """Demos and tests only: a key pair per agency valid from a day before ``now_ms`` for ``days``.
+
+    Private halves go to ``private_dir`` (0600 files), public halves are imported into the
+    processor's ``public_dir``; returns each agency's private key file. Real agencies run
+    ``agency keygen`` themselves and hand over only the public file.
+    """
+    private_keys = {}
+    for agency in agencies:
+        pair = generate_key_pair(agency, now_ms - 86_400_000, now_ms + days * 86_400_000)
+        private_keys[agency], public = write_key_pair(private_dir, pair)
+        import_public_key(public_dir, public)
+    return private_keys
