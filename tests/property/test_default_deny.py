@@ -14,11 +14,19 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.assembly import PolicySet
+from streams.assembly import PolicySet, build_pipeline
+from streams.contracts.codec import ViewEncoder
+from streams.contracts.registry import InMemorySchemaRegistry
 from streams.contracts.schemas import fields_by_name, input_schema
 from streams.domain.generate import GeneratorSettings, generate_events
 from streams.domain.geography import COMMUNES, DEFAULT_GEOGRAPHY
+from streams.kafka.dispatch import partition_for
+from streams.kafka.publish import event_encoder
+from streams.pipeline import InputRecord, OutputRecord, Pipeline
 from streams.policy.engine import Minimiser
+from streams.policy.pseudonyms import StaticKeyRing
+from streams.settings import Settings
+from tests.conftest import public_key_ring
 
 BATCH = 25
 EXAMPLES = 420  # × BATCH events = 10 500 events per property
@@ -163,3 +171,80 @@ def test_new_input_fields_reach_no_topic(v2_minimiser: Minimiser, policy_set: Po
     for event in generate_events(500, GeneratorSettings(seed=11, schema_version=2, positive_share=0.5)):
         for view in v2_minimiser.apply(event):
             assert not new_fields & set(view.record)
+
+
+# --- whole output records, not only views (issue 8, item 6) ---------------------------------------
+
+WHOLE = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _whole_pipeline(keys: StaticKeyRing, policy_set: PolicySet) -> tuple[Pipeline, ViewEncoder]:
+    registry = InMemorySchemaRegistry()
+    pipeline = build_pipeline(
+        Settings(),
+        registry,
+        keys,
+        clock_ms=lambda: 1_601_510_400_000,
+        policy_set=policy_set,
+        public_keys=public_key_ring(),
+    )
+    return pipeline, event_encoder(registry, Settings().ingress_topic, 2)
+
+
+def _records(pipeline: Pipeline, encoder: ViewEncoder, event: dict[str, Any]) -> dict[str, OutputRecord] | None:
+    """The agency records of one event by agency, or None when it is dead-lettered."""
+    outputs = pipeline.process(InputRecord(Settings().ingress_topic, 0, 0, b"k", encoder.encode(event)))
+    if any(o.dead_letter for o in outputs):
+        return None
+    return {dict(o.headers)["policy.agency"].decode(): o for o in outputs}
+
+
+@WHOLE
+@given(batch=events(), seed=st.integers(0, 2**31))
+def test_whole_records_depend_only_on_fields_the_policy_names(
+    keys: StaticKeyRing, policy_set: PolicySet, batch: list[dict[str, Any]], seed: int
+) -> None:
+    """Key, headers, timestamp, partition key and value of each agency record ignore fields its policy does not name.
+
+    (Values of agencies that encrypt fields differ run to run by their random nonces: their
+    length is compared; the views themselves are covered above.)
+    """
+    pipeline, encoder = _whole_pipeline(keys, policy_set)
+    rng = random.Random(seed)
+    by_agency = {a.agency: a for a in pipeline.minimiser.agencies}
+    compared = 0
+    for event in batch:
+        first = _records(pipeline, encoder, event)
+        if not first:
+            continue
+        for agency, record in first.items():
+            policy = by_agency[agency].policy
+            altered = dict(event)
+            for name in _unnamed(policy.named_sources()):
+                if name not in VALIDATED:  # the validator reads these: an invalid event is no view
+                    altered[name] = replacement(rng, name, event[name])
+            again = _records(pipeline, encoder, altered)
+            assert again is not None and agency in again
+            other = again[agency]
+            assert (other.topic, other.key, tuple(other.headers), other.timestamp_ms, other.route_key) == (
+                record.topic,
+                record.key,
+                tuple(record.headers),
+                record.timestamp_ms,
+                record.route_key,
+            ), f"{agency} record metadata changed when an unnamed field changed"
+            assert partition_for(other, {other.topic: 3}) == partition_for(record, {record.topic: 3})
+            if any(r.op == "encrypt" for r in policy.emitted):
+                assert len(other.value or b"") == len(record.value or b"")
+            else:
+                assert other.value == record.value, f"{agency} record value changed when an unnamed field changed"
+            compared += 1
+    assert compared > 0
+
+
+#: Input fields the validator checks (changing them may make the event invalid, hence no record).
+VALIDATED = frozenset(
+    {"event_id", "emitted_at", "lab_finess", "nir", "birth_date", "phone", "email", "postcode", "commune_code"}
+    | {"sampled_at", "validated_at", "symptom_onset_date", "prescriber_rpps", "prescriber_email", "prescriber_phone"}
+    | {"prescriber_org_finess", "sex"}
+)
