@@ -6,59 +6,98 @@ pre-generates N framed ingress events (Confluent framing; ``--v2-share`` of them
 the v2 contract), then measures
 
 1. ``pipeline.process(record)`` per event: events/s and per-event latency percentiles, plus
-   outputs per event, outputs per topic and dead letters;
+   outputs per event, outputs per topic and dead letters; and ``pipeline.process_many`` over
+   batches of ``--batch`` events (what the worker calls: it adds the key records of the data
+   keys each batch used);
 2. a per-stage breakdown, running the pipeline's parts directly on the same events:
-   ``decoder.decode``, ``validator.check``, ``minimiser.apply`` and the output encoders
-   (``ViewEncoder.encode`` of every view); "rest" is process() minus the four stages
-   (record/headers construction, stats, try/except);
+   ``decoder.decode``, ``validator.check``, ``minimiser.apply``, the field encryption
+   (``ViewSealer.seal``) and the output encoders (``ViewEncoder.encode`` of every view); "rest"
+   is process() minus the stages (record/headers construction, stats, try/except);
 3. with ``--profile``, a cProfile of ``process`` over the events (top functions by own time).
 
-Run: ``python bench/pipeline.py [--events 100000] [--v2-share 0.3] [--seed 0] [--profile]``
+``--encryption both`` (default) measures 1 with the shipped policies (identifying fields
+encrypted for their recipient, throw-away agency key pairs) and again with every ``encrypt``
+replaced by ``keep`` (the same fields in clear), in one run; ``on`` or ``off`` measures one.
+
+Run: ``python bench/pipeline.py [--events 100000] [--v2-share 0.3] [--seed 0] [--encryption both|on|off]
+[--batch 500] [--rounds 3] [--profile]``
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import gc
 import os
 import pstats
+import statistics
 import time
 from collections.abc import Sequence
 
 from _common import framed_stream, percentiles, table
 
-from streams.assembly import agency_names, build_pipeline, load_policy_set, subject_for
+from streams.assembly import (
+    PolicySet,
+    agency_names,
+    build_pipeline,
+    build_sealers,
+    encrypting_agencies,
+    load_policy_set,
+    subject_for,
+)
 from streams.contracts.codec import ViewEncoder, register_encoder
 from streams.contracts.registry import InMemorySchemaRegistry
+from streams.crypto.keys import generate_key_pair
+from streams.crypto.ring import PublicKeyRing
+from streams.crypto.views import ViewSealer
 from streams.pipeline import InputRecord, Pipeline, PipelineStats
 from streams.policy.outputs import output_schema
 from streams.policy.pseudonyms import StaticKeyRing, generate_keys
 from streams.settings import Settings
 
-STAGES = ("decode", "validate", "minimise", "encode")
+STAGES = ("decode", "validate", "minimise", "encrypt", "encode")
+
+
+def plaintext(policy_set: PolicySet) -> PolicySet:
+    """The policies with every ``encrypt`` replaced by ``keep``: the same fields, in clear."""
+    policies = tuple(
+        dataclasses.replace(
+            p, fields=tuple(dataclasses.replace(r, op="keep") if r.op == "encrypt" else r for r in p.fields)
+        )
+        for p in policy_set.policies
+    )
+    return PolicySet(policies, policy_set.input_schema)
 
 
 def build(
-    settings: Settings, registry: InMemorySchemaRegistry
-) -> tuple[Pipeline, dict[str, ViewEncoder]]:
-    """The real pipeline plus the per-agency encoders it uses (same registry, same schema ids)."""
+    settings: Settings, registry: InMemorySchemaRegistry, encryption: bool = True
+) -> tuple[Pipeline, dict[str, ViewEncoder], dict[str, ViewSealer]]:
+    """The real pipeline plus the per-agency encoders (same registry, same schema ids) and sealers.
+
+    With ``encryption``, the shipped policies and throw-away agency key pairs; without, the
+    plaintext variant of the policies (output subjects under a ``plain.`` prefix).
+    """
     policy_set = load_policy_set(settings)
+    if not encryption:
+        policy_set = plaintext(policy_set)
+        settings = settings.with_(topic_prefix="plain.")
     keys = StaticKeyRing(generate_keys(agency_names(policy_set)))
-    pipeline = build_pipeline(settings, registry, keys, policy_set=policy_set)
+    now = time.time_ns() // 1_000_000
+    ring = PublicKeyRing(
+        [generate_key_pair(a, now - 86_400_000, now + 365 * 86_400_000).public for a in encrypting_agencies(policy_set)]
+    )
+    pipeline = build_pipeline(settings, registry, keys, policy_set=policy_set, public_keys=ring)
     schemas = {p.recipient: output_schema(p, policy_set.input_schema) for p in policy_set.policies}
     encoders = {
-        a.agency: register_encoder(
-            registry, subject_for(settings.topic_prefix + a.topic), schemas[a.recipient]
-        )
+        a.agency: register_encoder(registry, subject_for(settings.topic_prefix + a.topic), schemas[a.recipient])
         for a in pipeline.minimiser.agencies
     }
-    return pipeline, encoders
+    sealers = build_sealers(settings, pipeline.minimiser, schemas, ring, now)
+    return pipeline, encoders, sealers
 
 
-def time_process(
-    pipeline: Pipeline, records: Sequence[InputRecord]
-) -> tuple[float, list[float], int]:
+def time_process(pipeline: Pipeline, records: Sequence[InputRecord]) -> tuple[float, list[float], int]:
     """Return (wall seconds, per-event µs, outputs) of ``pipeline.process`` over ``records``."""
     clock = time.perf_counter_ns
     process = pipeline.process
@@ -72,8 +111,17 @@ def time_process(
     return time.perf_counter() - started, lat, outputs
 
 
+def time_batches(pipeline: Pipeline, records: Sequence[InputRecord], size: int) -> tuple[float, int]:
+    """Return (wall seconds, outputs) of ``pipeline.process_many`` over batches of ``size`` records."""
+    outputs = 0
+    started = time.perf_counter()
+    for start in range(0, len(records), size):
+        outputs += len(pipeline.process_many(records[start : start + size]))
+    return time.perf_counter() - started, outputs
+
+
 def time_stages(
-    pipeline: Pipeline, encoders: dict[str, ViewEncoder], values: Sequence[bytes]
+    pipeline: Pipeline, encoders: dict[str, ViewEncoder], sealers: dict[str, ViewSealer], values: Sequence[bytes]
 ) -> dict[str, list[float]]:
     """Per-event µs of each stage, calling the pipeline's parts directly (valid events only)."""
     clock = time.perf_counter_ns
@@ -82,6 +130,7 @@ def time_stages(
         pipeline.validator.check,
         pipeline.minimiser.apply,
     )
+    now = time.time_ns() // 1_000_000
     out: dict[str, list[float]] = {s: [] for s in STAGES}
     for value in values:
         t0 = clock()
@@ -91,28 +140,35 @@ def time_stages(
         t2 = clock()
         views = apply(event)
         t3 = clock()
+        records = []
         for view in views:
-            encoders[view.agency.agency].encode(view.record)
+            sealer = sealers.get(view.agency.agency)
+            records.append(sealer.seal(view.record, view.record["event_ref"], now)[0] if sealer else view.record)
         t4 = clock()
-        for stage, ns in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+        for view, record in zip(views, records, strict=True):
+            encoders[view.agency.agency].encode(record)
+        t5 = clock()
+        for stage, ns in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
             out[stage].append(ns / 1000)
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse flags, run the measurements and print the tables."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument(
-        "--v2-share", type=float, default=0.0, help="share of events written with the v2 contract"
-    )
+    parser.add_argument("--v2-share", type=float, default=0.0, help="share of events written with the v2 contract")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--profile", action="store_true", help="also profile process() with cProfile"
-    )
+    parser.add_argument("--profile", action="store_true", help="also profile process() with cProfile")
     parser.add_argument("--top", type=int, default=15, help="profile rows to print")
+    parser.add_argument(
+        "--encryption",
+        choices=("both", "on", "off"),
+        default="both",
+        help="measure with the shipped policies (on), with encrypt replaced by keep (off), or both in one run",
+    )
+    parser.add_argument("--batch", type=int, default=500, help="records per process_many call")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating measurement rounds per mode")
     args = parser.parse_args(argv)
 
     settings = Settings()
@@ -124,11 +180,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for i, (key, value, event) in enumerate(
         framed_stream(args.events, settings, registry, seed=args.seed, v2_share=args.v2_share)
     ):
-        records.append(
-            InputRecord(
-                settings.ingress_topic, i % settings.ingress_partitions, i, key, value, (), now_ms
-            )
-        )
+        records.append(InputRecord(settings.ingress_topic, i % settings.ingress_partitions, i, key, value, (), now_ms))
         v2 += "vaccination_status" in event
     warmup = [
         InputRecord(settings.ingress_topic, 0, i, k, v, (), now_ms)
@@ -144,46 +196,70 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     # Each measurement gets a fresh pipeline (fresh keys, so cold pseudonym caches), warmed on
     # 2,000 other events (writer-schema cache, code paths).
-    pipeline, _ = build(settings, registry)
-    pipeline.process_many(warmup)
-    pipeline.stats = PipelineStats()
-    gc.collect()
-    seconds, lat, outputs = time_process(pipeline, records)
-    pct = percentiles(lat)
+    modes = {"both": (True, False), "on": (True,), "off": (False,)}[args.encryption]
     n = len(records)
+    rows: list[tuple[object, ...]] = []
+    rates: dict[tuple[bool, str], list[float]] = {}
+    stats = PipelineStats()
+    outputs = 0
+    for turn in range(args.rounds):  # modes alternate, so a load change hits both alike
+        for encryption in modes:
+            label = "encryption on" if encryption else "encryption off"
+            pipeline, _, _ = build(settings, registry, encryption)
+            pipeline.process_many(warmup)
+            pipeline.stats = PipelineStats()
+            gc.collect()
+            seconds, lat, produced = time_process(pipeline, records)
+            rates.setdefault((encryption, "process"), []).append(n / seconds)
+            if turn == 0:
+                pct = percentiles(lat)
+                latency = (pct["p50"], pct["p95"], pct["p99"], pct["max"])
+                rows.append((f"process ({label})", n, seconds, n / seconds, seconds / n * 1e6, *latency))
+            if encryption == modes[0]:
+                stats, outputs = pipeline.stats, produced
+            batched, _, _ = build(settings, registry, encryption)
+            batched.process_many(warmup)
+            gc.collect()
+            seconds, _ = time_batches(batched, records, args.batch)
+            rates.setdefault((encryption, "batches"), []).append(n / seconds)
+            if turn == 0:
+                blank = ("", "", "", "")
+                rows.append(
+                    (f"process_many/{args.batch} ({label})", n, seconds, n / seconds, seconds / n * 1e6, *blank)
+                )
     print()
     print(
         table(
-            (
-                "measure",
-                "events",
-                "seconds",
-                "events/s",
-                "µs/event",
-                "p50 µs",
-                "p95 µs",
-                "p99 µs",
-                "max µs",
-            ),
-            [
-                (
-                    "pipeline.process",
-                    n,
-                    seconds,
-                    n / seconds,
-                    seconds / n * 1e6,
-                    pct["p50"],
-                    pct["p95"],
-                    pct["p99"],
-                    pct["max"],
-                )
-            ],
+            ("measure", "events", "seconds", "events/s", "µs/event", "p50 µs", "p95 µs", "p99 µs", "max µs"),
+            rows,
+            title="first round:",
         )
     )
-    stats = pipeline.stats
+    summary = []
+    for (encryption, kind), values in rates.items():
+        summary.append(
+            (
+                f"{'process' if kind == 'process' else f'process_many/{args.batch}'} "
+                f"({'encryption on' if encryption else 'encryption off'})",
+                len(values),
+                statistics.median(values),
+                min(values),
+                max(values),
+            )
+        )
+    print()
+    print(table(("measure", "rounds", "median ev/s", "min ev/s", "max ev/s"), summary, title="all rounds:"))
+    if len(modes) == 2:
+        for kind in ("process", "batches"):
+            on, off = statistics.median(rates[(True, kind)]), statistics.median(rates[(False, kind)])
+            print(
+                f"encryption cost ({kind}, medians): {off:,.0f} → {on:,.0f} events/s "
+                f"({(on - off) / off:+.1%}; {1e6 / on - 1e6 / off:+.1f} µs/event)"
+            )
     print(
-        f"\noutputs: {outputs:,} = {outputs / n:.3f} per event; dead letters: "
-        f"{sum(stats.dead_letters.values())} {dict(stats.dead_letters) or ''}"
+        f"\noutputs ({'encryption on' if modes[0] else 'encryption off'}, process): {outputs:,} = "
+        f"{outputs / n:.3f} per event; dead letters: {sum(stats.dead_letters.values())} "
+        f"{dict(stats.dead_letters) or ''}"
     )
     by_recipient: dict[str, int] = {}
     for topic, count in stats.produced.items():
@@ -195,14 +271,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             [(t, c, c / n) for t, c in sorted(by_recipient.items())],
         )
     )
+    seconds = n / statistics.median(rates[(modes[0], "process")])
 
-    fresh, encoders = build(settings, registry)
+    fresh, encoders, sealers = build(settings, registry, modes[0])
     fresh.process_many(warmup)
     gc.collect()
     valid = [r.value for r in records if r.value is not None]
-    stages = time_stages(fresh, encoders, valid)
+    stages = time_stages(fresh, encoders, sealers, valid)
     total = sum(map(sum, stages.values())) / len(valid)
-    rows: list[tuple[object, ...]] = []
+    rows = []
     for stage in STAGES:
         p = percentiles(stages[stage])
         mean = sum(stages[stage]) / len(valid)
@@ -229,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
 
     if args.profile:
-        profiled, _ = build(settings, registry)
+        profiled, _, _ = build(settings, registry, modes[0])
         profiled.process_many(warmup)
         profiler = cProfile.Profile()
         profiler.enable()
