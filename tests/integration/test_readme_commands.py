@@ -83,7 +83,7 @@ def _expand(line: str) -> list[str]:
 
 
 def test_extraction_expands_shorthands_and_finds_every_command_group() -> None:
-    """The extractor expands alternatives and optional flags, and finds stack, keys, worker, policy, dlq and acl."""
+    """The extractor expands alternatives and optional flags and finds every command group (agency included)."""
     assert _expand("screening-streams broker up | status") == [
         "screening-streams broker up",
         "screening-streams broker status",
@@ -94,7 +94,7 @@ def test_extraction_expands_shorthands_and_finds_every_command_group() -> None:
     ]
     commands = readme_commands((ROOT / "README.md").read_text(encoding="utf-8"))
     groups = {re.sub(r"^(\S+=\S+ )*screening-streams ", "", c).split()[0] for c in commands}
-    assert {"broker", "topics", "keys", "worker", "generate", "policy", "dlq", "acl"} <= groups
+    assert {"broker", "topics", "keys", "agency", "worker", "generate", "policy", "dlq", "acl"} <= groups
     assert "screening-streams broker wipe" in commands
 
 
@@ -186,7 +186,12 @@ def readme_run(stack: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> It
         return bool(re.fullmatch(r"(\S+=\S+ )*screening-streams worker", command))
 
     order = [c for c in commands if is_broker(c) and c.split()[-1] in ("up", "status")]
-    order += [c for c in commands if c.startswith(("screening-streams topics", "screening-streams keys"))]
+    # Keys before the worker: pseudonymisation keys, and the agencies' key pairs (public halves imported).
+    order += [
+        c
+        for c in commands
+        if c.startswith(("screening-streams topics", "screening-streams keys", "screening-streams agency throwaway"))
+    ]
     worker_command = next(c for c in commands if is_worker(c) and "=" in c)
     for command in order:
         clone.env = env_broker if is_broker(command) else env
