@@ -357,6 +357,9 @@ def render_registry_flags(settings: StackSettings, bootstrap_servers: str) -> li
     * ``apicurio.storage.kind=kafkasql``: schemas live in the journal topic on the broker at
       ``bootstrap_servers`` and are replayed at start, so ids survive a restart. The topics
       are created beforehand with unlimited retention (:data:`REGISTRY_TOPICS`).
+    * ``apicurio.rules.global.compatibility=FORWARD_TRANSITIVE``: the default rule of every
+      subject (see :data:`streams.contracts.registry.COMPATIBILITY`), from configuration, so it
+      holds after a restart even though 3.0.9 loses artifact rules then.
     * ``apicurio.rest.deletion.{group,artifact,artifact-version}.enabled``: false unless
       ``SCREENING_REGISTRY_ALLOW_DELETE`` asks for them; their ``.dynamic.allow=false`` keeps
       anyone from switching them on at run time through the admin API.
@@ -374,6 +377,10 @@ def render_registry_flags(settings: StackSettings, bootstrap_servers: str) -> li
         "apicurio.storage.snapshot.location": str(settings.state_dir / "registry-snapshots"),
         "apicurio.import.work-dir": str(settings.state_dir / "registry-import"),
         "quarkus.http.access-log.enabled": "false",  # one log line per request: a flood fills the disk
+        # Apicurio 3.0.9's kafkasql storage does not bring artifact rules back after a restart
+        # (tests/integration/test_registry_restart.py): the default global rule, from this
+        # configuration rather than storage, keeps every subject FORWARD_TRANSITIVE regardless.
+        "apicurio.rules.global.compatibility": "FORWARD_TRANSITIVE",
     }
     for what in ("group", "artifact", "artifact-version"):
         props[f"apicurio.rest.deletion.{what}.enabled"] = deletion

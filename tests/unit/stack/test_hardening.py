@@ -35,6 +35,8 @@ def test_registry_keeps_its_schemas_in_the_broker(tmp_path: Path) -> None:
     assert lifecycle.REGISTRY_TOPIC_CONFIGS["retention.ms"] == "-1"
     assert lifecycle.REGISTRY_TOPIC_CONFIGS["retention.bytes"] == "-1"
     assert flags["quarkus.http.host"] == "127.0.0.1"
+    # artifact rules do not survive a 3.0.9 kafkasql restart: the configured default rule does
+    assert flags["apicurio.rules.global.compatibility"] == "FORWARD_TRANSITIVE"
 
 
 def test_registry_deletion_is_off_and_cannot_be_switched_on_at_run_time(tmp_path: Path) -> None:
