@@ -20,7 +20,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -197,6 +197,8 @@ class SchemaResolver:
         self._inflight: dict[int, Future[str]] = {}
         self._lock = threading.Lock()
         self._scope = threading.local()
+        self._pool: ThreadPoolExecutor | None = None  # background lookups (resolve_within)
+        self._background: dict[int, Future[RegistryError | None]] = {}
         self.lookups = 0  # requests made to the client (tests and stats read it)
 
     def register(self, subject: str, schema: str) -> int:
@@ -263,6 +265,43 @@ class SchemaResolver:
         for outcome in outcomes:
             if outcome is not None:
                 raise outcome
+
+    def resolve_within(self, schema_ids: Iterable[int], timeout_s: float) -> set[int]:
+        """Start lookups of the unknown ids in the background; wait at most ``timeout_s``; return those still pending.
+
+        Lookups go on after the call returns, so a caller can set aside the records waiting for
+        them and go on with the rest (the runner defers their partitions). Raises
+        ``RegistryUnavailable`` when a lookup of one of these ids found the registry down (that
+        lookup is then forgotten, so the next call tries again).
+        """
+        wanted: dict[int, Future[RegistryError | None]] = {}
+        for schema_id in dict.fromkeys(schema_ids):
+            try:
+                if self._cached(schema_id) is not None:
+                    continue
+            except SchemaNotFound:
+                continue
+            with self._lock:
+                future = self._background.get(schema_id)
+                if future is None:
+                    if self._pool is None:
+                        self._pool = ThreadPoolExecutor(self._max_workers, thread_name_prefix="registry")
+                    future = self._background[schema_id] = self._pool.submit(self._outcome, schema_id)
+            wanted[schema_id] = future
+        if wanted and timeout_s > 0:
+            wait(list(wanted.values()), timeout=timeout_s, return_when=FIRST_EXCEPTION)
+        pending = set()
+        failure: RegistryError | None = None
+        for schema_id, future in wanted.items():
+            if not future.done():
+                pending.add(schema_id)
+                continue
+            with self._lock:
+                self._background.pop(schema_id, None)
+            failure = failure or future.result()
+        if failure is not None:
+            raise failure
+        return pending
 
     def _outcome(self, schema_id: int) -> RegistryError | None:
         try:

@@ -331,3 +331,30 @@ def test_compatibility_none_leaves_rules_alone(server: tuple[str, Script]) -> No
     script.routes[("POST", "/apis/ccompat/v7/subjects/n-value/versions")] = (200, {"id": 1})
     HttpSchemaRegistry(url, compatibility=None).register("n-value", '"string"')
     assert [p for _, p, _ in script.seen] == ["/apis/ccompat/v7/subjects/n-value/versions"]
+
+
+def test_resolve_within_returns_pending_ids_and_keeps_looking_them_up() -> None:
+    """A slow lookup is left running: its id is reported pending, and known once the lookup ends."""
+    gate = threading.Event()
+    client = FakeClient({1: "a", 2: "b"}, gate=gate)
+    resolver = SchemaResolver(client, clock=FakeClock())
+    assert resolver.resolve_within([1, 2, 3], timeout_s=0.01) == {1, 2, 3}
+    assert resolver.resolve_within([1, 2, 3], timeout_s=0.0) == {1, 2, 3}  # still the same lookups
+    gate.set()
+    assert resolver.resolve_within([1, 2, 3], timeout_s=5) == set()
+    assert client.calls == Counter({1: 1, 2: 1, 3: 1})
+    assert resolver.get_schema(2) == "b"
+    with pytest.raises(SchemaNotFound):
+        resolver.get_schema(3)  # negatively cached by the background lookup
+    assert client.calls[3] == 1
+
+
+def test_resolve_within_reports_an_outage_then_tries_again() -> None:
+    """A background lookup that met a stopped registry raises RegistryUnavailable once; the next call asks again."""
+    client = FakeClient({4: "d"}, down=True)
+    resolver = SchemaResolver(client, clock=FakeClock())
+    with pytest.raises(RegistryUnavailable):
+        resolver.resolve_within([4], timeout_s=5)
+    client.down = False
+    assert resolver.resolve_within([4], timeout_s=5) == set()
+    assert resolver.get_schema(4) == "d" and client.calls[4] == 2
