@@ -38,8 +38,10 @@ commit``. Errors of the transaction path:
   :data:`~streams.kafka.clients.PERMANENT_PRODUCE_ERRORS`): abort and raise
   :class:`RunnerFatal` naming the topic, partition, offset and cause — the worker exits
   non-zero instead of retrying forever;
-* a fatal consumer error (another live process uses this worker's ``group.instance.id``):
-  :class:`RunnerFatal`.
+* a fatal consumer error (librdkafka reports a static member fenced also when it rejoins
+  after its session expired, e.g. across a broker restart): the consumer is closed and a new
+  one joins; more than :data:`MAX_CONSUMER_FENCES` within :data:`FENCE_WINDOW_S` mean another
+  live process uses this worker's ``group.instance.id``: :class:`RunnerFatal`.
 
 ``at_least_once`` runs the same loop with an idempotent producer: produce, flush, then commit
 the offsets; a crash between flush and commit delivers the batch again.
@@ -51,6 +53,7 @@ import contextlib
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,6 +92,19 @@ TP = tuple[str, int]
 
 class RunnerFatal(ScreeningStreamsError):
     """The runner cannot go on without losing or duplicating data; the worker must stop."""
+
+
+#: More fatal consumer errors than this within FENCE_WINDOW_S stop the worker.
+MAX_CONSUMER_FENCES = 3
+FENCE_WINDOW_S = 600.0
+
+
+class _ConsumerFailed(Exception):
+    """The consumer raised a fatal error (no transaction is open when it surfaces)."""
+
+    def __init__(self, error: KafkaError) -> None:
+        super().__init__(error.name())
+        self.error = error
 
 
 @dataclass
@@ -143,6 +159,7 @@ class Runner:
         consumer_factory: ConsumerFactory = confluent_consumer,
         producer_factory: ProducerFactory = confluent_producer,
         sleep: Callable[[float], object] | None = None,
+        clock: Callable[[], float] = time.monotonic,
         max_backoff_s: float = 5.0,
         listener: RunnerListener | None = None,
     ) -> None:
@@ -160,6 +177,8 @@ class Runner:
         self._producer_factory = producer_factory
         self._stopping = threading.Event()
         self._sleep = sleep or self._stopping.wait
+        self._clock = clock
+        self._consumer_fences: list[float] = []
         # How long one poll waits for a first record (then it takes whatever is already fetched,
         # up to batch_size): a batch never waits to fill, so latency stays one commit round trip.
         self._poll_timeout_s = max(0.01, settings.batch_within_s)
@@ -187,19 +206,17 @@ class Runner:
         self._producer = self._open_producer()
         if self._producer is None:
             return
-        consumer = self._consumer_factory(consumer_config(self.settings))
-        consumer.subscribe(
-            [self.settings.ingress_topic],
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
-        )
+        consumer = self._new_consumer()
         try:
             while not self.stopping:
                 if self._producer is None:
                     self._producer = self._open_producer()
                     continue
-                batch = self._poll(consumer)
+                try:
+                    batch = self._poll(consumer)
+                except _ConsumerFailed as failed:
+                    consumer = self._replace_consumer(consumer, failed.error)
+                    continue
                 self.listener.polled()
                 if batch is not None:
                     self._handle(consumer, batch)
@@ -207,14 +224,52 @@ class Runner:
             self._close(consumer)
             log.info("runner stopped: %s", self.stats.line())
 
+    def _new_consumer(self) -> ConsumerLike:
+        """A consumer subscribed to the ingress, its rebalances reported to the runner."""
+        consumer = self._consumer_factory(consumer_config(self.settings))
+        consumer.subscribe(
+            [self.settings.ingress_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        return consumer
+
+    def _replace_consumer(self, consumer: ConsumerLike, error: KafkaError | None) -> ConsumerLike:
+        """A fatal consumer error: close it (no transaction is open) and join again with a new one.
+
+        librdkafka raises ``FENCED_INSTANCE_ID`` as fatal also when a static member rejoins after
+        its session expired (e.g. across a broker restart), so one fence is recovered; repeated
+        fences within :data:`FENCE_WINDOW_S` mean another live process uses this instance id.
+        """
+        now = self._clock()
+        self._consumer_fences = [t for t in self._consumer_fences if now - t < FENCE_WINDOW_S] + [now]
+        if len(self._consumer_fences) > MAX_CONSUMER_FENCES:
+            raise RunnerFatal(
+                f"consumer fenced or failed fatally {len(self._consumer_fences)} times in "
+                f"{FENCE_WINDOW_S:.0f} s: {describe(error)}; is another live worker using "
+                f"group.instance.id {self.settings.instance_id!r}?"
+            )
+        log.warning("consumer failed fatally (%s); closing it and joining the group again", describe(error))
+        self._close_consumer(consumer)
+        lost = [TopicPartition(t, p) for t, p in sorted(self._owned)]
+        if lost:
+            self._release(lost, "lost")
+        self._back_off()
+        return self._new_consumer()
+
     def _close(self, consumer: ConsumerLike) -> None:
+        self._close_consumer(consumer)
+        if self._producer is not None:
+            self._producer.flush(5.0)
+            self._producer = None
+
+    @staticmethod
+    def _close_consumer(consumer: ConsumerLike) -> None:
         try:
             consumer.close()  # a static member keeps its partitions for the session timeout
         except (KafkaException, RuntimeError) as exc:
             log.warning("closing the consumer failed: %s", describe(error_of(exc)))
-        if self._producer is not None:
-            self._producer.flush(5.0)
-            self._producer = None
 
     def _open_producer(self) -> ProducerLike | None:
         """A new producer, its transactions initialised (aborting what its id left open)."""
@@ -265,7 +320,7 @@ class Runner:
             if messages and self._max_batch > 1:
                 messages += consumer.consume(self._max_batch - 1, 0)
         except KafkaException as exc:
-            self._consumer_error(error_of(exc))
+            self._consumer_error(error_of(exc) or KafkaError(KafkaError._FATAL, str(exc)))
             return None
         batch = _Batch()
         for message in messages:
@@ -318,11 +373,8 @@ class Runner:
     def _consumer_error(self, error: KafkaError | None) -> None:
         if error is None:
             return
-        if error.fatal():
-            raise RunnerFatal(
-                f"consumer fenced or failed fatally: {describe(error)}; is another live worker using "
-                f"group.instance.id {self.settings.instance_id!r}?"
-            )
+        if error.fatal() or error.code() == KafkaError._FATAL:
+            raise _ConsumerFailed(error)
         if error.code() != KafkaError._PARTITION_EOF:
             log.warning("consumer error: %s", describe(error))
 

@@ -188,12 +188,21 @@ def committed_keys(env: Env, topics: Iterable[str], idle_timeout_s: float = 30.0
     return keys
 
 
+def agency_result_topics(env: Env) -> list[str]:
+    """The agency topics holding views (not the ingress, DLQ, audit or the agencies' key topics)."""
+    from streams.crypto.views import is_key_topic
+
+    s = env.settings
+    internal = (s.ingress_topic, s.audit_topic, s.dlq_topic)
+    return [t for t in env.partitions if t not in internal and not is_key_topic(t)]
+
+
 def audit_delivery(env: Env, events: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     """Compare what a read_committed reader finds on the agency topics with what the policies derive."""
     events = list(events)
     expected = expected_pairs(env, events)
     s = env.settings
-    outputs = [t for t in env.partitions if t not in (s.ingress_topic, s.audit_topic, s.dlq_topic)]
+    outputs = agency_result_topics(env)
     delivered = committed_keys(env, outputs)
     dead = committed_keys(env, [s.dlq_topic])
     return {

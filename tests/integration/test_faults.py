@@ -99,3 +99,37 @@ def test_broker_restart_mid_run_loses_and_duplicates_nothing(stack: Endpoints, t
     assert 0 < lag_before < len(events), "the broker must stop while the backlog is being processed"
     assert figures["missing"] == 0 and figures["unexpected"] == 0
     assert figures["duplicated"] == 0
+
+
+def test_two_live_workers_with_one_instance_id_stop_instead_of_sharing_it(stack: Endpoints, tmp_path: Path) -> None:
+    """Two live processes sharing a group.instance.id fence each other on every rejoin; after a few
+    fences a worker stops (exit 70) naming the instance id, and nothing was duplicated meanwhile."""
+    env = make_env(stack, tmp_path, "dupid")
+    events = publish_events(env, 5_000, seed=31)
+    first = Worker(env, tmp_path / "first.log", FAULT_ENV)
+    second: Worker | None = None
+    try:
+        deadline = time.monotonic() + 120
+        while lag_retrying(env) >= len(events) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        second = Worker(env, tmp_path / "second.log", FAULT_ENV)
+        deadline = time.monotonic() + 240
+        while first.process.poll() is None and second.process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        codes = {"first": first.process.poll(), "second": second.process.poll()}
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    stopped = [w for w in (first, second) if w is not None and w.process.returncode == 70]
+    _report("one instance id, two processes", {**codes, "stopped": len(stopped)})
+    assert stopped, f"neither worker stopped: {codes}"
+    assert all("group.instance.id 'fault-worker'" in w.log() for w in stopped)
+    final = Worker(env, tmp_path / "final.log", {**FAULT_ENV, "SCREENING_INSTANCE_ID": "fault-worker-2"})
+    try:
+        env.drain(timeout_s=240)
+    finally:
+        assert final.stop() == 0
+    figures = audit_delivery(env, events)
+    _report("one instance id, two processes: audit", figures)
+    assert figures["missing"] == 0 and figures["duplicated"] == 0 and figures["unexpected"] == 0, figures

@@ -18,7 +18,7 @@ from streams.pipeline import H_CODE
 from streams.settings import BROKER_DEFAULT_MAX_MESSAGE_BYTES
 from streams.stack.settings import Endpoints
 
-from .conftest import Env, Worker, expected_pairs, lag_retrying, make_env, publish_events
+from .conftest import Env, Worker, agency_result_topics, expected_pairs, lag_retrying, make_env, publish_events
 
 #: A value just under the broker's default message.max.bytes (1 MiB + 12), leaving room for the
 #: record batch framing, key and a header: the broker accepts it on the ingress.
@@ -73,7 +73,7 @@ def test_record_just_under_the_broker_limit_is_dead_lettered_whole(stack: Endpoi
     headers = dict(letter.headers)
     assert headers[H_CODE] == b"oversized_payload"
     assert headers["origin"] == b"lab-42"
-    outputs = [t for t in env.partitions if t not in (s.ingress_topic, s.dlq_topic, s.audit_topic)]
+    outputs = agency_result_topics(env)
     records = read_from(
         s.bootstrap_servers, {TopicPartition(t, p): 0 for t in outputs for p in range(env.partitions[t])}
     )
@@ -86,7 +86,7 @@ def test_non_retriable_produce_error_stops_the_worker_naming_where_and_why(stack
     committed (the records wait for the fix), and the message quotes no event data."""
     env = make_env(stack, tmp_path, "toolarge")
     s = env.settings
-    spf = next(t for t in env.partitions if ".spf." in t)
+    spf = next(t for t in agency_result_topics(env) if ".spf." in t)
     admin = AdminClient({"bootstrap.servers": s.bootstrap_servers})
     resource = ConfigResource(
         ResourceType.TOPIC,

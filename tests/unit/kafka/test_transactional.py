@@ -272,12 +272,41 @@ def test_buffer_full_polls_and_retries_the_produce() -> None:
     assert len(h.delivered()) == 4 and max(h.delivered().values()) == 1
 
 
-def test_fatal_consumer_error_names_the_instance_id() -> None:
-    """A fenced static member (another live process with the same group.instance.id) stops the runner."""
+def test_fatal_consumer_error_replaces_the_consumer_and_goes_on() -> None:
+    """One fatal consumer error (librdkafka's spurious fence of a static member rejoining after its
+    session expired, e.g. across a broker restart): the consumer is closed, a new one joins, the
+    partitions come back from their committed offsets, and every output is committed once."""
+    h = Harness(records=3)
+    h.consumer.before_consume.append(lambda c: None)
+    h.consumer.before_consume.append(
+        lambda c: c.errors.append(KafkaError(KafkaError._FATAL, "Static consumer fenced", fatal=False))
+    )
+    h.run_until_drained()
+    assert h.consumer.subscriptions == 2
+    assert max(h.delivered().values()) == 1 and len(h.delivered()) == 12
+    assert h.runner.stats.transactions >= 1
+
+
+def test_repeated_fatal_consumer_errors_stop_naming_the_instance_id() -> None:
+    """Fenced again and again (another live process with the same group.instance.id): RunnerFatal."""
     h = Harness(records=1)
-    h.consumer.errors.append(KafkaError(KafkaError.FENCED_INSTANCE_ID, "fenced", fatal=True))
-    with pytest.raises(RunnerFatal, match=r"group\.instance\.id 'w1'"):
+    fenced = KafkaError(KafkaError.FENCED_INSTANCE_ID, "fenced", fatal=True)
+    h.consumer.errors.extend([fenced] * 10)
+
+    def again(c: FakeConsumer) -> None:
+        c.errors.extend([fenced])
+
+    original = h.consumer.subscribe
+
+    def subscribe(*args: Any, **kwargs: Any) -> None:
+        original(*args, **kwargs)
+        h.consumer.before_consume.append(again)
+
+    h.consumer.subscribe = subscribe  # type: ignore[method-assign]
+    with pytest.raises(RunnerFatal, match=r"4 times in 600 s.*group\.instance\.id 'w1'"):
         h.run_until_drained()
+    assert h.consumer.subscriptions == 4
+    assert h.sleeps == [0.1, 0.2, 0.4], "backed off between rejoins"
 
 
 def test_revoked_and_reassigned_in_one_poll_restarts_from_committed_offset() -> None:

@@ -98,6 +98,7 @@ class FakeConsumer:
         self.seeks: list[tuple[str, int, int]] = []
         self.commits: list[list[TopicPartition]] = []
         self.closed = False
+        self.subscriptions = 0
         self.on_assign: Any = None
         self.on_revoke: Any = None
         self.on_lost: Any = None
@@ -105,6 +106,9 @@ class FakeConsumer:
 
     def subscribe(self, topics: list[str], on_assign: Any = None, on_revoke: Any = None, on_lost: Any = None) -> None:
         self.on_assign, self.on_revoke, self.on_lost = on_assign, on_revoke, on_lost
+        self.subscriptions += 1
+        if self.closed:  # a new consumer after a fatal error: the group assigns the partitions again
+            self.pending_assign, self.owned, self.closed = sorted(self.owned), set(), False
 
     def assign_now(self, tps: Sequence[TP]) -> None:
         """Rebalance: the group hands these partitions over (positions from committed offsets)."""
