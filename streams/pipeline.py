@@ -215,13 +215,7 @@ class Pipeline:
                 keys.update((k.key_id, k) for k in result.keys)
         order = transaction_order(batch.outputs)
         moved = {old: new for new, old in enumerate(order)}
-        audits = [
-            replace(
-                a,
-                decisions=tuple(d if d.output is None else replace(d, output=moved[d.output]) for d in a.decisions),
-            )
-            for a in batch.audits
-        ]
+        audits = [_remapped(a, moved) for a in batch.audits]
         return Batch([batch.outputs[i] for i in order] + self._key_records(keys.values()), audits)
 
     def _key_records(self, keys: Iterable[DataKey]) -> list[OutputRecord]:
@@ -246,7 +240,8 @@ class Pipeline:
         if result.code is not None:
             return self.auditor.dead_lettered(source, result.code, result.event, now)
         assert result.event is not None
-        return self.auditor.delivered(source, result.event, result.views, first_output, now)
+        key_ids = {k.agency: k.public_key_id for k in result.keys}
+        return self.auditor.delivered(source, result.event, result.views, first_output, now, key_ids)
 
     def _process(self, record: InputRecord) -> _Result:
         self.stats.consumed += 1
@@ -320,7 +315,9 @@ class Pipeline:
         """
         return [out for _, outputs in self.process_each(records) for out in outputs]
 
-    def process_each(self, records: Iterable[InputRecord]) -> list[tuple[InputRecord, list[OutputRecord]]]:
+    def process_each(
+        self, records: Iterable[InputRecord], audits: list[PendingAudit] | None = None
+    ) -> list[tuple[InputRecord, list[OutputRecord]]]:
         """A batch's outputs in :func:`transaction_order`, each with the input it came from.
 
         For runners that attribute delivery failures to their source record; produce the pairs
@@ -328,17 +325,27 @@ class Pipeline:
         committing all the returned outputs together commits every data key they need with them.
         Writer schemas are looked up first (:meth:`prefetch`), so a registry outage raises
         :class:`~streams.errors.RegistryUnavailable` before anything is produced.
+
+        With an auditor and an ``audits`` list, one draft per input is appended to it, its
+        delivered entries indexing the outputs in the order the pairs list them.
         """
         records = list(records)
         self.prefetch(records)
         pairs: list[tuple[InputRecord, OutputRecord]] = []
+        drafts: list[PendingAudit] = []
         keys: dict[bytes, DataKey] = {}
         with self._scope(records):
             for record in records:
                 result = self._process(record)
+                if self.auditor is not None and audits is not None:
+                    drafts.append(self._audit(record, result, len(pairs)))
                 pairs.extend((record, out) for out in result.outputs)
                 keys.update((k.key_id, k) for k in result.keys)
-        work = [(pairs[i][0], [pairs[i][1]]) for i in transaction_order([out for _, out in pairs])]
+        order = transaction_order([out for _, out in pairs])
+        work = [(pairs[i][0], [pairs[i][1]]) for i in order]
+        if drafts and audits is not None:
+            moved = {old: new for new, old in enumerate(order)}
+            audits.extend(_remapped(a, moved) for a in drafts)
         if keys:
             work[-1][1].extend(self._key_records(keys.values()))
         return work
@@ -365,6 +372,14 @@ def framed_schema_ids(records: Iterable[InputRecord]) -> list[int]:
         if value is not None and HEADER_SIZE <= len(value) <= MAX_PAYLOAD and value[0] == MAGIC:
             ids.append(int.from_bytes(value[1:HEADER_SIZE], "big"))
     return ids
+
+
+def _remapped(draft: PendingAudit, moved: Mapping[int, int]) -> PendingAudit:
+    """``draft`` with its delivered entries pointing at the outputs' new positions."""
+    return replace(
+        draft,
+        decisions=tuple(d if d.output is None else replace(d, output=moved[d.output]) for d in draft.decisions),
+    )
 
 
 def transaction_order(outputs: Sequence[OutputRecord]) -> list[int]:

@@ -52,6 +52,12 @@ class Settings:
     session_timeout_ms: int = 45_000  # consumer group session
     transaction_timeout_ms: int = 60_000  # the broker aborts a zombie's open transaction after this
     ingress_max_message_bytes: int = BROKER_DEFAULT_MAX_MESSAGE_BYTES  # ingress topic max.message.bytes
+    # The audit trail (streams.audit): on when an audit key file is given.
+    audit_key_file: Path | None = None  # the audit-only secret (``screening-streams audit keygen``)
+    audit_retention_days: int = 366  # retention of the audit topic
+    # The worker's web port: /metrics, /healthz, /readyz (0, the default, turns it off; compose sets 6066).
+    web_port: int = 0  # off by default: several workers share a host in tests and benches
+    web_bind: str = "127.0.0.1"  # loopback unless configured
 
     @property
     def dlq_max_message_bytes(self) -> int:
@@ -111,6 +117,10 @@ _ENV: dict[str, tuple[str, type]] = {
     "session_timeout_ms": ("SCREENING_SESSION_TIMEOUT_MS", int),
     "transaction_timeout_ms": ("SCREENING_TRANSACTION_TIMEOUT_MS", int),
     "ingress_max_message_bytes": ("SCREENING_INGRESS_MAX_MESSAGE_BYTES", int),
+    "audit_key_file": ("SCREENING_AUDIT_KEY_FILE", Path),
+    "audit_retention_days": ("SCREENING_AUDIT_RETENTION_DAYS", int),
+    "web_port": ("SCREENING_WEB_PORT", int),
+    "web_bind": ("SCREENING_WEB_BIND", str),
 }
 
 
@@ -144,6 +154,10 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("environment SCREENING_PUBLIC_KEYS_RELOAD_S: between 0 (excluded) and 86400 s")
     if settings.ingress_max_message_bytes < 1024:
         raise ConfigError("environment SCREENING_INGRESS_MAX_MESSAGE_BYTES: at least 1024 bytes")
+    if settings.audit_retention_days < 1:
+        raise ConfigError("environment SCREENING_AUDIT_RETENTION_DAYS: at least 1 day")
+    if not 0 <= settings.web_port <= 65535:
+        raise ConfigError("environment SCREENING_WEB_PORT: between 0 (off) and 65535")
     return settings
 
 

@@ -19,13 +19,19 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import faust
+import faust.web
 import mode
 from faust.app.base import BootStrategy
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from streams.kafka.audit_io import AuditSink
 from streams.kafka.transactional import EXIT_FATAL, Runner, RunnerFatal
+from streams.ops.health import Health
+from streams.ops.listener import OpsListener
+from streams.ops.metrics import WorkerMetrics
 from streams.pipeline import Pipeline
 from streams.settings import Settings
 
@@ -67,8 +73,21 @@ def run_runner_thread(runner: Runner, exit_process: Callable[[int], object] = os
             exit_process(EXIT_FATAL)
 
 
-def build_app(settings: Settings, pipeline: Pipeline, partitions: Mapping[str, int]) -> faust.App:
-    """Create the faust app hosting the runner over ``pipeline``; topics must already exist."""
+def build_app(
+    settings: Settings,
+    pipeline: Pipeline,
+    partitions: Mapping[str, int],
+    *,
+    recipients: Sequence[str] = (),
+    audit: AuditSink | None = None,
+) -> faust.App:
+    """Create the faust app hosting the runner over ``pipeline``; topics must already exist.
+
+    With a web port (``SCREENING_WEB_PORT``, e.g. 6066; 0, the default, is off; bound to ``SCREENING_WEB_BIND``,
+    loopback by default), faust's web server answers ``/metrics`` (Prometheus), ``/healthz`` and
+    ``/readyz`` only: its table and router endpoints are off. With ``audit``, every batch's
+    decision records are committed in its transaction.
+    """
     settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     app = faust.App(
         # The runner owns the consumer group; faust's app id differs so nothing of faust joins it.
@@ -77,11 +96,22 @@ def build_app(settings: Settings, pipeline: Pipeline, partitions: Mapping[str, i
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
         topic_disable_leader=True,
         topic_allow_declare=False,
-        web_enabled=False,
+        web_enabled=settings.web_port != 0,
+        web_port=settings.web_port or 6066,
+        web_bind=settings.web_bind,
+        web_host=settings.web_bind,
+        web_tables_enabled=False,
+        web_router_enabled=False,
         datadir=str(settings.state_dir / "faust"),
     )
     app.boot_strategy = BootStrategy(app, enable_kafka_consumer=False, enable_kafka_producer=False)
-    runner = Runner(settings, pipeline, partitions)
+    metrics = WorkerMetrics(recipients)
+    if pipeline.schemas is not None:
+        resolver = pipeline.schemas
+        metrics.watch_registry(lambda: resolver.lookups)
+    health = Health(stale_after_s=max(30.0, settings.transaction_timeout_ms / 1000))
+    runner = Runner(settings, pipeline, partitions, listener=OpsListener(metrics, health), audit=audit)
+    _install_web(app, metrics, health)
 
     @app.service
     class RunnerHost(mode.Service):
@@ -94,6 +124,7 @@ def build_app(settings: Settings, pipeline: Pipeline, partitions: Mapping[str, i
             self.thread.start()
 
         async def on_stop(self) -> None:
+            health.stopping()
             runner.stop()
             if self.thread is not None:
                 await asyncio.to_thread(self.thread.join, STOP_TIMEOUT_S)
@@ -114,6 +145,27 @@ def build_app(settings: Settings, pipeline: Pipeline, partitions: Mapping[str, i
         )
 
     return app
+
+
+def _install_web(app: faust.App, metrics: WorkerMetrics, health: Health) -> None:
+    """The three pages of the worker's web port (nothing else is served)."""
+
+    @app.page("/metrics")
+    class Metrics(faust.web.View):
+        async def get(self, request: faust.web.Request) -> faust.web.Response:
+            return self.bytes(metrics.render(), content_type=CONTENT_TYPE_LATEST)
+
+    @app.page("/healthz")
+    class Healthz(faust.web.View):
+        async def get(self, request: faust.web.Request) -> faust.web.Response:
+            status = health.liveness()
+            return self.text(status.reason + "\n", status=status.status)
+
+    @app.page("/readyz")
+    class Readyz(faust.web.View):
+        async def get(self, request: faust.web.Request) -> faust.web.Response:
+            status = health.readiness()
+            return self.text(status.reason + "\n", status=status.status)
 
 
 def run_worker(app: faust.App, loglevel: str = "warning") -> None:

@@ -54,16 +54,25 @@ class PendingAudit:
 class Auditor:
     """Makes :class:`PendingAudit` drafts for the pipeline (pure; keys and policies injected)."""
 
-    def __init__(self, keys: AuditKeys, minimiser: Minimiser, key_ids: Mapping[str, str] | None = None) -> None:
-        """``key_ids`` maps an agency to the id of the encryption key its records are sealed to."""
+    def __init__(self, keys: AuditKeys, minimiser: Minimiser) -> None:
+        """Draft with the audit ``keys`` for the recipients of ``minimiser``."""
         self.keys = keys
         self.minimiser = minimiser
-        self.key_ids = dict(key_ids or {})
 
     def delivered(
-        self, source: Location, event: Mapping[str, Any], views: Sequence[View], first_output: int, now_ms: int
+        self,
+        source: Location,
+        event: Mapping[str, Any],
+        views: Sequence[View],
+        first_output: int,
+        now_ms: int,
+        key_ids: Mapping[str, str] | None = None,
     ) -> PendingAudit:
-        """The draft of a valid event whose ``views`` become outputs ``first_output``, ``first_output + 1``, ..."""
+        """The draft of a valid event whose ``views`` become outputs ``first_output``, ``first_output + 1``, ...
+
+        ``key_ids`` maps an agency to the id of the public key its fields were sealed to.
+        """
+        key_ids = key_ids or {}
         by_recipient = {view.agency.recipient: (i, view) for i, view in enumerate(views)}
         decisions = []
         for policy in self.minimiser.policies:
@@ -79,7 +88,7 @@ class Auditor:
                         True,
                         "delivered",
                         fields,
-                        self.key_ids.get(agency),
+                        key_ids.get(agency),
                         policy.version,
                         first_output + index,
                     )

@@ -251,6 +251,18 @@ def _write_events(out: Path, events: Any, version: int, count: int) -> None:
     envvar=env_var("public_keys_dir"),
     help="Agencies' public keys (agency import-key): required when the policies encrypt fields.",
 )
+@click.option(
+    "--audit-key-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar=env_var("audit_key_file"),
+    help="The audit secret (audit keygen): with it, one decision record per event goes to the audit topic.",
+)
+@click.option(
+    "--web-port",
+    type=click.IntRange(0, 65535),
+    envvar=env_var("web_port"),
+    help="Port of /metrics, /healthz, /readyz [default: 0 = off; e.g. 6066].",
+)
 def worker(
     bootstrap_servers: str | None,
     registry_url: str | None,
@@ -261,12 +273,16 @@ def worker(
     instance_id: str | None,
     guarantee: str | None,
     public_keys_dir: Path | None,
+    audit_key_file: Path | None,
+    web_port: int | None,
 ) -> None:
     """Run a worker: consume the ingress topic, publish minimised views (scale by processes)."""
-    from streams.assembly import build_pipeline, load_policy_set, load_public_keys, output_topics
+    from streams.assembly import build_audit_writer, build_pipeline, load_policy_set, load_public_keys, output_topics
+    from streams.audit.keys import AuditKeys, load_secret
     from streams.contracts.registry import HttpSchemaRegistry
     from streams.domain.geography import DEFAULT_GEOGRAPHY
     from streams.domain.geography_file import load_geography_file
+    from streams.kafka.audit_io import AuditSink
     from streams.kafka.topics import create_topics
     from streams.policy.pseudonyms import StaticKeyRing
     from streams.worker import build_app, run_worker
@@ -281,14 +297,26 @@ def worker(
         instance_id=instance_id,
         processing_guarantee=guarantee,
         public_keys_dir=public_keys_dir,
+        audit_key_file=audit_key_file,
+        web_port=web_port,
     )
     geography = load_geography_file(settings.geography_file) if settings.geography_file else DEFAULT_GEOGRAPHY
     key_ring = StaticKeyRing.from_file(settings.keys_file) if settings.keys_file else StaticKeyRing.from_env()
     policy_set = load_policy_set(settings, geography=geography)
     registry = HttpSchemaRegistry(settings.registry_url)
+    audit_keys = AuditKeys(load_secret(settings.audit_key_file)) if settings.audit_key_file else None
     pipeline = build_pipeline(
-        settings, registry, key_ring, geography=geography, policy_set=policy_set, public_keys=load_public_keys(settings)
+        settings,
+        registry,
+        key_ring,
+        geography=geography,
+        policy_set=policy_set,
+        public_keys=load_public_keys(settings),
+        audit_keys=audit_keys,
     )
+    audit = None
+    if audit_keys is not None:
+        audit = AuditSink(build_audit_writer(settings, registry, audit_keys), settings.audit_topic)
     partitions = create_topics(settings, output_topics(policy_set, geography))
     # Sizes end to end: fail fast unless every accepted ingress record can be dead-lettered whole.
     from streams.kafka.clients import producer_max_message_bytes
@@ -297,7 +325,9 @@ def worker(
     limits = topic_limits(settings.bootstrap_servers, [settings.ingress_topic, settings.dlq_topic])
     check_record_limits(settings, limits, producer_max_message_bytes(settings))
     sys.argv = [sys.argv[0]]  # faust's Worker parses argv itself
-    run_worker(build_app(settings, pipeline, partitions), loglevel=settings.log_level)
+    recipients = [p.recipient for p in policy_set.policies]
+    app = build_app(settings, pipeline, partitions, recipients=recipients, audit=audit)
+    run_worker(app, loglevel=settings.log_level)
 
 
 # ---------------------------------------------------------------- demo
@@ -318,12 +348,14 @@ def demo(count: int, seed: int, keep_running: bool) -> None:
 
 
 from streams.cli.agency import agency  # noqa: E402  (registers the `agency` group)
+from streams.cli.audit import audit  # noqa: E402  (registers the `audit` group)
 from streams.cli.dlq import dlq  # noqa: E402  (registers the `dlq` group)
 from streams.cli.policy import policy  # noqa: E402  (registers the `policy` group)
 
 main.add_command(policy)
 main.add_command(dlq)
 main.add_command(agency)
+main.add_command(audit)
 
 if __name__ == "__main__":
     main()

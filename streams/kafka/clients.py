@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, cast
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
@@ -222,6 +222,12 @@ class RunnerListener(Protocol):
     def polled(self) -> None:
         """The loop went round (liveness)."""
 
+    def assigned(self, owned: Sequence[int]) -> None:
+        """A rebalance left this worker owning these ingress partitions (readiness, lag series)."""
+
+    def lagged(self, lags: Mapping[int, int]) -> None:
+        """The consumer's lag per owned ingress partition (from librdkafka's statistics)."""
+
 
 class NoListener:
     """The listener that does nothing (the default)."""
@@ -236,6 +242,12 @@ class NoListener:
         pass
 
     def polled(self) -> None:
+        pass
+
+    def assigned(self, owned: Sequence[int]) -> None:
+        pass
+
+    def lagged(self, lags: Mapping[int, int]) -> None:
         pass
 
 

@@ -45,7 +45,12 @@ def topic_specs(settings: Settings, output_topics: Iterable[str]) -> list[TopicS
     specs = [
         TopicSpec(settings.ingress_topic, settings.ingress_partitions, ingress),
         TopicSpec(settings.dlq_topic, settings.ingress_partitions, dlq),
-        TopicSpec(settings.audit_topic, settings.ingress_partitions, {"retention.ms": str(366 * DAY_MS)}),
+        # One audit partition per ingress partition: its owner is the only writer of that chain.
+        TopicSpec(
+            settings.audit_topic,
+            settings.ingress_partitions,
+            {"retention.ms": str(settings.audit_retention_days * DAY_MS)},
+        ),
     ]
     outputs = list(output_topics)
     specs += [

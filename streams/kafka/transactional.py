@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import threading
 import time
@@ -60,7 +61,10 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
+from streams.audit.chain import ChainHead
+from streams.audit.decisions import Location, PendingAudit
 from streams.errors import RegistryError, ScreeningStreamsError
+from streams.kafka.audit_io import AuditSink, head_metadata
 from streams.kafka.clients import (
     FENCED,
     PURGED,
@@ -131,10 +135,16 @@ class _Batch:
     records: list[InputRecord] = field(default_factory=list)
     first: dict[TP, int] = field(default_factory=dict)
     next: dict[TP, int] = field(default_factory=dict)
+    audits: list[PendingAudit] = field(default_factory=list)
 
-    def positions(self) -> list[TopicPartition]:
-        """The offsets to commit: one past the last record of each partition."""
-        return [TopicPartition(t, p, o) for (t, p), o in self.next.items()]
+    def positions(self, heads: Mapping[int, ChainHead] | None = None) -> list[TopicPartition]:
+        """The offsets to commit: one past the last record of each partition (with its audit head)."""
+        if not heads:
+            return [TopicPartition(t, p, o) for (t, p), o in self.next.items()]
+        return [
+            TopicPartition(t, p, o, head_metadata(heads[p])) if p in heads else TopicPartition(t, p, o)
+            for (t, p), o in self.next.items()
+        ]
 
 
 @dataclass(frozen=True)
@@ -162,6 +172,7 @@ class Runner:
         clock: Callable[[], float] = time.monotonic,
         max_backoff_s: float = 5.0,
         listener: RunnerListener | None = None,
+        audit: AuditSink | None = None,
     ) -> None:
         """Process ``settings.ingress_topic``; ``partitions`` gives each output topic's count.
 
@@ -173,6 +184,7 @@ class Runner:
         self.exactly_once = settings.processing_guarantee == "exactly_once"
         self.stats = RunnerStats()
         self.listener: RunnerListener = listener or NoListener()
+        self.audit = audit
         self._consumer_factory = consumer_factory
         self._producer_factory = producer_factory
         self._stopping = threading.Event()
@@ -226,7 +238,10 @@ class Runner:
 
     def _new_consumer(self) -> ConsumerLike:
         """A consumer subscribed to the ingress, its rebalances reported to the runner."""
-        consumer = self._consumer_factory(consumer_config(self.settings))
+        config = consumer_config(self.settings)
+        config.setdefault("statistics.interval.ms", 5000)
+        config.setdefault("stats_cb", self._statistics)
+        consumer = self._consumer_factory(config)
         consumer.subscribe(
             [self.settings.ingress_topic],
             on_assign=self._on_assign,
@@ -291,11 +306,26 @@ class Runner:
             return producer
         return None
 
+    def _statistics(self, text: str) -> None:
+        """librdkafka's statistics (JSON, every 5 s, from within consume()): lag per owned partition."""
+        try:
+            topic = self.settings.ingress_topic
+            partitions = json.loads(text)["topics"][topic]["partitions"]
+            lags = {
+                int(p): int(v["consumer_lag"])
+                for p, v in partitions.items()
+                if (topic, int(p)) in self._owned and v.get("consumer_lag", -1) >= 0
+            }
+        except (ValueError, KeyError, TypeError):
+            return
+        self.listener.lagged(lags)
+
     # ------------------------------------------------------------------ rebalances
     def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         self.stats.rebalances += 1
         self._owned.update((tp.topic, tp.partition) for tp in partitions)
         log.info("assigned %d ingress partitions (%d owned)", len(partitions), len(self._owned))
+        self.listener.assigned(sorted(p for _, p in self._owned))
 
     def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         self._release(partitions, "revoked")
@@ -309,7 +339,10 @@ class Runner:
         tps = {(tp.topic, tp.partition) for tp in partitions}
         self._owned -= tps
         self._revoked_in_poll |= tps
+        if self.audit is not None:
+            self.audit.forget(p for _, p in tps)
         log.info("%s %d ingress partitions (%d owned)", how, len(tps), len(self._owned))
+        self.listener.assigned(sorted(p for _, p in self._owned))
 
     # ------------------------------------------------------------------ consume
     def _poll(self, consumer: ConsumerLike) -> _Batch | None:
@@ -381,7 +414,11 @@ class Runner:
     # ------------------------------------------------------------------ process and produce
     def _handle(self, consumer: ConsumerLike, batch: _Batch) -> None:
         try:
-            work = self.pipeline.process_each(batch.records)  # with the key records of the batch's data keys
+            # With the key records of the batch's data keys, and one audit draft per record if auditing.
+            if self.audit is None:
+                work = self.pipeline.process_each(batch.records)
+            else:
+                work = self.pipeline.process_each(batch.records, batch.audits)
         except RegistryError as exc:
             # Infrastructure, not the records' fault: nothing was produced; go back and wait.
             self.stats.registry_retries += 1
@@ -395,11 +432,22 @@ class Runner:
             self._deliver(consumer, batch, work)
 
     def _produce_all(
-        self, producer: ProducerLike, work: list[tuple[InputRecord, list[OutputRecord]]], failures: list[_Failure]
+        self,
+        producer: ProducerLike,
+        work: list[tuple[InputRecord, list[OutputRecord]]],
+        failures: list[_Failure],
+        locations: list[Location | None] | None = None,
     ) -> None:
+        """Produce every output; with ``locations``, record where each landed (by output position)."""
+        position = 0
         for source, outputs in work:
-            on_delivery = functools.partial(self._delivery_failed, failures, source)
             for out in outputs:
+                if locations is None:
+                    on_delivery = functools.partial(self._delivery_failed, failures, source)
+                else:
+                    locations.append(None)
+                    on_delivery = functools.partial(self._delivered_at, failures, source, locations, position)
+                position += 1
                 partition = partition_for(out, self.partitions)
                 stamp = getattr(out, "timestamp_ms", None) or 0
                 while True:
@@ -423,6 +471,20 @@ class Runner:
                         raise
 
     @staticmethod
+    def _delivered_at(
+        failures: list[_Failure],
+        source: InputRecord,
+        locations: list[Location | None],
+        position: int,
+        error: KafkaError | None,
+        msg: Any,
+    ) -> None:
+        if error is None:
+            locations[position] = (msg.topic(), msg.partition(), msg.offset())
+        else:
+            Runner._delivery_failed(failures, source, error, msg)
+
+    @staticmethod
     def _delivery_failed(failures: list[_Failure], source: InputRecord, error: KafkaError | None, msg: Any) -> None:
         if error is None or error.code() in PURGED:
             return
@@ -435,19 +497,69 @@ class Runner:
         producer = self._producer
         assert producer is not None
         failures: list[_Failure] = []
+        heads: dict[int, ChainHead] = {}
         try:
+            positions = batch.positions()
+            if self.audit is not None:
+                self._read_heads(consumer, batch)
             producer.begin_transaction()
-            self._produce_all(producer, work, failures)
+            if self.audit is None:
+                self._produce_all(producer, work, failures)
+            else:
+                heads = self._produce_audited(producer, batch, work, failures)
+                if failures:
+                    self._failed(consumer, batch, producer, failures[0].error, failures)
+                    return
+                positions = batch.positions(heads)
             self._retrying(
                 lambda: producer.send_offsets_to_transaction(
-                    batch.positions(), consumer.consumer_group_metadata(), self._txn_timeout_s
+                    positions, consumer.consumer_group_metadata(), self._txn_timeout_s
                 )
             )
             self._retrying(lambda: producer.commit_transaction(self._txn_timeout_s))
         except KafkaException as exc:
             self._failed(consumer, batch, producer, error_of(exc), failures)
             return
+        if self.audit is not None:
+            self.audit.committed(heads)
         self._done(batch, work)
+
+    # ------------------------------------------------------------------ audit
+    def _read_heads(self, consumer: ConsumerLike, batch: _Batch) -> None:
+        """Chain heads of newly owned partitions, from the metadata committed with their offsets."""
+        assert self.audit is not None
+        topic = self.settings.ingress_topic
+        missing = self.audit.missing(p for t, p in batch.next if t == topic)
+        if missing:
+            for tp in consumer.committed([TopicPartition(topic, p) for p in missing], self._txn_timeout_s):
+                self.audit.adopt(tp.partition, tp.metadata)
+
+    def _produce_audited(
+        self,
+        producer: ProducerLike,
+        batch: _Batch,
+        work: list[tuple[InputRecord, list[OutputRecord]]],
+        failures: list[_Failure],
+    ) -> dict[int, ChainHead]:
+        """Produce the outputs, wait for their coordinates, then produce the chained audit records."""
+        assert self.audit is not None
+        locations: list[Location | None] = []
+        self._produce_all(producer, work, failures, locations)
+        left = producer.flush(self._txn_timeout_s)
+        if failures:
+            return {}
+        if left or any(loc is None for loc in locations):
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "outputs not delivered before the audit"))
+        values, heads = self.audit.values(batch.audits, locations)
+        hour = batch.audits[0].processed_hour if batch.audits else 0
+        for partition, value in values:
+            while True:
+                try:
+                    producer.produce(self.audit.topic, value=value, partition=partition, timestamp=hour)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        return heads
 
     def _done(self, batch: _Batch, work: list[tuple[InputRecord, list[OutputRecord]]]) -> None:
         self.stats.transactions += 1
@@ -517,8 +629,13 @@ class Runner:
         producer = self._producer
         assert producer is not None
         failures: list[_Failure] = []
+        heads: dict[int, ChainHead] = {}
         try:
-            self._produce_all(producer, work, failures)
+            if self.audit is None:
+                self._produce_all(producer, work, failures)
+            else:
+                self._read_heads(consumer, batch)
+                heads = self._produce_audited(producer, batch, work, failures)
             left = producer.flush(self._txn_timeout_s)
         except KafkaException as exc:
             left, failures = -1, failures or []
@@ -534,9 +651,14 @@ class Runner:
             self._back_off()
             return
         try:
-            consumer.commit(offsets=batch.positions(), asynchronous=False)
+            consumer.commit(offsets=batch.positions(heads), asynchronous=False)
         except KafkaException as exc:  # e.g. the partitions moved: their next owner re-delivers
             log.warning("offset commit failed (%s); the batch may be delivered again", describe(error_of(exc)))
+            if self.audit is not None:
+                self.audit.forget(heads)  # read the committed heads again
+        else:
+            if self.audit is not None:
+                self.audit.committed(heads)
         self._done(batch, work)
 
     # ------------------------------------------------------------------ recovery

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
@@ -41,8 +41,8 @@ def tally(inputs: Sequence[InputRecord], outputs: Iterable[OutputRecord]) -> Tal
         headers = dict(out.headers)
         if out.dead_letter:
             result.dead_letters[headers.get(H_CODE, b"unknown").decode()] += 1
-        else:
-            result.delivered[headers.get(H_RECIPIENT, b"unknown").decode()] += 1
+        elif H_RECIPIENT in headers:  # agency records (key-topic records carry no recipient)
+            result.delivered[headers[H_RECIPIENT].decode()] += 1
     result.valid = result.consumed - sum(result.dead_letters.values())
     result.ingress_timestamps_ms = [r.timestamp_ms for r in inputs if r.timestamp_ms is not None]
     return result
@@ -81,6 +81,12 @@ class WorkerMetrics:
         self.registry_lookups = PromCounter(
             "screening_registry_cache", "Writer-schema lookups, by result (hit, miss, negative).", ["result"],
             registry=r,
+        )
+        self.owned_partitions = Gauge(
+            "screening_owned_partitions", "Ingress partitions this worker owns.", registry=r
+        )
+        self.schema_lookups = Gauge(
+            "screening_registry_requests", "Writer-schema requests made to the registry (cache misses).", registry=r
         )
         for name in self.recipients:
             self.delivered.labels(name)
@@ -124,6 +130,19 @@ class WorkerMetrics:
         """Count writer-schema lookups: ``hit``, ``miss`` (asked the registry) or ``negative`` (cached unknown)."""
         if count:
             self.registry_lookups.labels(result).inc(count)
+
+    def owned(self, partitions: Sequence[int]) -> None:
+        """Record which ingress partitions this worker owns (lag series of the others are dropped)."""
+        self.owned_partitions.set(len(partitions))
+        keep = {str(p) for p in partitions}
+        for metric in self.lag.collect():
+            for sample in metric.samples:
+                if sample.labels["partition"] not in keep:
+                    self.forget_partition(int(sample.labels["partition"]))
+
+    def watch_registry(self, lookups: Callable[[], int]) -> None:
+        """Export the resolver's request count (misses and negative-cache expiries) at scrape time."""
+        self.schema_lookups.set_function(lambda: float(lookups()))
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every series."""

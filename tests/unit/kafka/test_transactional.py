@@ -405,6 +405,12 @@ def test_listener_counts_only_committed_batches() -> None:
         def polled(self) -> None:
             self.polls += 1
 
+        def assigned(self, owned: Any) -> None:
+            self.owned = list(owned)
+
+        def lagged(self, lags: Any) -> None:
+            self.lags = dict(lags)
+
     h = Harness(records=3)
     recorder = Recorder()
     h.runner.listener = recorder

@@ -1,0 +1,266 @@
+"""``screening-streams audit ...``: who received what, from the audit topic, keyed with the audit secret.
+
+Every query first brings the SQLite index (``--index``, default ``<state dir>/audit.sqlite``)
+up to date with the audit topic (``--no-refresh`` to skip), then answers from the index. The
+index holds what the topic holds (audit pseudonyms, references, sealed coordinates); it can be
+deleted at any time and is rebuilt from the topic (``audit index --rebuild``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from streams.assembly import audit_schema
+from streams.audit.chain import AuditWriter, verify_chain
+from streams.audit.index import AuditIndex
+from streams.audit.keys import AuditKeys, generate_secret, load_secret, write_secret
+from streams.cli.options import common_options, settings
+from streams.errors import ConfigError
+from streams.kafka.offsets import beginning_offsets, end_offsets, read_from
+from streams.policy.explain import table
+from streams.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+KEY_ENV = "SCREENING_AUDIT_KEY_FILE"
+INDEX_ENV = "SCREENING_AUDIT_INDEX"
+
+
+def _audit_options(func: F) -> F:
+    options = [
+        click.option(
+            "--audit-key-file",
+            type=click.Path(path_type=Path, dir_okay=False),
+            envvar=KEY_ENV,
+            required=True,
+            help="The audit secret (made by `audit keygen`).",
+        ),
+        click.option(
+            "--index",
+            "index_path",
+            type=click.Path(path_type=Path, dir_okay=False),
+            envvar=INDEX_ENV,
+            help="The SQLite audit index [default: <state dir>/audit.sqlite].",
+        ),
+        click.option("--no-refresh", is_flag=True, envvar="SCREENING_AUDIT_NO_REFRESH", help="Query the index as is."),
+        click.option("--json", "as_json", is_flag=True, envvar="SCREENING_AUDIT_JSON", help="Print JSON."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return common_options(func)
+
+
+def _writer(key_file: Path) -> AuditWriter:
+    return AuditWriter(AuditKeys(load_secret(key_file)), audit_schema(), b"")
+
+
+def _index_path(cfg: Settings, given: Path | None) -> Path:
+    return given or cfg.state_dir / "audit.sqlite"
+
+
+def refresh(cfg: Settings, writer: AuditWriter, index: AuditIndex, topic: str | None = None) -> int:
+    """Bring ``index`` up to date with the audit topic; return how many records were added."""
+    topic = topic or cfg.audit_topic
+    ends = end_offsets(cfg.bootstrap_servers, [topic])
+    if not ends:
+        raise ConfigError(f"topic {topic} does not exist: run `screening-streams topics`")
+    starts = beginning_offsets(cfg.bootstrap_servers, [topic])
+    done = index.positions()
+    pending = {
+        tp: max(done.get(tp.partition, 0), starts.get(tp, 0))
+        for tp, end in ends.items()
+        if max(done.get(tp.partition, 0), starts.get(tp, 0)) < end
+    }
+    if not pending:
+        return 0
+    by_partition: dict[int, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+    for record in read_from(cfg.bootstrap_servers, pending):
+        if record.value is not None:
+            by_partition[record.partition].append((record.offset, writer.decode(record.value)))
+    return sum(index.ingest(p, sorted(rows, key=lambda r: r[0])) for p, rows in by_partition.items())
+
+
+def _time(text: str, name: str) -> int:
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r} is not an ISO date or time (e.g. 2020-07-01 or 2020-07-01T12:00Z)") from exc
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+def _hour(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%dT%H:00Z")
+
+
+def _emit(as_json: bool, payload: Any, headers: list[str], rows: list[list[str]], footer: str = "") -> None:
+    if as_json:
+        click.echo(json.dumps(payload, indent=1, sort_keys=True, default=lambda b: b.hex()))
+        return
+    click.echo(table(headers, rows) if rows else "(nothing)")
+    if footer:
+        click.echo(footer)
+
+
+class _Query:
+    """The open index of one query command, refreshed from the topic unless asked not to."""
+
+    def __init__(self, kw: dict[str, Any]) -> None:
+        self.cfg = settings(
+            bootstrap_servers=kw.pop("bootstrap_servers"),
+            registry_url=kw.pop("registry_url"),
+            topic_prefix=kw.pop("topic_prefix"),
+        )
+        self.writer = _writer(kw.pop("audit_key_file"))
+        self.index = AuditIndex(_index_path(self.cfg, kw.pop("index_path")))
+        self.as_json = bool(kw.pop("as_json"))
+        started = time.monotonic()
+        self.added = 0 if kw.pop("no_refresh") else refresh(self.cfg, self.writer, self.index)
+        self.refresh_s = time.monotonic() - started
+
+    @property
+    def keys(self) -> AuditKeys:
+        return self.writer.keys
+
+
+@click.group()
+def audit() -> None:
+    """Who received what: decision records of the audit topic, an index, and its queries."""
+
+
+@audit.command("keygen")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True, help="Key file to create.")
+@click.option("--force", is_flag=True, help="Replace an existing key file.")
+def keygen(out: Path, force: bool) -> None:
+    """Make the audit secret (0600; never overwrites unless --force). Keep it away from agencies."""
+    write_secret(out, generate_secret(), force=force)
+    click.echo(f"wrote the audit secret to {out} (mode 0600)")
+
+
+@audit.command("index")
+@_audit_options
+@click.option("--rebuild", is_flag=True, help="Delete the index and rebuild it from the topic.")
+def index_(rebuild: bool, **kw: Any) -> None:
+    """Bring the audit index up to date with the topic (or rebuild it from scratch)."""
+    cfg = settings(bootstrap_servers=kw["bootstrap_servers"], topic_prefix=kw["topic_prefix"])
+    path = _index_path(cfg, kw["index_path"])
+    if rebuild:
+        path.unlink(missing_ok=True)
+    kw["no_refresh"] = False
+    query = _Query(kw)
+    click.echo(f"indexed {query.added} audit records in {query.refresh_s:.1f} s into {path}")
+
+
+@audit.command("verify")
+@_audit_options
+@click.option("--topic", envvar="SCREENING_AUDIT_VERIFY_TOPIC", help="Verify this topic (e.g. a copy) instead.")
+def verify(topic: str | None, **kw: Any) -> None:
+    """Check every partition's hash chain; name each removed, reordered or altered record."""
+    cfg = settings(bootstrap_servers=kw["bootstrap_servers"], topic_prefix=kw["topic_prefix"])
+    writer = _writer(kw["audit_key_file"])
+    name = topic or cfg.audit_topic
+    ends = end_offsets(cfg.bootstrap_servers, [name])
+    if not ends:
+        raise ConfigError(f"topic {name} does not exist")
+    starts = beginning_offsets(cfg.bootstrap_servers, [name])
+    pending = {tp: starts.get(tp, 0) for tp, end in ends.items() if starts.get(tp, 0) < end}
+    records = read_from(cfg.bootstrap_servers, pending) if pending else []
+    by_partition: dict[int, list[tuple[int, bytes | None]]] = defaultdict(list)
+    for record in records:
+        by_partition[record.partition].append((record.offset, record.value))
+    checked, problems = 0, []
+    for tp in sorted(ends, key=lambda t: t.partition):
+        n, found = verify_chain(writer, tp.partition, sorted(by_partition.get(tp.partition, [])))
+        checked += n
+        problems += found
+    defects = [p for p in problems if p.kind != "start"]
+    rows = [[str(p.partition), str(p.offset), p.kind, p.detail] for p in problems]
+    payload = {"topic": name, "checked": checked, "problems": [p.__dict__ for p in problems], "ok": not defects}
+    _emit(kw["as_json"], payload, ["partition", "offset", "problem", "detail"], rows,
+          f"{checked} records checked in {len(ends)} partitions of {name}: "
+          + ("chain intact" if not defects else f"{len(defects)} defect(s)"))
+    if defects:
+        raise SystemExit(1)
+
+
+@audit.command("who-received")
+@_audit_options
+@click.option("--nir", required=True, envvar="SCREENING_AUDIT_NIR", help="The person's NIR (never logged or stored).")
+def who_received(nir: str, **kw: Any) -> None:
+    """For breach notification: every recipient and field set that person's data reached, when, under which policy."""
+    query = _Query(kw)
+    started = time.monotonic()
+    deliveries = query.index.who_received(query.keys.person(nir))
+    took_ms = (time.monotonic() - started) * 1000
+    rows = [[_hour(d.hour_ms), d.agency, ", ".join(d.fields), d.policy_version, d.key_id or "-"] for d in deliveries]
+    _emit(query.as_json, {"deliveries": [d.__dict__ for d in deliveries], "query_ms": took_ms},
+          ["hour", "agency", "fields", "policy", "key"], rows, f"{len(deliveries)} deliveries ({took_ms:.1f} ms)")
+
+
+@audit.command("event")
+@_audit_options
+@click.option("--id", "event_id", required=True, envvar="SCREENING_AUDIT_EVENT_ID", help="The screening event id.")
+@click.option("--locations", is_flag=True, help="Unseal the output coordinates (topic:partition:offset).")
+def event(event_id: str, locations: bool, **kw: Any) -> None:
+    """The whole fate of one event: every recipient, delivered or not, and why."""
+    query = _Query(kw)
+    ref = query.keys.event_ref(event_id)
+    fates = query.index.event(ref)
+    rows = []
+    for fate in fates:
+        for r in fate["recipients"]:
+            where = "-"
+            if locations and r["sealed_location"] is not None:
+                where = query.keys.unseal(r["sealed_location"], ref.encode() + b"|" + r["recipient"].encode())
+            if not locations:
+                r.pop("sealed_location")
+            else:
+                r["sealed_location"] = where
+            rows.append([_hour(fate["hour_ms"]), fate["outcome"], r["recipient"], r["agency"] or "-",
+                         "yes" if r["delivered"] else "no", r["reason"], ", ".join(r["fields"]), where])
+    _emit(query.as_json, {"event": ref, "records": fates},
+          ["hour", "outcome", "recipient", "agency", "delivered", "reason", "fields", "where"], rows)
+
+
+@audit.command("undelivered")
+@_audit_options
+@click.option("--since", required=True, envvar="SCREENING_AUDIT_SINCE", help="ISO date/time (UTC if no zone).")
+def undelivered(since: str, **kw: Any) -> None:
+    """Events that reached none of their intended recipients since T, with why."""
+    query = _Query(kw)
+    found = query.index.undelivered(_time(since, "--since"))
+    rows = [[_hour(r["hour_ms"]), r["audit_ref"], r["outcome"], r["why"]] for r in found]
+    _emit(query.as_json, {"undelivered": found}, ["hour", "audit ref", "outcome", "why"], rows,
+          f"{len(found)} undelivered")
+
+
+@audit.command("exposure")
+@_audit_options
+@click.option("--recipient", required=True, envvar="SCREENING_AUDIT_RECIPIENT", help="cnam, spf, ars or ars.<region>.")
+@click.option("--from", "from_", required=True, envvar="SCREENING_AUDIT_FROM", help="Window start (ISO).")
+@click.option("--to", "to", required=True, envvar="SCREENING_AUDIT_TO", help="Window end (ISO).")
+def exposure(recipient: str, from_: str, to: str, **kw: Any) -> None:
+    """If that recipient's store leaked over the window: distinct people, records, and which fields."""
+    query = _Query(kw)
+    found = query.index.exposure(recipient, _time(from_, "--from"), _time(to, "--to"))
+    rows = [[found.recipient, str(found.people), str(found.records), ", ".join(found.fields)]]
+    _emit(query.as_json, found.__dict__, ["recipient", "people", "records", "fields"], rows)
+
+
+@audit.command("summary")
+@_audit_options
+@click.option("--since", required=True, envvar="SCREENING_AUDIT_SINCE", help="ISO date/time (UTC if no zone).")
+def summary(since: str, **kw: Any) -> None:
+    """Per recipient since T: delivered, filtered, dead-lettered."""
+    query = _Query(kw)
+    found = query.index.summary(_time(since, "--since"))
+    rows = [[r, str(c["delivered"]), str(c["filtered"]), str(c["dead_lettered"])] for r, c in found.items()]
+    _emit(query.as_json, found, ["recipient", "delivered", "filtered", "dead-lettered"], rows)
