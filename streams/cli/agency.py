@@ -186,7 +186,13 @@ class _Output:
     default="beginning",
     show_default=True,
     envvar="SCREENING_AGENCY_FROM",
-    help="beginning, end (only new records) or a date/ISO time (records written from then).",
+    help="beginning, end (only new records) or a date (records are stamped with their UTC processing day).",
+)
+@click.option(
+    "--skip-shredded/--stop-at-shredded",
+    default=False,
+    envvar="SCREENING_AGENCY_SKIP_SHREDDED",
+    help="Skip (and count) records sealed to a key not supplied (a destroyed period); other errors still stop.",
 )
 @click.option("--max", "limit", type=int, envvar="SCREENING_AGENCY_MAX", help="Stop after N records.")
 @click.option(
@@ -207,6 +213,7 @@ def consume(
     fmt: str,
     start: str,
     limit: int | None,
+    skip_shredded: bool,
     timeout: float,
     out: Path | None,
     bootstrap_servers: str | None,
@@ -247,6 +254,7 @@ def consume(
 
     handle: IO[str] = out.open("w", encoding="utf-8", newline="") if out else sys.stdout
     written = 0
+    shredded: dict[str, int] = {}  # public key id -> records skipped
     try:
         load_keys()
         reader.seek(first)
@@ -255,7 +263,15 @@ def consume(
             at = where(record.topic, record.partition, record.offset)
             if decoder.missing_keys(record.value, at):
                 load_keys()  # committed with the record: it is there now
-            output.write(decoder.read(record.topic, record.partition, record.offset, record.value))
+            try:
+                row = decoder.read(record.topic, record.partition, record.offset, record.value)
+            except DecryptionError as exc:
+                if not (skip_shredded and exc.code == "no_private_key"):
+                    raise
+                needed = decoder.sealed_to(record.value, at)
+                shredded[needed] = shredded.get(needed, 0) + 1
+                continue
+            output.write(row)
             written += 1
             if limit is not None and written >= limit:
                 break
@@ -265,3 +281,7 @@ def consume(
         if out:
             handle.close()
         click.echo(f"{written} records of {topic} written", err=True)
+        for key_id, count in sorted(shredded.items()):
+            click.echo(
+                f"{count} records skipped: sealed to public key {key_id}, whose private key was not given", err=True
+            )

@@ -244,6 +244,11 @@ class DataKeyStore:
         if record not in known:
             known.append(record)
 
+    def record_of(self, data_key_id: bytes) -> KeyRecord | None:
+        """The (first) key record of a data key, if added."""
+        records = self._records.get(data_key_id)
+        return records[0] if records else None
+
     def __contains__(self, data_key_id: object) -> bool:
         """True when a record for this data-key id was added."""
         return data_key_id in self._records

@@ -75,6 +75,15 @@ class AgencyRecordReader:
         schema_id, record = self.decode(value, at)
         return self.opener.missing_keys(record, schema_id, self._writer(schema_id).schema)
 
+    def sealed_to(self, value: bytes | None, at: str) -> str:
+        """The public key id the record's first encrypted value needs (``?`` when it cannot say)."""
+        schema_id, record = self.decode(value, at)
+        for data_key_id in self.opener.data_keys(record, schema_id, self._writer(schema_id).schema):
+            key = self.store.record_of(data_key_id)
+            if key is not None:
+                return key.public_key_id
+        return "?"
+
     def read(self, topic: str, partition: int, offset: int, value: bytes | None) -> dict[str, Any]:
         """Exactly the contract's fields, decrypted, dates and timestamps as ISO strings."""
         at = where(topic, partition, offset)

@@ -140,16 +140,18 @@ class RecordOpener:
             plan = self._plans[schema_id] = tuple((n, codec_for(t)[1]) for n, t in encrypted_fields(schema).items())
         return plan
 
-    def missing_keys(self, record: Mapping[str, Any], schema_id: int, schema: Schema) -> set[bytes]:
-        """Data-key ids the record's encrypted values name that the store does not hold."""
-        missing = set()
+    def data_keys(self, record: Mapping[str, Any], schema_id: int, schema: Schema) -> list[bytes]:
+        """The data-key ids the record's encrypted values name, in field order."""
+        ids = []
         for name, _ in self._plan(schema_id, schema):
             value = record.get(name)
             if isinstance(value, bytes) and len(value) >= HEADER_BYTES:
-                data_key_id = value[1 : 1 + DATA_KEY_ID_BYTES]
-                if data_key_id not in self.store:
-                    missing.add(data_key_id)
-        return missing
+                ids.append(value[1 : 1 + DATA_KEY_ID_BYTES])
+        return ids
+
+    def missing_keys(self, record: Mapping[str, Any], schema_id: int, schema: Schema) -> set[bytes]:
+        """Data-key ids the record's encrypted values name that the store does not hold."""
+        return {k for k in self.data_keys(record, schema_id, schema) if k not in self.store}
 
     def open(self, record: Mapping[str, Any], schema_id: int, schema: Schema, topic: str, where: str) -> dict[str, Any]:
         """A copy of ``record`` with its encrypted fields decrypted and decoded.
