@@ -256,6 +256,12 @@ class Worker:
             )
         _STARTED.append(self.process)
 
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Block until faust reports the worker Ready (its signal handlers are then installed)."""
+        deadline = time.monotonic() + timeout_s
+        while "Ready" not in self.log() and self.process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+
     def signal(self, signum: int) -> None:
         """Send a signal (SIGSTOP, SIGCONT, SIGKILL, ...) to the worker if it still runs."""
         if self.process.poll() is None:

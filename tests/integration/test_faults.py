@@ -127,6 +127,7 @@ def test_two_live_workers_with_one_instance_id_stop_instead_of_sharing_it(stack:
     assert all("group.instance.id 'fault-worker'" in w.log() for w in stopped)
     final = Worker(env, tmp_path / "final.log", {**FAULT_ENV, "SCREENING_INSTANCE_ID": "fault-worker-2"})
     try:
+        final.wait_ready()
         env.drain(timeout_s=240)
     finally:
         assert final.stop() == 0

@@ -113,10 +113,7 @@ class Nemesis:
         worker = Worker(self.env, log, {**WORKER_ENV, "SCREENING_INSTANCE_ID": instance})
         self.live[instance] = worker
         self.all.append(worker)
-        # One at a time past start-up (registry subjects are set up before faust says Ready).
-        deadline = time.monotonic() + 60
-        while "Ready" not in worker.log() and worker.process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
+        worker.wait_ready()  # one at a time past start-up (registry subjects are set up before Ready)
         return instance
 
     def pick(self) -> str:
