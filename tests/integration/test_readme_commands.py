@@ -125,9 +125,12 @@ class Clone:
 def _fresh_clone(target: Path) -> Path:
     if (ROOT / ".git").exists():
         subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(ROOT), str(target)], check=True, timeout=120)
-    else:  # an exported tree: copy it without local state
+    else:  # an exported tree: copy it without local state, as one commit (`policy diff` reads git)
         ignore = shutil.ignore_patterns(".venv", ".state", "__pycache__", ".pytest_cache", ".mypy_cache", "*.egg-info")
         shutil.copytree(ROOT, target, ignore=ignore)
+        identity = ["-c", "user.name=readme-test", "-c", "user.email=readme-test@localhost"]
+        for args in (["init", "-q"], ["add", "-A"], [*identity, "commit", "-q", "-m", "snapshot"]):
+            subprocess.run(["git", *args], cwd=target, check=True, timeout=120, capture_output=True)
     return target
 
 
