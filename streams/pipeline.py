@@ -183,6 +183,20 @@ class Pipeline:
         if self.schemas is not None:
             self.schemas.resolve(framed_schema_ids(records))
 
+    def pending_partitions(self, records: Sequence[InputRecord], wait_s: float = 0.1) -> set[tuple[str, int]]:
+        """The (topic, partition) pairs whose records wait for a writer schema lookup still under way.
+
+        Looks unseen ids up in the background and waits at most ``wait_s``: a runner defers the
+        partitions returned (seeks them back, commits nothing for them) and processes the rest,
+        so a flood of unknown ids on some partitions does not hold up the others. Raises
+        :class:`~streams.errors.RegistryUnavailable` when the registry does not answer.
+        """
+        if self.schemas is None:
+            return set()
+        ids = [framed_schema_ids((r,)) for r in records]
+        pending = self.schemas.resolve_within([x for found in ids for x in found], wait_s)
+        return {(r.topic, r.partition) for r, found in zip(records, ids, strict=True) if pending.intersection(found)}
+
     def needs_prefetch(self, records: Iterable[InputRecord]) -> bool:
         """True when some framed record's writer schema id is not yet known either way (no I/O)."""
         return self.schemas is not None and self.schemas.needs_lookup(framed_schema_ids(records))

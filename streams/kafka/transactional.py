@@ -121,6 +121,7 @@ class RunnerStats:
     producers: int = 0
     rebalances: int = 0
     registry_retries: int = 0
+    deferred: int = 0  # partitions set aside while their writer schemas were being looked up
     records: int = 0
 
     def line(self) -> str:
@@ -202,6 +203,7 @@ class Runner:
         self._revoked_in_poll: set[TP] = set()
         self._needs_reset: set[TP] = set()
         self._backoff_s = 0.0
+        self._held: dict[TP, list[InputRecord]] = {}  # partitions paused while their writer schemas are looked up
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self) -> None:
@@ -224,6 +226,7 @@ class Runner:
                 if self._producer is None:
                     self._producer = self._open_producer()
                     continue
+                self._resume_ready(consumer)
                 try:
                     batch = self._poll(consumer)
                 except _ConsumerFailed as failed:
@@ -339,6 +342,8 @@ class Runner:
         tps = {(tp.topic, tp.partition) for tp in partitions}
         self._owned -= tps
         self._revoked_in_poll |= tps
+        for tp in tps:
+            self._held.pop(tp, None)
         if self.audit is not None:
             self.audit.forget(p for _, p in tps)
         log.info("%s %d ingress partitions (%d owned)", how, len(tps), len(self._owned))
@@ -414,6 +419,9 @@ class Runner:
     # ------------------------------------------------------------------ process and produce
     def _handle(self, consumer: ConsumerLike, batch: _Batch) -> None:
         try:
+            self._defer_waiting(consumer, batch)
+            if not batch.records:
+                return
             # With the key records of the batch's data keys, and one audit draft per record if auditing.
             if self.audit is None:
                 work = self.pipeline.process_each(batch.records)
@@ -430,6 +438,52 @@ class Runner:
             self._transact(consumer, batch, work)
         else:
             self._deliver(consumer, batch, work)
+
+    def _defer_waiting(self, consumer: ConsumerLike, batch: _Batch) -> None:
+        """Set aside the partitions whose records wait for a writer-schema lookup still under way.
+
+        The lookups go on in the background; those partitions are sought back to their first
+        record and nothing is committed for them, so a flood of unknown schema ids on some
+        partitions does not hold up the others. A registry that does not answer raises
+        ``RegistryUnavailable`` (handled as an outage by the caller).
+        """
+        waiting = self.pipeline.pending_partitions(batch.records, wait_s=0.05)
+        if not waiting:
+            return
+        self.stats.deferred += len(waiting)
+        deferred = _Batch(first={tp: batch.first[tp] for tp in waiting if tp in batch.first})
+        for tp in waiting:
+            batch.first.pop(tp, None)
+            batch.next.pop(tp, None)
+            self._held[tp] = [r for r in batch.records if (r.topic, r.partition) == tp]
+        batch.records = [r for r in batch.records if (r.topic, r.partition) not in waiting]
+        self._rewind(consumer, deferred)
+        # Paused, not re-fetched: re-reading them every poll would crowd the ready partitions out.
+        self._pausing(consumer, sorted(waiting), pause=True)
+
+    def _resume_ready(self, consumer: ConsumerLike) -> None:
+        """Resume the set-aside partitions whose lookups have ended (all of them if the registry is down)."""
+        if not self._held:
+            return
+        try:
+            still = self.pipeline.pending_partitions([r for rs in self._held.values() for r in rs], wait_s=0)
+        except RegistryError:
+            still = set()  # an outage: the normal path rewinds, backs off and retries
+        ready = sorted(tp for tp in self._held if tp not in still)
+        for tp in ready:
+            del self._held[tp]
+        self._pausing(consumer, ready, pause=False)
+
+    @staticmethod
+    def _pausing(consumer: ConsumerLike, tps: list[TP], *, pause: bool) -> None:
+        if not tps:
+            return
+        partitions = [TopicPartition(t, p) for t, p in tps]
+        try:
+            (consumer.pause if pause else consumer.resume)(partitions)
+        except KafkaException as exc:  # e.g. revoked meanwhile: its next owner starts from the commit
+            what = "pause" if pause else "resume"
+            log.info("%s of %d partitions skipped: %s", what, len(tps), describe(error_of(exc)))
 
     def _produce_all(
         self,

@@ -525,3 +525,27 @@ def test_process_batch_keeps_audit_indices_pointing_at_the_same_outputs() -> Non
                 assert dict(out.headers)["policy.agency"] == (decision.agency or "").encode()
                 pointed += 1
     assert pointed == len(views) == 90
+
+
+def test_pending_partitions_names_only_the_partitions_waiting_for_a_lookup() -> None:
+    """A slow lookup of an unseen id holds its partition only; JSON on another partition never waits."""
+    import threading
+
+    harness, registry, v2 = _counting_harness()
+    gate = threading.Event()
+    answer = registry.get_schema
+
+    def slow(schema_id: int) -> str:
+        gate.wait(5)
+        return answer(schema_id)
+
+    registry.get_schema = slow  # type: ignore[method-assign]
+    records = [
+        InputRecord(INGRESS_TOPIC, 1, 0, None, v2.encode(_v2_event())),
+        InputRecord(INGRESS_TOPIC, 2, 0, None, b'{"json": true}'),
+        InputRecord(INGRESS_TOPIC, 3, 0, None, harness.encode(_event())),
+    ]
+    assert harness.pipeline.pending_partitions(records, wait_s=0.01) == {(INGRESS_TOPIC, 1)}
+    gate.set()
+    assert harness.pipeline.pending_partitions(records, wait_s=5) == set()
+    assert not harness.pipeline.needs_prefetch(records)

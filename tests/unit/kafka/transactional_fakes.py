@@ -96,6 +96,8 @@ class FakeConsumer:
         self.before_consume: list[Callable[[FakeConsumer], None]] = []
         self.errors: list[KafkaError] = []
         self.seeks: list[tuple[str, int, int]] = []
+        self.paused: set[TP] = set()
+        self.pauses: list[tuple[str, TP]] = []
         self.commits: list[list[TopicPartition]] = []
         self.closed = False
         self.subscriptions = 0
@@ -131,12 +133,22 @@ class FakeConsumer:
         while self.before_consume:
             self.before_consume.pop(0)(self)
         out: list[Message] = [Message("?", -1, -1, None, self.errors.pop(0))] if self.errors else []
-        for tp in sorted(self.owned):
+        for tp in sorted(self.owned - self.paused):
             log = self.broker.logs.get(tp, [])
             while self.positions[tp] < len(log) and len(out) < num_messages:
                 out.append(Message(tp[0], tp[1], self.positions[tp], log[self.positions[tp]]))
                 self.positions[tp] += 1
         return out
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.paused.add((tp.topic, tp.partition))
+            self.pauses.append(("pause", (tp.topic, tp.partition)))
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.paused.discard((tp.topic, tp.partition))
+            self.pauses.append(("resume", (tp.topic, tp.partition)))
 
     def seek(self, partition: TopicPartition) -> None:
         self.seeks.append((partition.topic, partition.partition, partition.offset))
@@ -256,6 +268,7 @@ class FakePipeline:
         """An empty pipeline."""
         self.errors: list[BaseException] = []
         self.processed: list[InputRecord] = []
+        self.waiting: dict[tuple[str, int], int] = {}  # partition -> calls for which it is still pending
 
     def process(self, record: InputRecord) -> list[OutputRecord]:
         if self.errors:
@@ -263,6 +276,14 @@ class FakePipeline:
         self.processed.append(record)
         ref = f"{record.partition}:{record.offset}".encode()
         return [OutputRecord(topic, ref, ref, (), ref) for topic in ("out.a", "out.b")]
+
+    def pending_partitions(self, records: list[InputRecord], wait_s: float = 0.1) -> set[tuple[str, int]]:
+        """Like ``Pipeline.pending_partitions``: a partition in ``waiting`` is pending for that many calls."""
+        asked = {(r.topic, r.partition) for r in records}
+        pending = {tp for tp in asked if self.waiting.get(tp, 0) > 0}
+        for tp in pending:
+            self.waiting[tp] -= 1
+        return pending
 
     def process_each(self, records: list[InputRecord]) -> list[tuple[InputRecord, list[OutputRecord]]]:
         """Each record with its outputs, as ``Pipeline.process_each`` (this fake encrypts nothing: no key records)."""
