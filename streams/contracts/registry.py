@@ -65,13 +65,23 @@ class HttpSchemaRegistry:
     incompatible schema, 422 invalid schema, 401/403) is :class:`~streams.errors.RegistryError`.
     """
 
-    def __init__(self, base_url: str, *, timeout_s: float = 10.0, compatibility: str | None = COMPATIBILITY) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 10.0,
+        compatibility: str | None = COMPATIBILITY,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         """Point the client at ``base_url`` (e.g. ``http://127.0.0.1:18081/apis/ccompat/v7``).
 
         ``compatibility`` is set on each subject before this client first registers under it
-        (``None``: leave subjects' rules alone).
+        (``None``: leave subjects' rules alone). ``clock`` dates the last readiness check.
         """
         self.base_url = base_url.rstrip("/")
+        self._root = self.base_url.split("/apis/", 1)[0]
+        self._clock = clock
+        self._ready_until = float("-inf")
         self.timeout_s = timeout_s
         self.compatibility = compatibility
         self._by_id: dict[int, str] = {}
@@ -147,13 +157,43 @@ class HttpSchemaRegistry:
             self._by_id.setdefault(schema_id, schema)
         return schema_id
 
+    def _ready(self) -> bool:
+        """Whether the registry says its storage is ready (``/health/ready``; no such endpoint counts as ready).
+
+        Apicurio with kafkasql storage answers requests while it still replays its journal, and
+        then says "not found" for ids it has not reached yet: such an answer is an outage, not a
+        verdict. A ready answer is trusted for 5 s.
+        """
+        if self._clock() < self._ready_until:
+            return True
+        try:
+            with urllib.request.urlopen(f"{self._root}/health/ready", timeout=self.timeout_s):
+                ready = True
+        except urllib.error.HTTPError as exc:
+            ready = exc.code == 404
+        except (urllib.error.URLError, OSError, ValueError):
+            ready = False
+        if ready:
+            self._ready_until = self._clock() + 5.0
+        return ready
+
     def get_schema(self, schema_id: int) -> str:
-        """Fetch (once) the schema registered under ``schema_id``."""
+        """Fetch (once) the schema registered under ``schema_id``.
+
+        "Not found" from a registry that is not ready yet raises ``RegistryUnavailable``.
+        """
         with self._lock:
             cached = self._by_id.get(schema_id)
         if cached is not None:
             return cached
-        answer = self._call("GET", f"/schemas/ids/{schema_id}")
+        try:
+            answer = self._call("GET", f"/schemas/ids/{schema_id}")
+        except SchemaNotFound:
+            if not self._ready():
+                raise RegistryUnavailable(
+                    f"registry not ready (storage loading); schema id {schema_id} unknown yet"
+                ) from None
+            raise
         try:
             schema = str(answer["schema"])
         except (TypeError, KeyError) as exc:

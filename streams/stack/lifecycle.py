@@ -293,10 +293,22 @@ def _kafka_answers(bootstrap: str, local_port: int | None = None, timeout_s: flo
 
 
 def _registry_answers(url: str, timeout_s: float = 2.0) -> bool:
-    """True when GET ``url``/subjects answers 200."""
+    """True when GET ``url``/subjects answers 200 and the registry's storage is ready.
+
+    Apicurio (kafkasql) serves requests while it still replays its journal; ``/health/ready``
+    says 503 until it is done (404, no such endpoint, counts as ready: another registry).
+    """
     try:
         with urllib.request.urlopen(f"{url}/subjects", timeout=timeout_s) as resp:
+            if int(resp.status) != 200:
+                return False
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
+    try:
+        with urllib.request.urlopen(f"{url.split('/apis/', 1)[0]}/health/ready", timeout=timeout_s) as resp:
             return int(resp.status) == 200
+    except urllib.error.HTTPError as exc:
+        return exc.code == 404
     except (OSError, urllib.error.URLError, ValueError):
         return False
 

@@ -358,3 +358,30 @@ def test_resolve_within_reports_an_outage_then_tries_again() -> None:
     client.down = False
     assert resolver.resolve_within([4], timeout_s=5) == set()
     assert resolver.get_schema(4) == "d" and client.calls[4] == 2
+
+
+def test_not_found_from_a_registry_still_loading_is_an_outage(server: tuple[str, Script]) -> None:
+    """Apicurio answers while replaying its journal: "not found" then, with /health/ready 503, is retriable."""
+    url, script = server
+    script.routes[("GET", "/health/ready")] = (503, {"status": "DOWN"})
+    client = HttpSchemaRegistry(url, clock=FakeClock())
+    with pytest.raises(RegistryUnavailable, match="not ready"):
+        client.get_schema(77)
+    script.routes[("GET", "/health/ready")] = (200, {"status": "UP"})
+    with pytest.raises(SchemaNotFound):
+        client.get_schema(77)
+
+
+def test_a_ready_answer_is_trusted_for_a_few_seconds(server: tuple[str, Script]) -> None:
+    """Many misses in a row cost one readiness request until 5 s have passed (injected clock)."""
+    url, script = server
+    script.routes[("GET", "/health/ready")] = (200, {"status": "UP"})
+    clock = FakeClock()
+    client = HttpSchemaRegistry(url, clock=clock)
+    for schema_id in range(10):
+        with pytest.raises(SchemaNotFound):
+            client.get_schema(schema_id)
+    clock.now += 5.1
+    with pytest.raises(SchemaNotFound):
+        client.get_schema(99)
+    assert [p for _, p, _ in script.seen].count("/health/ready") == 2
