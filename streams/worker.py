@@ -37,6 +37,8 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: Prometheus' text format (aiohttp takes the charset apart from the content type: utf-8 is its default).
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
 #: How long a SIGTERM waits for the runner's batch in flight before the process gives up.
 STOP_TIMEOUT_S = 60.0
 
@@ -153,7 +155,7 @@ def _install_web(app: faust.App, metrics: WorkerMetrics, health: Health) -> None
     @app.page("/metrics")
     class Metrics(faust.web.View):
         async def get(self, request: faust.web.Request) -> faust.web.Response:
-            return self.bytes(metrics.render(), content_type=CONTENT_TYPE_LATEST)
+            return self.bytes(metrics.render(), content_type=METRICS_CONTENT_TYPE)
 
     @app.page("/healthz")
     class Healthz(faust.web.View):
