@@ -292,10 +292,7 @@ class Runner:
     def _open_producer(self) -> ProducerLike | None:
         """A new producer, its transactions initialised (aborting what its id left open)."""
         while not self.stopping:
-            config = producer_config(self.settings, transactional=self.exactly_once)
-            if self.audit is not None:  # the audit seals where each output landed: report every delivery
-                config["delivery.report.only.error"] = False
-            producer = self._producer_factory(config)
+            producer = self._producer_factory(producer_config(self.settings, transactional=self.exactly_once))
             if not self.exactly_once:
                 self.stats.producers += 1
                 return producer
@@ -333,20 +330,23 @@ class Runner:
         log.info("assigned %d ingress partitions (%d owned)", len(partitions), len(self._owned))
         self.listener.assigned(sorted(p for _, p in self._owned))
 
-    def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        self._release(partitions, "revoked")
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._release(partitions, "revoked", consumer)
 
-    def _on_lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        self._release(partitions, "lost")
+    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._release(partitions, "lost", consumer)
 
-    def _release(self, partitions: list[TopicPartition], how: str) -> None:
+    def _release(self, partitions: list[TopicPartition], how: str, consumer: Any = None) -> None:
         # No transaction is open here (callbacks run inside consume()), so nothing to finish.
         self.stats.rebalances += 1
         tps = {(tp.topic, tp.partition) for tp in partitions}
         self._owned -= tps
         self._revoked_in_poll |= tps
-        for tp in tps:
-            self._held.pop(tp, None)
+        held = sorted(tp for tp in tps if self._held.pop(tp, None) is not None)
+        if held and consumer is not None:
+            # librdkafka keeps an application pause across unassign and assign: lift it now, or a
+            # partition set aside here and later assigned here again would never be fetched.
+            self._pausing(consumer, held, pause=False)
         if self.audit is not None:
             self.audit.forget(p for _, p in tps)
         log.info("%s %d ingress partitions (%d owned)", how, len(tps), len(self._owned))

@@ -418,3 +418,29 @@ def test_listener_counts_only_committed_batches() -> None:
     h.run_until_drained()
     assert (recorder.committed_records, recorder.committed_outputs) == (6, 12)
     assert recorder.aborts == 2 and recorder.fences == 1 and recorder.polls >= 3
+
+
+def test_a_partition_set_aside_then_revoked_is_resumed() -> None:
+    """A paused (set-aside) partition that is revoked has its pause lifted: librdkafka would keep it
+    across a later re-assignment, and the partition would never be fetched again."""
+    h = Harness(records=2)
+    h.pipeline.waiting = {(IN, 1): 10_000}  # its lookup never ends while it is owned here
+
+    polls = 0
+    original = h.consumer.consume
+
+    def consume(num_messages: int = 1, timeout: float = -1) -> list[Any]:
+        nonlocal polls
+        polls += 1
+        if polls > 6:
+            h.runner.stop()
+            return []
+        if polls == 4 and (IN, 1) in h.consumer.owned:
+            h.consumer.revoke_now([(IN, 1)])
+        return original(num_messages, timeout)
+
+    h.consumer.consume = consume  # type: ignore[method-assign]
+    h.runner.run()
+    assert ("pause", (IN, 1)) in h.consumer.pauses
+    assert h.consumer.pauses[-1] == ("resume", (IN, 1))
+    assert (IN, 1) not in h.consumer.paused
