@@ -292,7 +292,10 @@ class Runner:
     def _open_producer(self) -> ProducerLike | None:
         """A new producer, its transactions initialised (aborting what its id left open)."""
         while not self.stopping:
-            producer = self._producer_factory(producer_config(self.settings, transactional=self.exactly_once))
+            config = producer_config(self.settings, transactional=self.exactly_once)
+            if self.audit is not None:  # the audit seals where each output landed: report every delivery
+                config["delivery.report.only.error"] = False
+            producer = self._producer_factory(config)
             if not self.exactly_once:
                 self.stats.producers += 1
                 return producer
