@@ -20,11 +20,11 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from streams import __version__
-from streams.audit.decisions import Auditor, PendingAudit
+from streams.audit.decisions import Auditor, PendingAudit, PendingDecision
 from streams.contracts.codec import EventDecoder, ViewEncoder
 from streams.contracts.registry import SchemaResolver
 from streams.contracts.wire import HEADER_SIZE, MAGIC
@@ -390,9 +390,23 @@ def framed_schema_ids(records: Iterable[InputRecord]) -> list[int]:
 
 def _remapped(draft: PendingAudit, moved: Mapping[int, int]) -> PendingAudit:
     """``draft`` with its delivered entries pointing at the outputs' new positions."""
-    return replace(
-        draft,
-        decisions=tuple(d if d.output is None else replace(d, output=moved[d.output]) for d in draft.decisions),
+    decisions = tuple(
+        d
+        if d.output is None
+        else PendingDecision(
+            d.recipient, d.agency, d.delivered, d.reason, d.fields, d.key_id, d.policy_version, moved[d.output]
+        )
+        for d in draft.decisions
+    )
+    return PendingAudit(
+        draft.source,
+        draft.audit_ref,
+        draft.person,
+        draft.processing_mode,
+        draft.outcome,
+        draft.dead_letter_code,
+        decisions,
+        draft.processed_hour,
     )
 
 

@@ -189,11 +189,18 @@ def readme_run(stack: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> It
         return bool(re.fullmatch(r"(\S+=\S+ )*screening-streams worker", command))
 
     order = [c for c in commands if is_broker(c) and c.split()[-1] in ("up", "status")]
-    # Keys before the worker: pseudonymisation keys, and the agencies' key pairs (public halves imported).
+    # Keys before the worker: pseudonymisation keys, the agencies' key pairs (public halves imported), the audit secret.
     order += [
         c
         for c in commands
-        if c.startswith(("screening-streams topics", "screening-streams keys", "screening-streams agency throwaway"))
+        if c.startswith(
+            (
+                "screening-streams topics",
+                "screening-streams keys",
+                "screening-streams agency throwaway",
+                "screening-streams audit keygen",
+            )
+        )
     ]
     worker_command = next(c for c in commands if is_worker(c) and "=" in c)
     for command in order:
