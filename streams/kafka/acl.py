@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from streams.assembly import PolicySet, agency_names, output_topics
+from streams.crypto.views import key_topic
 from streams.domain.geography import DEFAULT_GEOGRAPHY, Geography
 from streams.settings import Settings
 
@@ -59,6 +60,8 @@ def acl_plan(settings: Settings, policy_set: PolicySet, geography: Geography = D
         AclBinding(PROCESSOR, "TOPIC", settings.dlq_topic, "WRITE"),
         AclBinding(PROCESSOR, "TOPIC", settings.audit_topic, "WRITE"),
         AclBinding(OPERATOR, "TOPIC", settings.dlq_topic, "READ"),
+        # The audit's readers: the operators (audit verify, index and queries) and nobody else.
+        AclBinding(OPERATOR, "TOPIC", settings.audit_topic, "READ"),
         AclBinding(OPERATOR, "TOPIC", settings.ingress_topic, "WRITE"),
         AclBinding(OPERATOR, "TOPIC", settings.replay_ledger_topic, "READ"),
         AclBinding(OPERATOR, "TOPIC", settings.replay_ledger_topic, "WRITE"),
@@ -69,6 +72,8 @@ def acl_plan(settings: Settings, policy_set: PolicySet, geography: Geography = D
         principal = agency_principal(agency)
         rules += [
             AclBinding(principal, "TOPIC", topic, "READ"),
+            AclBinding(principal, "TOPIC", key_topic(topic), "READ"),  # its sealed data keys
             AclBinding(principal, "GROUP", f"agency-{agency}", "READ", "PREFIXED"),
         ]
+    rules += [AclBinding(PROCESSOR, "TOPIC", key_topic(topic), "WRITE") for topic in outputs]
     return sorted(rules)

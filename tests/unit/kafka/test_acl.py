@@ -6,17 +6,26 @@ from click.testing import CliRunner
 
 from streams.assembly import PolicySet, agency_names, output_topics
 from streams.cli.main import main
+from streams.crypto.views import key_topic
 from streams.kafka.acl import OPERATOR, PROCESSOR, PRODUCER, acl_plan, agency_principal
 from streams.settings import Settings
 
 
 def test_each_agency_reads_exactly_its_own_topic(policy_set: PolicySet) -> None:
-    """Every agency principal has READ on one topic, its own, and WRITE on nothing."""
+    """Every agency principal reads its own topic and its own key topic only, and writes nothing."""
     rules = acl_plan(Settings(), policy_set)
     for agency, topic in zip(agency_names(policy_set), output_topics(policy_set), strict=True):
         mine = [r for r in rules if r.principal == agency_principal(agency)]
-        assert {(r.resource_type, r.name) for r in mine if r.resource_type == "TOPIC"} == {("TOPIC", topic)}
+        topics = {(r.resource_type, r.name) for r in mine if r.resource_type == "TOPIC"}
+        assert topics == {("TOPIC", topic), ("TOPIC", key_topic(topic))}
         assert all(r.operation == "READ" for r in mine)
+
+
+def test_the_audit_is_read_by_the_operators_only_and_written_by_the_processor_only(policy_set: PolicySet) -> None:
+    """Audit topic: READ for operators alone, WRITE for the processor alone."""
+    settings = Settings()
+    rules = [r for r in acl_plan(settings, policy_set) if r.name == settings.audit_topic]
+    assert {(r.principal, r.operation) for r in rules} == {(OPERATOR, "READ"), (PROCESSOR, "WRITE")}
 
 
 def test_only_processor_and_operator_read_raw_data(policy_set: PolicySet) -> None:
