@@ -58,8 +58,17 @@ from _stack import (
     wait_members,
 )
 
-from streams.assembly import agency_names, build_pipeline, load_policy_set, output_topics
+from streams.assembly import (
+    agency_names,
+    build_pipeline,
+    encrypting_agencies,
+    load_policy_set,
+    load_public_keys,
+    output_topics,
+)
 from streams.contracts.registry import HttpSchemaRegistry
+from streams.crypto.keys import generate_key_pair, write_key_pair
+from streams.crypto.ring import import_public_key
 from streams.kafka.offsets import wait_for_lag_zero
 from streams.kafka.publish import publish_raw
 from streams.kafka.topics import admin_client, create_topics
@@ -117,6 +126,7 @@ def collect(
     sent_ms: list[float],
     keys_of: list[list[tuple[str, bytes | None]]],
     arrived: dict[tuple[str, bytes | None], float],
+    sealed: set[str],
 ) -> Outputs:
     """Read every output and dead letter back; time the live events (``keys_of[i]``: event i's outputs)."""
     out = Outputs()
@@ -126,7 +136,7 @@ def collect(
             out.reasons[headers.get(H_CODE, b"?").decode()] += 1
             continue
         out.got[r.topic] += 1
-        out.sums[r.topic] = (out.sums[r.topic] + digest(r.key, r.value)) & MASK
+        out.sums[r.topic] = (out.sums[r.topic] + digest(r.key, None if r.topic in sealed else r.value)) & MASK
     for sent, keys in zip(sent_ms, keys_of, strict=False):
         for key in keys:
             seen = arrived.get(key)
@@ -157,7 +167,7 @@ def verify_table(settings: Settings, mode: str, out: Outputs, expected: Expected
     body.append((f"{settings.dlq_topic} (dead letters)", dead, 0, verdict))
     title = (
         "expected = in-process Pipeline on the same events with the same keys; match = "
-        "same count and (key, value) digest"
+        "same count and (key, value) digest (key only where fields are encrypted: random nonces)"
         if mode == "full"
         else "expected: skipped (--verify spf)"
     )
@@ -202,10 +212,24 @@ def main() -> None:
     keys = generate_keys(agency_names(policy_set))
     keys_file = run_dir / "throwaway-keys.json"
     write_key_file(keys_file, keys)
+    # Throw-away agency key pairs: the workers seal encrypted fields to the public halves.
+    public_dir = run_dir / "public-keys"
+    now = int(time.time() * 1000)
+    for agency in encrypting_agencies(policy_set):
+        pair = generate_key_pair(agency, now - 86_400_000, now + 30 * 86_400_000)
+        _, public = write_key_pair(run_dir / "agency-keys", pair)
+        import_public_key(public_dir, public)
+    settings = settings.with_(public_keys_dir=public_dir)
+    os.environ["SCREENING_PUBLIC_KEYS_DIR"] = str(public_dir)  # inherited by the workers
     parts = create_topics(settings, output_topics(policy_set))
     registry = HttpSchemaRegistry(settings.registry_url)
-    reference = build_pipeline(settings, registry, StaticKeyRing(keys), policy_set=policy_set)
+    reference = build_pipeline(
+        settings, registry, StaticKeyRing(keys), policy_set=policy_set, public_keys=load_public_keys(settings)
+    )
     live = args.mode == "live"
+    # Encrypted views differ run to run (random nonces): their topics are matched on keys only.
+    agencies = reference.minimiser.agencies
+    sealed = {prefix + a.topic for a in agencies if any(r.op == "encrypt" for r in a.policy.emitted)}
     count = WARMUP + int(args.rate * args.duration) if live else args.events
     expected = Expected()
     keys_of: list[list[tuple[str, bytes | None]]] = []  # live mode: each timed event's output keys
@@ -223,7 +247,7 @@ def main() -> None:
                 outputs = reference.process(InputRecord(settings.ingress_topic, 0, i, key, value))
                 if args.verify == "full":
                     for r in outputs:
-                        expected.add(r.topic, r.key, r.value)
+                        expected.add(r.topic, r.key, None if r.topic in sealed else r.value)
                 if live and i >= WARMUP:
                     keys_of.append([(r.topic, r.key) for r in outputs if not r.dead_letter])
             yield key, value, ()
@@ -289,7 +313,7 @@ def main() -> None:
             f"workers stopped, exit codes {codes}"
         )
         topics = [prefix + t for t in output_topics(policy_set)]
-        outputs = collect(settings, topics, timing.sent_ms, keys_of, reader.arrived if live else {})
+        outputs = collect(settings, topics, timing.sent_ms, keys_of, reader.arrived if live else {}, sealed)
         report(args, settings, count - WARMUP if live else count, timing, outputs, expected)
     finally:
         stop_workers(workers)
