@@ -5,6 +5,9 @@ values), and every field it receives: the source fields, the canonical :class:`G
 operator, and the ``when`` condition normalised to an ``in`` set over the field's domain
 (``not_in: [NONE]`` becomes the set of the other symbols, so a symbol added to the input
 schema later widens the condition visibly). ``drop`` rules are absent: the bottom of the order.
+A recipient under small-cell protection also has its :class:`SmallCells` (k, window,
+quasi-identifiers, ladder): turning it off, lowering k, lengthening the window, counting fewer
+quasi-identifiers or changing the ladder (other than dropping its last steps) are gains.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 from streams.contracts.schemas import FieldInfo, Schema, fields_by_name
 from streams.errors import ConfigError
 from streams.policy.granularity import Grain, at_least_as_fine
-from streams.policy.model import DERIVED_FILTERS, Condition, Policy
+from streams.policy.model import DERIVED_FILTERS, Condition, KAnonymity, LadderStep, Policy
 
 #: Pseudo-grain by which a derived filter field is read from its source (``region`` of a commune).
 DERIVED_GRAINS = {"region": Grain.of("region")}
@@ -51,6 +54,25 @@ class FieldAccess:
 
 
 @dataclass(frozen=True)
+class SmallCells:
+    """The small-cell protection a recipient is under (the normal form of ``k_anonymity``)."""
+
+    k: int
+    window_ms: int
+    quasi_identifiers: frozenset[str]
+    ladder: tuple[LadderStep, ...]
+
+    @classmethod
+    def of(cls, option: KAnonymity) -> SmallCells:
+        """The normal form of a validated policy option (the order of the quasi-identifiers is immaterial)."""
+        return cls(option.k, option.window_ms, frozenset(option.quasi_identifiers), option.ladder)
+
+    def describe_window(self) -> str:
+        """The window in the policy syntax, e.g. ``1d``."""
+        return KAnonymity(self.k, self.window_ms, (), ()).describe_window()
+
+
+@dataclass(frozen=True)
 class RecipientAccess:
     """Everything one recipient receives (see module docstring)."""
 
@@ -59,6 +81,7 @@ class RecipientAccess:
     route: str | None
     filters: Mapping[str, frozenset[Any]]
     fields: Mapping[str, FieldAccess]
+    small_cells: SmallCells | None = None
 
     def reveals(self, field: str) -> bool:
         """Whether every delivered record tells this recipient the exact value of input ``field``.
@@ -121,7 +144,8 @@ def recipient_access(policy: Policy, input_schema: Schema) -> RecipientAccess:
         )
         for rule in policy.emitted
     }
-    return RecipientAccess(policy.recipient, policy.topic, policy.route, filters, fields)
+    small_cells = SmallCells.of(policy.k_anonymity) if policy.k_anonymity is not None else None
+    return RecipientAccess(policy.recipient, policy.topic, policy.route, filters, fields, small_cells)
 
 
 def access_of(policies: Iterable[Policy], input_schema: Schema) -> dict[str, RecipientAccess]:

@@ -14,6 +14,11 @@ when the new side lets a recipient learn something the old side did not:
 * a narrower filter or ``when`` on a field the recipient does not itself receive: whether a
   record arrives (or a field is filled) then tells the recipient that field's value.
 
+Small-cell protection (``k_anonymity``): turning it off, lowering k, lengthening the window,
+counting fewer quasi-identifiers, or a ladder that is not the old one with steps dropped from its
+end (it releases records at a detail the old one did not) are gains; turning it on, raising k,
+shortening the window, counting more quasi-identifiers or dropping final ladder steps are not.
+
 Narrower filters, coarser operators, lost fields, removed recipients and changed purposes are
 reported, not gains. Retention is not part of a policy (agency topics share one retention,
 ``streams.kafka.topics``), so it cannot change per recipient here.
@@ -26,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from streams.policy.access import AccessMap, Cond, FieldAccess, RecipientAccess, sort_values
+from streams.policy.access import AccessMap, Cond, FieldAccess, RecipientAccess, SmallCells, sort_values
 from streams.policy.explain import table
 from streams.policy.granularity import at_least_as_fine, needs, relation
 
@@ -167,6 +172,41 @@ def _field_changes(
     return changes
 
 
+def _ladder(cells: SmallCells) -> str:
+    return ", ".join(step.describe() for step in cells.ladder) or "suppress at once"
+
+
+def _small_cell_changes(name: str, old: SmallCells | None, new: SmallCells | None) -> list[Change]:
+    """Changes of the small-cell protection (see module docstring for what is a gain)."""
+    if old == new:
+        return []
+    if new is None:
+        assert old is not None
+        return [Change(name, None, "k_anonymity_removed", f"k={old.k}", None, True, "small cells are released")]
+    if old is None:
+        return [Change(name, None, "k_anonymity_added", None, f"k={new.k}", False)]
+    changes = []
+    if old.k != new.k:
+        changes.append(
+            Change(name, None, "k_lowered" if new.k < old.k else "k_raised", str(old.k), str(new.k), new.k < old.k)
+        )
+    if old.window_ms != new.window_ms:
+        longer = new.window_ms > old.window_ms
+        kind = "window_lengthened" if longer else "window_shortened"
+        changes.append(Change(name, None, kind, old.describe_window(), new.describe_window(), longer))
+    dropped, added = old.quasi_identifiers - new.quasi_identifiers, new.quasi_identifiers - old.quasi_identifiers
+    if dropped:
+        changes.append(Change(name, None, "quasi_identifiers_removed", _values(dropped), None, True))
+    if added:
+        changes.append(Change(name, None, "quasi_identifiers_added", None, _values(added), False))
+    if old.ladder != new.ladder:
+        shortened = old.ladder[: len(new.ladder)] == new.ladder
+        kind = "ladder_shortened" if shortened else "ladder_changed"
+        note = "" if shortened else "records are released at a detail the old ladder did not release"
+        changes.append(Change(name, None, kind, _ladder(old), _ladder(new), not shortened, note))
+    return changes
+
+
 def _recipient_changes(old: RecipientAccess, new: RecipientAccess) -> list[Change]:
     name = old.recipient
     changes = []
@@ -175,6 +215,7 @@ def _recipient_changes(old: RecipientAccess, new: RecipientAccess) -> list[Chang
     if old.route != new.route:
         changes.append(Change(name, None, "route_changed", old.route or "none", new.route or "none", True))
     changes += _filter_changes(old, new)
+    changes += _small_cell_changes(name, old.small_cells, new.small_cells)
     for field in sorted(set(old.fields) | set(new.fields)):
         before, after = old.fields.get(field), new.fields.get(field)
         if before != after:

@@ -2,7 +2,8 @@
 
 ``policies/access.lock`` (YAML, recipients, filters, fields and values sorted) lists per recipient its
 topic, route, filter and every output field with its sources, operator and canonical
-arguments, ``when`` condition (as an ``in`` set) and purpose. ``policy check`` compares the
+arguments, ``when`` condition (as an ``in`` set) and purpose, and its small-cell protection
+(``k_anonymity``: k, window, quasi-identifiers sorted, ladder in order) when it has one. ``policy check`` compares the
 policies with it (:func:`streams.policy.diff.compare`): access the lock does not list fails;
 less access than locked, or a changed purpose, only makes the lock stale.
 """
@@ -16,8 +17,9 @@ from typing import Any
 import yaml
 
 from streams.errors import ConfigError
-from streams.policy.access import AccessMap, Cond, FieldAccess, RecipientAccess, sort_values
+from streams.policy.access import AccessMap, Cond, FieldAccess, RecipientAccess, SmallCells, sort_values
 from streams.policy.granularity import Grain
+from streams.policy.model import ANY, STEP_PATTERN, LadderStep, window_ms
 
 LOCK_NAME = "access.lock"
 LOCK_VERSION = 1
@@ -52,6 +54,14 @@ def lock_document(access: AccessMap) -> dict[str, Any]:
             doc["route"] = rec.route
         doc["filter"] = {k: sort_values(v) for k, v in sorted(rec.filters.items())}
         doc["fields"] = {f: _field_doc(rec.fields[f]) for f in sorted(rec.fields)}
+        if rec.small_cells is not None:
+            cells = rec.small_cells
+            doc["k_anonymity"] = {
+                "k": cells.k,
+                "window": cells.describe_window(),
+                "quasi_identifiers": sorted(cells.quasi_identifiers),
+                "ladder": [step.describe() for step in cells.ladder],
+            }
         recipients[name] = doc
     return {"lock_version": LOCK_VERSION, "recipients": recipients}
 
@@ -116,6 +126,38 @@ def _parse_field(where: _Where, recipient: str, name: str, raw: Any) -> FieldAcc
     return FieldAccess(name, tuple(sources), Grain.of(op, args), when, purpose)
 
 
+class _LockContext:
+    """Adapter so :func:`streams.policy.model.window_ms` fails with the lock's wording."""
+
+    def __init__(self, where: _Where, recipient: str) -> None:
+        self.where, self.recipient = where, recipient
+
+    def fail(self, message: str, field: str | None = None) -> ConfigError:
+        """The lock's error naming the recipient (and field)."""
+        return self.where.fail(message, self.recipient, field)
+
+
+def _parse_small_cells(where: _Where, recipient: str, raw: Any) -> SmallCells:
+    doc = _mapping(where, raw, "`k_anonymity`", recipient)
+    if set(doc) != {"k", "window", "quasi_identifiers", "ladder"}:
+        raise where.fail("`k_anonymity` must give k, window, quasi_identifiers and ladder", recipient)
+    k, names, steps = doc["k"], doc["quasi_identifiers"], doc["ladder"]
+    if not isinstance(k, int) or isinstance(k, bool):
+        raise where.fail("`k_anonymity.k` must be an integer", recipient)
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise where.fail("`k_anonymity.quasi_identifiers` must list field names", recipient)
+    if not isinstance(steps, list):
+        raise where.fail("`k_anonymity.ladder` must list steps", recipient)
+    ladder = []
+    for step in steps:
+        match = STEP_PATTERN.match(step) if isinstance(step, str) else None
+        if match is None:
+            raise where.fail(f"`k_anonymity.ladder`: bad step {step!r}", recipient)
+        ladder.append(LadderStep(match.group(1), None if match.group(2) == ANY else match.group(2)))
+    window = window_ms(_LockContext(where, recipient), doc["window"])
+    return SmallCells(k, window, frozenset(names), tuple(ladder))
+
+
 def parse_lock(text: str, origin: str) -> dict[str, RecipientAccess]:
     """Read a lock written by :func:`render_lock`, failing with ``origin`` and the recipient named."""
     where = _Where(origin)
@@ -129,7 +171,7 @@ def parse_lock(text: str, origin: str) -> dict[str, RecipientAccess]:
     out: dict[str, RecipientAccess] = {}
     for recipient, body in _mapping(where, doc.get("recipients"), "`recipients`").items():
         rec = _mapping(where, body, "a recipient", recipient)
-        unknown = set(rec) - {"topic", "route", "filter", "fields"}
+        unknown = set(rec) - {"topic", "route", "filter", "fields", "k_anonymity"}
         if unknown:
             raise where.fail(f"unknown keys {sorted(unknown)}", recipient)
         topic, route = rec.get("topic"), rec.get("route")
@@ -143,5 +185,6 @@ def parse_lock(text: str, origin: str) -> dict[str, RecipientAccess]:
             name: _parse_field(where, recipient, name, raw_field)
             for name, raw_field in _mapping(where, rec.get("fields") or {}, "`fields`", recipient).items()
         }
-        out[recipient] = RecipientAccess(recipient, topic, route, filters, fields)
+        cells = _parse_small_cells(where, recipient, rec["k_anonymity"]) if "k_anonymity" in rec else None
+        out[recipient] = RecipientAccess(recipient, topic, route, filters, fields, cells)
     return out

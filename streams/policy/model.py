@@ -2,7 +2,10 @@
 
 Loading fails fast with :class:`ConfigError` naming the file, the recipient and the field when
 a policy names a field the input schema lacks, applies an operator to a type it cannot handle,
-omits a purpose, filters on nothing, or routes to a topic outside the naming convention.
+omits a purpose, filters on nothing, or routes to a topic outside the naming convention, or
+when its ``k_anonymity`` option (small-cell protection, :mod:`streams.policy.smallcell`) is
+malformed: k below 2, a window that does not tile UTC days, a quasi-identifier of the policy left
+out, or a ladder step that is not a generalisation the granularity order proves.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
 from streams.contracts.schemas import FieldInfo, Schema, fields_by_name
 from streams.errors import ConfigError
+from streams.policy.granularity import Grain, at_least_as_fine
 from streams.policy.operators import OPERATORS
 
 #: ``<tracing|surveillance>.<agency>[.<region>].results.v<N>``; ``{region}`` when routed.
@@ -27,6 +31,15 @@ ROUTES = frozenset({"region"})
 DERIVED_FILTERS = {"region": "commune_code"}
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 MIN_PURPOSE_WORDS = 3
+DAY_MS = 86_400_000
+#: ``k_anonymity.window``: a number and a unit, e.g. ``1d``, ``6h``, ``30m``, ``90s``.
+WINDOW_PATTERN = re.compile(r"^([1-9][0-9]*)([smhd])$")
+_UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": DAY_MS}
+#: A ladder step, ``department -> region`` (``→`` also accepted); ``any`` suppresses the value.
+STEP_PATTERN = re.compile(r"^\s*([a-z][a-z0-9_]*)\s*(?:->|→)\s*([a-z][a-z0-9_]*)\s*$")
+ANY = "any"
+MIN_WINDOW_MS = 60_000
+MAX_WINDOW_MS = 7 * DAY_MS
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,51 @@ class FieldRule:
 
 
 @dataclass(frozen=True)
+class LadderStep:
+    """One rung of the generalisation ladder: ``field`` is withheld, ``to`` (or nothing) shown instead."""
+
+    field: str
+    to: str | None  # another output field of the policy, coarser on the same sources; None: ``any``
+
+    def describe(self) -> str:
+        """The policy syntax, e.g. ``department -> region``."""
+        return f"{self.field} -> {self.to or ANY}"
+
+
+@dataclass(frozen=True)
+class KAnonymity:
+    """Small-cell protection: never release a record whose class has fewer than ``k`` members.
+
+    Classes are the combinations of ``quasi_identifiers`` within a processing-time window of
+    ``window_ms``; ``ladder`` steps apply cumulatively (step ``j`` withholds the fields of steps
+    ``1..j``). See :mod:`streams.policy.smallcell` for the algorithm.
+    """
+
+    k: int
+    window_ms: int
+    quasi_identifiers: tuple[str, ...]
+    ladder: tuple[LadderStep, ...]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The fields a class is read from: the quasi-identifiers, then the ladder's coarser fields."""
+        targets = [s.to for s in self.ladder if s.to is not None and s.to not in self.quasi_identifiers]
+        return self.quasi_identifiers + tuple(dict.fromkeys(targets))
+
+    @property
+    def withheld(self) -> tuple[str, ...]:
+        """Every field some ladder step withholds (nullable in the recipient's contract)."""
+        return tuple(dict.fromkeys(s.field for s in self.ladder))
+
+    def describe_window(self) -> str:
+        """The window in the policy syntax (``1d``, ``6h``, ``30m``, ``90s``)."""
+        for unit in ("d", "h", "m"):
+            if self.window_ms % _UNIT_MS[unit] == 0:
+                return f"{self.window_ms // _UNIT_MS[unit]}{unit}"
+        return f"{self.window_ms // 1000}s"
+
+
+@dataclass(frozen=True)
 class Policy:
     """Everything one recipient may receive; what is not here is dropped (default deny)."""
 
@@ -72,6 +130,7 @@ class Policy:
     fields: tuple[FieldRule, ...]
     path: Path
     version: str  # sha256 of the policy file, first 16 hex chars
+    k_anonymity: KAnonymity | None = None  # small-cell protection of what is released
 
     @property
     def emitted(self) -> tuple[FieldRule, ...]:
@@ -86,6 +145,14 @@ class Policy:
         if self.route:
             names.add("commune_code")
         return frozenset(names)
+
+
+class Failing(Protocol):
+    """Something that builds a :class:`ConfigError` naming where the problem is."""
+
+    def fail(self, message: str, field: str | None = None) -> ConfigError:
+        """The error to raise for ``message`` (about ``field``, if given)."""
+        ...
 
 
 class _Context:
@@ -221,6 +288,116 @@ def _field_rule(ctx: _Context, raw: Any, inputs: Mapping[str, FieldInfo]) -> Fie
     return FieldRule(name, sources, op_name, dict(args), " ".join(purpose.split()), when, qi)
 
 
+def is_quasi_identifier(rule: FieldRule, inputs: Mapping[str, FieldInfo]) -> bool:
+    """Whether an output field is a quasi-identifier: marked so, or read from a quasi-identifier input."""
+    return rule.quasi_identifier or any(inputs[s].data_class == "quasi_identifier" for s in rule.sources)
+
+
+def window_ms(ctx: Failing, raw: Any) -> int:
+    """Parse ``k_anonymity.window``: between a minute and 7 days, tiling UTC days (or whole days)."""
+    match = WINDOW_PATTERN.match(raw) if isinstance(raw, str) else None
+    if match is None:
+        raise ctx.fail(f"k_anonymity.window must be like 1d, 6h, 30m or 90s, not {raw!r}")
+    value = int(match.group(1)) * _UNIT_MS[match.group(2)]
+    if not MIN_WINDOW_MS <= value <= MAX_WINDOW_MS or (DAY_MS % value and value % DAY_MS):
+        raise ctx.fail(
+            f"k_anonymity.window {raw!r}: between 1m and 7d, and either a divisor of a day or whole days "
+            "(windows are aligned on UTC midnight)"
+        )
+    return value
+
+
+def _ladder(ctx: _Context, raw: Any, rules: Mapping[str, FieldRule], qis: tuple[str, ...]) -> tuple[LadderStep, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ctx.fail("k_anonymity.ladder must list steps like 'department -> region'")
+    visible = set(qis)
+    steps = []
+    for item in raw:
+        match = STEP_PATTERN.match(item) if isinstance(item, str) else None
+        if match is None:
+            raise ctx.fail(f"k_anonymity.ladder: step {item!r} is not 'field -> coarser field' (or '-> any')")
+        name, to = match.group(1), match.group(2)
+        if name not in visible:
+            raise ctx.fail(
+                "k_anonymity.ladder: a step must withhold a quasi-identifier (or the field an earlier step "
+                "put in its place) that is still shown",
+                name,
+            )
+        visible.discard(name)
+        if to == ANY:
+            steps.append(LadderStep(name, None))
+            continue
+        target = rules.get(to)
+        if target is None:
+            raise ctx.fail(f"k_anonymity.ladder: {to!r} is not an output field of this policy", name)
+        if to in visible or to in qis:
+            raise ctx.fail(f"k_anonymity.ladder: {to!r} is already shown; write '{name} -> any'", name)
+        source = rules[name]
+        finer, coarser = Grain.of(source.op, source.args), Grain.of(target.op, target.args)
+        if target.sources != source.sources or not at_least_as_fine(finer, coarser):
+            raise ctx.fail(
+                f"k_anonymity.ladder: {to!r} ({coarser.describe()} of {', '.join(target.sources)}) is not "
+                f"provably at most as fine as {name!r} ({finer.describe()} of {', '.join(source.sources)}) "
+                "in the granularity order",
+                name,
+            )
+        if target.when is not None or target.op == "encrypt":
+            raise ctx.fail(f"k_anonymity.ladder: {to!r} must be shown unconditionally and in clear", name)
+        visible.add(to)
+        steps.append(LadderStep(name, to))
+    return tuple(steps)
+
+
+def _k_anonymity(
+    ctx: _Context, raw: Any, rules: tuple[FieldRule, ...], inputs: Mapping[str, FieldInfo]
+) -> KAnonymity | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ctx.fail("`k_anonymity` must be a mapping {k, window, quasi_identifiers, ladder}")
+    unknown = set(raw) - {"k", "window", "quasi_identifiers", "ladder"}
+    if unknown:
+        raise ctx.fail(f"k_anonymity: unknown keys {sorted(unknown)}")
+    k = raw.get("k")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 2:
+        raise ctx.fail(f"k_anonymity.k must be an integer of at least 2, not {k!r}")
+    window = window_ms(ctx, raw.get("window"))
+    emitted = {r.name: r for r in rules if OPERATORS[r.op].emits}
+    names = raw.get("quasi_identifiers")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ctx.fail("k_anonymity.quasi_identifiers must list output fields")
+    if len(set(names)) != len(names):
+        raise ctx.fail("k_anonymity.quasi_identifiers names a field twice")
+    for name in names:
+        rule = emitted.get(name)
+        if rule is None:
+            raise ctx.fail("k_anonymity.quasi_identifiers: not an output field of this policy", name)
+        if rule.op in ("pseudonymise", "encrypt"):
+            raise ctx.fail(
+                f"k_anonymity.quasi_identifiers: a field released by {rule.op!r} is unique per person or "
+                "per record, so every class would have one member",
+                name,
+            )
+    qis = tuple(names)
+    ladder = _ladder(ctx, raw.get("ladder"), emitted, qis)
+    counted = set(qis) | {s.to for s in ladder if s.to is not None}
+    for rule in emitted.values():
+        if is_quasi_identifier(rule, inputs) and rule.name not in counted:
+            raise ctx.fail(
+                "k_anonymity.quasi_identifiers leaves out a quasi-identifier this policy releases", rule.name
+            )
+    for name in counted - set(qis):
+        if not is_quasi_identifier(emitted[name], inputs):
+            raise ctx.fail(
+                "k_anonymity.ladder: a coarser field stands for a quasi-identifier and is one: "
+                "mark it `quasi_identifier: true`",
+                name,
+            )
+    return KAnonymity(k, window, qis, ladder)
+
+
 def parse_policy(path: Path, text: str, input_schema: Schema, known_regions: frozenset[str]) -> Policy:
     """Validate one policy document against the input schema (see module docstring)."""
     ctx = _Context(path)
@@ -234,7 +411,7 @@ def parse_policy(path: Path, text: str, input_schema: Schema, known_regions: fro
     if not isinstance(recipient, str) or not NAME_PATTERN.match(recipient):
         raise ctx.fail("needs a snake_case `recipient` name")
     ctx.recipient = recipient
-    unknown_keys = set(raw) - {"recipient", "title", "topic", "route", "filter", "fields"}
+    unknown_keys = set(raw) - {"recipient", "title", "topic", "route", "filter", "fields", "k_anonymity"}
     if unknown_keys:
         raise ctx.fail(f"unknown keys {sorted(unknown_keys)}")
     topic = raw.get("topic")
@@ -259,6 +436,9 @@ def parse_policy(path: Path, text: str, input_schema: Schema, known_regions: fro
         if rule.name in seen:
             raise ctx.fail("output field named twice", rule.name)
         seen.add(rule.name)
+    k_anonymity = _k_anonymity(ctx, raw.get("k_anonymity"), rules, inputs)
+    if k_anonymity is not None and route is not None:
+        raise ctx.fail("k_anonymity on a routed recipient is not supported (counts are per ingress partition)")
     return Policy(
         recipient=recipient,
         title=str(raw.get("title") or recipient),
@@ -268,6 +448,7 @@ def parse_policy(path: Path, text: str, input_schema: Schema, known_regions: fro
         fields=rules,
         path=path,
         version=hashlib.sha256(text.encode()).hexdigest()[:16],
+        k_anonymity=k_anonymity,
     )
 
 

@@ -27,10 +27,12 @@ def output_schema(policy: Policy, input_schema: Schema) -> Schema:
     """Derive the Avro record schema of what ``policy``'s recipient receives."""
     inputs = fields_by_name(input_schema)
     fields: list[dict[str, Any]] = []
+    # Small-cell protection withholds these fields (null) in records released one ladder step up.
+    withheld = set(policy.k_anonymity.withheld) if policy.k_anonymity is not None else set()
     for rule in policy.emitted:
         sources = [inputs[s] for s in rule.sources]
         avro_type = OPERATORS[rule.op].output_type(sources, rule.args)
-        nullable = rule.when is not None or any(s.nullable for s in sources)
+        nullable = rule.when is not None or rule.name in withheld or any(s.nullable for s in sources)
         data_class = (
             sources[0].data_class
             if rule.op in ("keep", "encrypt")
@@ -52,6 +54,8 @@ def output_schema(policy: Policy, input_schema: Schema) -> Schema:
         )
         if rule.when is not None:
             field["when"] = rule.when.describe()
+        if rule.name in withheld:
+            field["withheld"] = "null when small-cell protection released the record one ladder step up"
         if rule.op == "encrypt":  # bytes on the wire; what they decrypt to, and how
             plaintext_type = OPERATORS["keep"].output_type(sources, {})
             field[ENCRYPTION_ATTRIBUTE] = contract_attribute(plaintext_type, key_topic(policy.topic))

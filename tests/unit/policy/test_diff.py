@@ -21,9 +21,11 @@ Doc = dict[str, Any]
 
 
 def _docs() -> dict[str, Doc]:
-    return {
-        p.stem: yaml.safe_load(p.read_text(encoding="utf-8")) for p in sorted(default_policy_dir().glob("*.yaml"))
-    }
+    """The shipped policies, without SPF's small-cell option: these tests edit the fields it names
+    (its own comparisons are pinned in test_smallcell_policy.py)."""
+    docs = {p.stem: yaml.safe_load(p.read_text(encoding="utf-8")) for p in sorted(default_policy_dir().glob("*.yaml"))}
+    docs["spf"].pop("k_anonymity", None)
+    return docs
 
 
 def _access(docs: dict[str, Doc]) -> AccessMap:

@@ -79,11 +79,14 @@ def test_no_records_and_bad_arguments() -> None:
 
 
 def test_quasi_identifiers_of_the_shipped_policies(policy_set: PolicySet) -> None:
-    """SPF: the fields from quasi-identifier inputs plus test kind, sampling day and result (marked); not the
+    """SPF: the fields from quasi-identifier inputs plus test kind, sampling day, week and result (marked); not the
     pseudonyms nor symptomatic. ARS marks nothing: only its fields from quasi-identifier inputs."""
     policies = {p.recipient: p for p in policy_set.policies}
     spf = quasi_identifiers(policies["spf"], policy_set.input_schema)
-    assert set(spf) == {"age_band", "sex", "department", "collective_housing", "test_kind", "sampled_on", "result"}
+    assert set(spf) == {"age_band", "sex", "department", "collective_housing", "test_kind", "sampled_on", "result"} | {
+        "region",  # from the commune code; small-cell protection's coarser department
+        "sampled_week",  # marked: small-cell protection's coarser sampling day
+    }
     ars = quasi_identifiers(policies["ars"], policy_set.input_schema)
     assert set(ars) == {"birth_year", "sex", "commune_code", "collective_housing"}
 
