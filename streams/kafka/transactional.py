@@ -50,24 +50,30 @@ the offsets; a crash between flush and commit delivers the batch again.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from streams.audit.chain import ChainHead
-from streams.audit.decisions import Location, PendingAudit
 from streams.errors import RegistryError, ScreeningStreamsError
-from streams.kafka.audit_io import AuditSink, head_metadata
+from streams.kafka.audit_io import AuditSink
+from streams.kafka.batches import (
+    Batch,
+    ConsumerFailed,
+    Failure,
+    RunnerStats,
+    permanent_message,
+    produce_all,
+    produce_audited,
+    read_heads,
+)
 from streams.kafka.clients import (
     FENCED,
-    PURGED,
     ConsumerFactory,
     ConsumerLike,
     NoListener,
@@ -82,7 +88,6 @@ from streams.kafka.clients import (
     is_permanent,
     producer_config,
 )
-from streams.kafka.dispatch import partition_for
 from streams.pipeline import InputRecord, OutputRecord, Pipeline
 from streams.settings import Settings
 
@@ -101,61 +106,6 @@ class RunnerFatal(ScreeningStreamsError):
 #: More fatal consumer errors than this within FENCE_WINDOW_S stop the worker.
 MAX_CONSUMER_FENCES = 3
 FENCE_WINDOW_S = 600.0
-
-
-class _ConsumerFailed(Exception):
-    """The consumer raised a fatal error (no transaction is open when it surfaces)."""
-
-    def __init__(self, error: KafkaError) -> None:
-        super().__init__(error.name())
-        self.error = error
-
-
-@dataclass
-class RunnerStats:
-    """What the runner did (printed at exit and every report; the nemesis test reads them)."""
-
-    transactions: int = 0
-    aborts: int = 0
-    fenced: int = 0
-    producers: int = 0
-    rebalances: int = 0
-    registry_retries: int = 0
-    deferred: int = 0  # partitions set aside while their writer schemas were being looked up
-    records: int = 0
-
-    def line(self) -> str:
-        """``k=v`` pairs for a log line."""
-        return " ".join(f"{k}={v}" for k, v in vars(self).items())
-
-
-@dataclass
-class _Batch:
-    """Records of one transaction and, per partition, the first and next offsets."""
-
-    records: list[InputRecord] = field(default_factory=list)
-    first: dict[TP, int] = field(default_factory=dict)
-    next: dict[TP, int] = field(default_factory=dict)
-    audits: list[PendingAudit] = field(default_factory=list)
-
-    def positions(self, heads: Mapping[int, ChainHead] | None = None) -> list[TopicPartition]:
-        """The offsets to commit: one past the last record of each partition (with its audit head)."""
-        if not heads:
-            return [TopicPartition(t, p, o) for (t, p), o in self.next.items()]
-        return [
-            TopicPartition(t, p, o, head_metadata(heads[p])) if p in heads else TopicPartition(t, p, o)
-            for (t, p), o in self.next.items()
-        ]
-
-
-@dataclass(frozen=True)
-class _Failure:
-    """A failed delivery: which output of which input, and why."""
-
-    source: InputRecord
-    topic: str
-    partition: int
-    error: KafkaError
 
 
 class Runner:
@@ -229,7 +179,7 @@ class Runner:
                 self._resume_ready(consumer)
                 try:
                     batch = self._poll(consumer)
-                except _ConsumerFailed as failed:
+                except ConsumerFailed as failed:
                     consumer = self._replace_consumer(consumer, failed.error)
                     continue
                 self.listener.polled()
@@ -356,7 +306,7 @@ class Runner:
         self.listener.assigned(sorted(p for _, p in self._owned))
 
     # ------------------------------------------------------------------ consume
-    def _poll(self, consumer: ConsumerLike) -> _Batch | None:
+    def _poll(self, consumer: ConsumerLike) -> Batch | None:
         """The next batch: wait for one record, then take what is already fetched."""
         self._revoked_in_poll = set()
         try:
@@ -366,7 +316,7 @@ class Runner:
         except KafkaException as exc:
             self._consumer_error(error_of(exc) or KafkaError(KafkaError._FATAL, str(exc)))
             return None
-        batch = _Batch()
+        batch = Batch()
         for message in messages:
             error = message.error()
             if error is not None:
@@ -418,12 +368,12 @@ class Runner:
         if error is None:
             return
         if error.fatal() or error.code() == KafkaError._FATAL:
-            raise _ConsumerFailed(error)
+            raise ConsumerFailed(error)
         if error.code() != KafkaError._PARTITION_EOF:
             log.warning("consumer error: %s", describe(error))
 
     # ------------------------------------------------------------------ process and produce
-    def _handle(self, consumer: ConsumerLike, batch: _Batch) -> None:
+    def _handle(self, consumer: ConsumerLike, batch: Batch) -> None:
         try:
             self._defer_waiting(consumer, batch)
             if not batch.records:
@@ -445,7 +395,7 @@ class Runner:
         else:
             self._deliver(consumer, batch, work)
 
-    def _defer_waiting(self, consumer: ConsumerLike, batch: _Batch) -> None:
+    def _defer_waiting(self, consumer: ConsumerLike, batch: Batch) -> None:
         """Set aside the partitions whose records wait for a writer-schema lookup still under way.
 
         The lookups go on in the background; those partitions are sought back to their first
@@ -457,7 +407,7 @@ class Runner:
         if not waiting:
             return
         self.stats.deferred += len(waiting)
-        deferred = _Batch(first={tp: batch.first[tp] for tp in waiting if tp in batch.first})
+        deferred = Batch(first={tp: batch.first[tp] for tp in waiting if tp in batch.first})
         for tp in waiting:
             batch.first.pop(tp, None)
             batch.next.pop(tp, None)
@@ -491,82 +441,24 @@ class Runner:
             what = "pause" if pause else "resume"
             log.info("%s of %d partitions skipped: %s", what, len(tps), describe(error_of(exc)))
 
-    def _produce_all(
-        self,
-        producer: ProducerLike,
-        work: list[tuple[InputRecord, list[OutputRecord]]],
-        failures: list[_Failure],
-        locations: list[Location | None] | None = None,
-    ) -> None:
-        """Produce every output; with ``locations``, record where each landed (by output position)."""
-        position = 0
-        for source, outputs in work:
-            for out in outputs:
-                if locations is None:
-                    on_delivery = functools.partial(self._delivery_failed, failures, source)
-                else:
-                    locations.append(None)
-                    on_delivery = functools.partial(self._delivered_at, failures, source, locations, position)
-                position += 1
-                partition = partition_for(out, self.partitions)
-                stamp = getattr(out, "timestamp_ms", None) or 0
-                while True:
-                    try:
-                        producer.produce(
-                            out.topic,
-                            value=out.value,
-                            key=out.key,
-                            partition=partition,
-                            on_delivery=on_delivery,
-                            timestamp=stamp,
-                            headers=list(out.headers),
-                        )
-                        break
-                    except BufferError:  # local queue full: serve delivery reports, then retry
-                        producer.poll(0.05)
-                    except KafkaException as exc:
-                        error = error_of(exc)
-                        if error is not None and is_permanent(error):
-                            failures.append(_Failure(source, out.topic, partition, error))
-                        raise
-
-    @staticmethod
-    def _delivered_at(
-        failures: list[_Failure],
-        source: InputRecord,
-        locations: list[Location | None],
-        position: int,
-        error: KafkaError | None,
-        msg: Any,
-    ) -> None:
-        if error is None:
-            locations[position] = (msg.topic(), msg.partition(), msg.offset())
-        else:
-            Runner._delivery_failed(failures, source, error, msg)
-
-    @staticmethod
-    def _delivery_failed(failures: list[_Failure], source: InputRecord, error: KafkaError | None, msg: Any) -> None:
-        if error is None or error.code() in PURGED:
-            return
-        partition = msg.partition()
-        failures.append(_Failure(source, msg.topic() or "?", -1 if partition is None else partition, error))
-
     def _transact(
-        self, consumer: ConsumerLike, batch: _Batch, work: list[tuple[InputRecord, list[OutputRecord]]]
+        self, consumer: ConsumerLike, batch: Batch, work: list[tuple[InputRecord, list[OutputRecord]]]
     ) -> None:
         producer = self._producer
         assert producer is not None
-        failures: list[_Failure] = []
+        failures: list[Failure] = []
         heads: dict[int, ChainHead] = {}
         try:
             positions = batch.positions()
             if self.audit is not None:
-                self._read_heads(consumer, batch)
+                read_heads(self.audit, consumer, self.settings.ingress_topic, batch, self._txn_timeout_s)
             producer.begin_transaction()
             if self.audit is None:
-                self._produce_all(producer, work, failures)
+                produce_all(producer, work, failures, self.partitions)
             else:
-                heads = self._produce_audited(producer, batch, work, failures)
+                heads = produce_audited(
+                    self.audit, producer, batch, work, failures, self.partitions, self._txn_timeout_s
+                )
                 if failures:
                     self._failed(consumer, batch, producer, failures[0].error, failures)
                     return
@@ -584,44 +476,7 @@ class Runner:
             self.audit.committed(heads)
         self._done(batch, work)
 
-    # ------------------------------------------------------------------ audit
-    def _read_heads(self, consumer: ConsumerLike, batch: _Batch) -> None:
-        """Chain heads of newly owned partitions, from the metadata committed with their offsets."""
-        assert self.audit is not None
-        topic = self.settings.ingress_topic
-        missing = self.audit.missing(p for t, p in batch.next if t == topic)
-        if missing:
-            for tp in consumer.committed([TopicPartition(topic, p) for p in missing], self._txn_timeout_s):
-                self.audit.adopt(tp.partition, tp.metadata)
-
-    def _produce_audited(
-        self,
-        producer: ProducerLike,
-        batch: _Batch,
-        work: list[tuple[InputRecord, list[OutputRecord]]],
-        failures: list[_Failure],
-    ) -> dict[int, ChainHead]:
-        """Produce the outputs, wait for their coordinates, then produce the chained audit records."""
-        assert self.audit is not None
-        locations: list[Location | None] = []
-        self._produce_all(producer, work, failures, locations)
-        left = producer.flush(self._txn_timeout_s)
-        if failures:
-            return {}
-        if left or any(loc is None for loc in locations):
-            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "outputs not delivered before the audit"))
-        values, heads = self.audit.values(batch.audits, locations)
-        hour = batch.audits[0].processed_hour if batch.audits else 0
-        for partition, value in values:
-            while True:
-                try:
-                    producer.produce(self.audit.topic, value=value, partition=partition, timestamp=hour)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-        return heads
-
-    def _done(self, batch: _Batch, work: list[tuple[InputRecord, list[OutputRecord]]]) -> None:
+    def _done(self, batch: Batch, work: list[tuple[InputRecord, list[OutputRecord]]]) -> None:
         self.stats.transactions += 1
         self.stats.records += len(batch.records)
         self._backoff_s = 0.0
@@ -642,10 +497,10 @@ class Runner:
     def _failed(
         self,
         consumer: ConsumerLike,
-        batch: _Batch,
+        batch: Batch,
         producer: ProducerLike,
         error: KafkaError | None,
-        failures: list[_Failure],
+        failures: list[Failure],
     ) -> None:
         """A transaction failed: abort or drop the producer, rewind, back off; stop on permanent errors."""
         self.stats.aborts += 1
@@ -661,7 +516,7 @@ class Runner:
                 usable = False
                 error = error_of(exc) or error
         if permanent is not None:
-            raise RunnerFatal(_permanent_message(permanent))
+            raise RunnerFatal(permanent_message(permanent))
         if not usable:
             if error is not None and error.code() in FENCED:
                 self.stats.fenced += 1
@@ -683,26 +538,28 @@ class Runner:
         self._back_off()
 
     def _deliver(
-        self, consumer: ConsumerLike, batch: _Batch, work: list[tuple[InputRecord, list[OutputRecord]]]
+        self, consumer: ConsumerLike, batch: Batch, work: list[tuple[InputRecord, list[OutputRecord]]]
     ) -> None:
         """At least once: produce, wait for every delivery, then commit the offsets."""
         producer = self._producer
         assert producer is not None
-        failures: list[_Failure] = []
+        failures: list[Failure] = []
         heads: dict[int, ChainHead] = {}
         try:
             if self.audit is None:
-                self._produce_all(producer, work, failures)
+                produce_all(producer, work, failures, self.partitions)
             else:
-                self._read_heads(consumer, batch)
-                heads = self._produce_audited(producer, batch, work, failures)
+                read_heads(self.audit, consumer, self.settings.ingress_topic, batch, self._txn_timeout_s)
+                heads = produce_audited(
+                    self.audit, producer, batch, work, failures, self.partitions, self._txn_timeout_s
+                )
             left = producer.flush(self._txn_timeout_s)
         except KafkaException as exc:
             left, failures = -1, failures or []
             log.warning("produce failed: %s", describe(error_of(exc)))
         permanent = next((f for f in failures if is_permanent(f.error)), None)
         if permanent is not None:
-            raise RunnerFatal(_permanent_message(permanent))
+            raise RunnerFatal(permanent_message(permanent))
         if left != 0 or failures:
             self.stats.aborts += 1
             self.listener.aborted()
@@ -722,7 +579,7 @@ class Runner:
         self._done(batch, work)
 
     # ------------------------------------------------------------------ recovery
-    def _rewind(self, consumer: ConsumerLike, batch: _Batch) -> None:
+    def _rewind(self, consumer: ConsumerLike, batch: Batch) -> None:
         """Seek each still-owned partition of the batch back to its first record."""
         for (topic, partition), offset in batch.first.items():
             if (topic, partition) not in self._owned:
@@ -735,13 +592,3 @@ class Runner:
     def _back_off(self) -> None:
         self._backoff_s = min(max(self._backoff_s * 2, 0.1), self._max_backoff_s)
         self._sleep(self._backoff_s)
-
-
-def _permanent_message(failure: _Failure) -> str:
-    """The stop message: where the record came from, where it went, and why (never its data)."""
-    s = failure.source
-    return (
-        f"permanent produce error for the output of {s.topic}[{s.partition}]@{s.offset} "
-        f"to {failure.topic}[{failure.partition}]: {describe(failure.error)}; "
-        "stopping the worker (retrying cannot succeed; fix the topic limits, ACLs or the record)"
-    )

@@ -1,0 +1,190 @@
+"""The runner's batch bookkeeping: records of one transaction, their offsets, failed deliveries, producing.
+
+Split from :mod:`streams.kafka.transactional` (the loop and its error paths) so each module
+stays one job: this one knows how a batch's outputs are produced and where they landed.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from streams.audit.chain import ChainHead
+from streams.audit.decisions import Location, PendingAudit
+from streams.kafka.audit_io import AuditSink, head_metadata
+from streams.kafka.clients import PURGED, ProducerLike, describe, error_of, is_permanent
+from streams.kafka.dispatch import partition_for
+from streams.pipeline import InputRecord, OutputRecord
+
+TP = tuple[str, int]
+Work = list[tuple[InputRecord, list[OutputRecord]]]
+
+
+class ConsumerFailed(Exception):
+    """The consumer raised a fatal error (no transaction is open when it surfaces)."""
+
+    def __init__(self, error: KafkaError) -> None:
+        super().__init__(error.name())
+        self.error = error
+
+
+@dataclass
+class RunnerStats:
+    """What the runner did (printed at exit and every report; the nemesis test reads them)."""
+
+    transactions: int = 0
+    aborts: int = 0
+    fenced: int = 0
+    producers: int = 0
+    rebalances: int = 0
+    registry_retries: int = 0
+    deferred: int = 0  # partitions set aside while their writer schemas were being looked up
+    records: int = 0
+
+    def line(self) -> str:
+        """``k=v`` pairs for a log line."""
+        return " ".join(f"{k}={v}" for k, v in vars(self).items())
+
+
+@dataclass
+class Batch:
+    """Records of one transaction and, per partition, the first and next offsets."""
+
+    records: list[InputRecord] = field(default_factory=list)
+    first: dict[TP, int] = field(default_factory=dict)
+    next: dict[TP, int] = field(default_factory=dict)
+    audits: list[PendingAudit] = field(default_factory=list)
+
+    def positions(self, heads: Mapping[int, ChainHead] | None = None) -> list[TopicPartition]:
+        """The offsets to commit: one past the last record of each partition (with its audit head)."""
+        if not heads:
+            return [TopicPartition(t, p, o) for (t, p), o in self.next.items()]
+        return [
+            TopicPartition(t, p, o, head_metadata(heads[p])) if p in heads else TopicPartition(t, p, o)
+            for (t, p), o in self.next.items()
+        ]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failed delivery: which output of which input, and why."""
+
+    source: InputRecord
+    topic: str
+    partition: int
+    error: KafkaError
+
+
+def produce_all(
+    producer: ProducerLike,
+    work: Work,
+    failures: list[Failure],
+    partitions: Mapping[str, int],
+    locations: list[Location | None] | None = None,
+) -> None:
+    """Produce every output; with ``locations``, record where each landed (by output position)."""
+    position = 0
+    for source, outputs in work:
+        for out in outputs:
+            if locations is None:
+                on_delivery = functools.partial(_delivery_failed, failures, source)
+            else:
+                locations.append(None)
+                on_delivery = functools.partial(_delivered_at, failures, source, locations, position)
+            position += 1
+            partition = partition_for(out, partitions)
+            stamp = getattr(out, "timestamp_ms", None) or 0
+            while True:
+                try:
+                    producer.produce(
+                        out.topic,
+                        value=out.value,
+                        key=out.key,
+                        partition=partition,
+                        on_delivery=on_delivery,
+                        timestamp=stamp,
+                        headers=list(out.headers),
+                    )
+                    break
+                except BufferError:  # local queue full: serve delivery reports, then retry
+                    producer.poll(0.05)
+                except KafkaException as exc:
+                    error = error_of(exc)
+                    if error is not None and is_permanent(error):
+                        failures.append(Failure(source, out.topic, partition, error))
+                    raise
+
+
+def _delivered_at(
+    failures: list[Failure],
+    source: InputRecord,
+    locations: list[Location | None],
+    position: int,
+    error: KafkaError | None,
+    msg: Any,
+) -> None:
+    if error is None:
+        locations[position] = (msg.topic(), msg.partition(), msg.offset())
+    else:
+        _delivery_failed(failures, source, error, msg)
+
+
+def _delivery_failed(failures: list[Failure], source: InputRecord, error: KafkaError | None, msg: Any) -> None:
+    if error is None or error.code() in PURGED:
+        return
+    partition = msg.partition()
+    failures.append(Failure(source, msg.topic() or "?", -1 if partition is None else partition, error))
+
+
+def permanent_message(failure: Failure) -> str:
+    """The stop message: where the record came from, where it went, and why (never its data)."""
+    s = failure.source
+    return (
+        f"permanent produce error for the output of {s.topic}[{s.partition}]@{s.offset} "
+        f"to {failure.topic}[{failure.partition}]: {describe(failure.error)}; "
+        "stopping the worker (retrying cannot succeed; fix the topic limits, ACLs or the record)"
+    )
+
+
+def read_heads(sink: AuditSink, consumer: Any, topic: str, batch: Batch, timeout_s: float) -> None:
+    """Chain heads of newly owned partitions, from the metadata committed with their offsets."""
+    missing = sink.missing(p for t, p in batch.next if t == topic)
+    if missing:
+        for tp in consumer.committed([TopicPartition(topic, p) for p in missing], timeout_s):
+            sink.adopt(tp.partition, tp.metadata)
+
+
+def produce_audited(
+    sink: AuditSink,
+    producer: ProducerLike,
+    batch: Batch,
+    work: Work,
+    failures: list[Failure],
+    partitions: Mapping[str, int],
+    timeout_s: float,
+) -> dict[int, ChainHead]:
+    """Produce the outputs, wait for their coordinates, then produce the chained audit records.
+
+    Returns the chain heads the batch leads to (adopted only once its transaction commits).
+    """
+    locations: list[Location | None] = []
+    produce_all(producer, work, failures, partitions, locations)
+    left = producer.flush(timeout_s)
+    if failures:
+        return {}
+    if left or any(loc is None for loc in locations):
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "outputs not delivered before the audit"))
+    values, heads = sink.values(batch.audits, locations)
+    hour = batch.audits[0].processed_hour if batch.audits else 0
+    for partition, value in values:
+        while True:
+            try:
+                producer.produce(sink.topic, value=value, partition=partition, timestamp=hour)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    return heads
