@@ -29,11 +29,13 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
+from streams.audit.keys import AuditKeys, generate_secret, load_secret, write_secret
 from streams.contracts.registry import HttpSchemaRegistry
 from streams.domain.generate import GeneratorSettings, generate_events
 from streams.kafka.publish import event_encoder, framed_events
 from streams.stack.settings import Endpoints
 
+from .auditing import check_audit
 from .conftest import Env, Worker, audit_delivery, lag_retrying, make_env, publish_events
 
 pytestmark = pytest.mark.fault
@@ -104,13 +106,17 @@ class Nemesis:
         self.all: list[Worker] = []
         self.actions: list[str] = []
         self._next_id = 0
+        #: The audit secret every worker writes the decision records with (issue 10: atomic with outputs).
+        self.audit_key = tmp / "audit.key"
+        write_secret(self.audit_key, generate_secret())
 
     def start(self, instance: str | None = None) -> str:
         """Start a worker (a new instance id unless one is given)."""
         if instance is None:
             instance, self._next_id = f"w{self._next_id}", self._next_id + 1
         log = self.tmp / f"{instance}.{len(self.all)}.log"
-        worker = Worker(self.env, log, {**WORKER_ENV, "SCREENING_INSTANCE_ID": instance})
+        extra = {**WORKER_ENV, "SCREENING_INSTANCE_ID": instance, "SCREENING_AUDIT_KEY_FILE": str(self.audit_key)}
+        worker = Worker(self.env, log, extra)
         self.live[instance] = worker
         self.all.append(worker)
         worker.wait_ready()  # one at a time past start-up (registry subjects are set up before Ready)
@@ -224,6 +230,9 @@ def test_nemesis_exactly_once_with_live_workers(stack: Endpoints, tmp_path: Path
         exits = {name: w.stop() for name, w in nemesis.live.items()}
     published_live = [live_events[i] for i in sorted(set(publisher.acked))]
     figures = audit_delivery(env, backlog + published_live)
+    trail = check_audit(env, AuditKeys(load_secret(nemesis.audit_key)))
+    figures["audit_records"] = trail.audit_records
+    figures["audit_defects"] = trail.defects()
     scraped = _scrape([w.log() for w in nemesis.all])
     _report(
         seed,
@@ -250,3 +259,7 @@ def test_nemesis_exactly_once_with_live_workers(stack: Endpoints, tmp_path: Path
     assert figures["unexpected"] == 0, figures
     assert figures["duplicated"] == 0, figures
     assert figures["dead_lettered"] == 0, figures
+    # Every committed output has exactly one audit entry, every ingress record one audit record,
+    # and every audit partition's chain verifies, across pauses, kills and rebalances.
+    assert trail.defects() == 0, trail
+    assert trail.audit_records >= BACKLOG + len(published_live), trail
