@@ -108,9 +108,7 @@ class Auditor:
             now_ms - now_ms % HOUR_MS,
         )
 
-    def dead_lettered(
-        self, source: Location, code: str, event: Mapping[str, Any] | None, now_ms: int
-    ) -> PendingAudit:
+    def dead_lettered(self, source: Location, code: str, event: Mapping[str, Any] | None, now_ms: int) -> PendingAudit:
         """The draft of a rejected record (``event`` is its decoded form, if it decoded)."""
         event_id = event.get("event_id") if event is not None else None
         ref = self.keys.event_ref(str(event_id)) if event_id is not None else self.keys.coordinates_ref(*source)
@@ -121,7 +119,7 @@ class Auditor:
         return PendingAudit(
             source,
             ref,
-            self._person(event) if event is not None else None,
+            None,  # no person on a dead letter: its DLQ twin holds the raw NIR, so it would link them
             _text(event.get("processing_mode")) if event is not None else None,
             DEAD_LETTERED,
             code,

@@ -18,11 +18,12 @@ from typing import Any, TypeVar
 
 import click
 
-from streams.assembly import audit_schema
+from streams.assembly import audit_schema, load_policy_set
 from streams.audit.chain import AuditWriter, verify_chain
 from streams.audit.index import AuditIndex
 from streams.audit.keys import AuditKeys, generate_secret, load_secret, write_secret
 from streams.cli.options import common_options, settings
+from streams.domain.nir import nir_problem, normalise_nir
 from streams.errors import ConfigError
 from streams.kafka.offsets import beginning_offsets, end_offsets, read_from
 from streams.policy.explain import table
@@ -184,9 +185,14 @@ def verify(topic: str | None, **kw: Any) -> None:
     defects = [p for p in problems if p.kind != "start"]
     rows = [[str(p.partition), str(p.offset), p.kind, p.detail] for p in problems]
     payload = {"topic": name, "checked": checked, "problems": [p.__dict__ for p in problems], "ok": not defects}
-    _emit(kw["as_json"], payload, ["partition", "offset", "problem", "detail"], rows,
-          f"{checked} records checked in {len(ends)} partitions of {name}: "
-          + ("chain intact" if not defects else f"{len(defects)} defect(s)"))
+    _emit(
+        kw["as_json"],
+        payload,
+        ["partition", "offset", "problem", "detail"],
+        rows,
+        f"{checked} records checked in {len(ends)} partitions of {name}: "
+        + ("chain intact" if not defects else f"{len(defects)} defect(s)"),
+    )
     if defects:
         raise SystemExit(1)
 
@@ -196,13 +202,22 @@ def verify(topic: str | None, **kw: Any) -> None:
 @click.option("--nir", required=True, envvar="SCREENING_AUDIT_NIR", help="The person's NIR (never logged or stored).")
 def who_received(nir: str, **kw: Any) -> None:
     """For breach notification: every recipient and field set that person's data reached, when, under which policy."""
+    problem = nir_problem(normalise_nir(nir))
+    if problem is not None:  # a mistyped NIR would silently answer "nobody": refuse it (never echo it)
+        hint = "give all 15 characters, key included"
+        raise click.BadParameter(f"not a valid NIR ({problem}); {hint}", param_hint="--nir")
     query = _Query(kw)
     started = time.monotonic()
     deliveries = query.index.who_received(query.keys.person(nir))
     took_ms = (time.monotonic() - started) * 1000
     rows = [[_hour(d.hour_ms), d.agency, ", ".join(d.fields), d.policy_version, d.key_id or "-"] for d in deliveries]
-    _emit(query.as_json, {"deliveries": [d.__dict__ for d in deliveries], "query_ms": took_ms},
-          ["hour", "agency", "fields", "policy", "key"], rows, f"{len(deliveries)} deliveries ({took_ms:.1f} ms)")
+    _emit(
+        query.as_json,
+        {"deliveries": [d.__dict__ for d in deliveries], "query_ms": took_ms},
+        ["hour", "agency", "fields", "policy", "key"],
+        rows,
+        f"{len(deliveries)} deliveries ({took_ms:.1f} ms)",
+    )
 
 
 @audit.command("event")
@@ -224,10 +239,24 @@ def event(event_id: str, locations: bool, **kw: Any) -> None:
                 r.pop("sealed_location")
             else:
                 r["sealed_location"] = where
-            rows.append([_hour(fate["hour_ms"]), fate["outcome"], r["recipient"], r["agency"] or "-",
-                         "yes" if r["delivered"] else "no", r["reason"], ", ".join(r["fields"]), where])
-    _emit(query.as_json, {"event": ref, "records": fates},
-          ["hour", "outcome", "recipient", "agency", "delivered", "reason", "fields", "where"], rows)
+            rows.append(
+                [
+                    _hour(fate["hour_ms"]),
+                    fate["outcome"],
+                    r["recipient"],
+                    r["agency"] or "-",
+                    "yes" if r["delivered"] else "no",
+                    r["reason"],
+                    ", ".join(r["fields"]),
+                    where,
+                ]
+            )
+    _emit(
+        query.as_json,
+        {"event": ref, "records": fates},
+        ["hour", "outcome", "recipient", "agency", "delivered", "reason", "fields", "where"],
+        rows,
+    )
 
 
 @audit.command("undelivered")
@@ -238,8 +267,13 @@ def undelivered(since: str, **kw: Any) -> None:
     query = _Query(kw)
     found = query.index.undelivered(_time(since, "--since"))
     rows = [[_hour(r["hour_ms"]), r["audit_ref"], r["outcome"], r["why"]] for r in found]
-    _emit(query.as_json, {"undelivered": found}, ["hour", "audit ref", "outcome", "why"], rows,
-          f"{len(found)} undelivered")
+    _emit(
+        query.as_json,
+        {"undelivered": found},
+        ["hour", "audit ref", "outcome", "why"],
+        rows,
+        f"{len(found)} undelivered",
+    )
 
 
 @audit.command("exposure")
@@ -249,8 +283,14 @@ def undelivered(since: str, **kw: Any) -> None:
 @click.option("--to", "to", required=True, envvar="SCREENING_AUDIT_TO", help="Window end (ISO).")
 def exposure(recipient: str, from_: str, to: str, **kw: Any) -> None:
     """If that recipient's store leaked over the window: distinct people, records, and which fields."""
+    start, end = _time(from_, "--from"), _time(to, "--to")
+    if start > end:
+        raise click.BadParameter("--from is after --to", param_hint="--from")
     query = _Query(kw)
-    found = query.index.exposure(recipient, _time(from_, "--from"), _time(to, "--to"))
+    known = {p.recipient for p in load_policy_set(query.cfg).policies}
+    if recipient.split(".", 1)[0] not in known:  # a typo would answer "no exposure"
+        raise click.BadParameter(f"unknown recipient {recipient!r} (known: {', '.join(sorted(known))})")
+    found = query.index.exposure(recipient, start, end)
     rows = [[found.recipient, str(found.people), str(found.records), ", ".join(found.fields)]]
     _emit(query.as_json, found.__dict__, ["recipient", "people", "records", "fields"], rows)
 

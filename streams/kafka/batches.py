@@ -155,6 +155,8 @@ def read_heads(sink: AuditSink, consumer: Any, topic: str, batch: Batch, timeout
     missing = sink.missing(p for t, p in batch.next if t == topic)
     if missing:
         for tp in consumer.committed([TopicPartition(topic, p) for p in missing], timeout_s):
+            if tp.error is not None:  # never start a partition's chain afresh on a failed read
+                raise KafkaException(tp.error)
             sink.adopt(tp.partition, tp.metadata)
 
 
@@ -180,10 +182,15 @@ def produce_audited(
         raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "outputs not delivered before the audit"))
     values, heads = sink.values(batch.audits, locations)
     hour = batch.audits[0].processed_hour if batch.audits else 0
+    # A failed audit delivery fails the batch like any output's (a permanent one stops the worker).
+    source = batch.records[0] if batch.records else InputRecord(sink.topic, -1, -1, None, None)
+    on_delivery = functools.partial(_delivery_failed, failures, source)
     for partition, value in values:
         while True:
             try:
-                producer.produce(sink.topic, value=value, partition=partition, timestamp=hour)
+                producer.produce(
+                    sink.topic, value=value, partition=partition, timestamp=hour, on_delivery=on_delivery
+                )
                 break
             except BufferError:
                 producer.poll(0.05)

@@ -60,7 +60,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from streams.audit.chain import ChainHead
-from streams.errors import RegistryError, ScreeningStreamsError
+from streams.errors import ConfigError, RegistryError, ScreeningStreamsError
 from streams.kafka.audit_io import AuditSink
 from streams.kafka.batches import (
     Batch,
@@ -136,6 +136,9 @@ class Runner:
         self.stats = RunnerStats()
         self.listener: RunnerListener = listener or NoListener()
         self.audit = audit
+        if audit is not None and not self.exactly_once:
+            # Audit records and chain heads are atomic with the outputs only inside a transaction.
+            raise ConfigError("the audit trail needs SCREENING_PROCESSING_GUARANTEE=exactly_once")
         self._consumer_factory = consumer_factory
         self._producer_factory = producer_factory
         self._stopping = threading.Event()
