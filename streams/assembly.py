@@ -65,6 +65,16 @@ def output_topics(policy_set: PolicySet, geography: Geography = DEFAULT_GEOGRAPH
     return _expand(policy_set, geography, lambda p, r: p.topic.replace("{region}", r or ""))
 
 
+def guarded_policies(policy_set: PolicySet) -> list[Policy]:
+    """The policies under small-cell protection (a ``k_anonymity`` option)."""
+    return [p for p in policy_set.policies if p.k_anonymity is not None]
+
+
+def hold_topics(settings: Settings, policy_set: PolicySet) -> list[str]:
+    """The small-cell hold topic (with the prefix) of every recipient under protection."""
+    return [settings.hold_topic(p.recipient) for p in guarded_policies(policy_set)]
+
+
 def encrypting_agencies(policy_set: PolicySet, geography: Geography = DEFAULT_GEOGRAPHY) -> list[str]:
     """Agencies whose policy encrypts fields: each needs a public key in force."""
     encrypting = PolicySet(

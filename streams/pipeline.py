@@ -89,6 +89,11 @@ class OutputRecord:
     route_key: bytes
     dead_letter: bool = False
     timestamp_ms: int | None = None
+    #: An explicit partition (internal topics partitioned like the ingress); None: by ``route_key``.
+    partition: int | None = None
+    #: The agency view this record encodes (small-cell protection reads its quasi-identifiers);
+    #: in memory only, never printed (it may hold identifying fields for other agencies).
+    view: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -229,7 +234,7 @@ class Pipeline:
                 keys.update((k.key_id, k) for k in result.keys)
         order = transaction_order(batch.outputs)
         moved = {old: new for new, old in enumerate(order)}
-        audits = [_remapped(a, moved) for a in batch.audits]
+        audits = [remapped(a, moved) for a in batch.audits]
         return Batch([batch.outputs[i] for i in order] + self._key_records(keys.values()), audits)
 
     def _key_records(self, keys: Iterable[DataKey]) -> list[OutputRecord]:
@@ -290,7 +295,9 @@ class Pipeline:
                     stage = "encode"
                 stamp = truncate_ms(now, view.agency.clock_grain_ms)
                 route = view.route_key or key or b""
-                outputs.append(OutputRecord(topic, key, encoder.encode(values), headers, route, False, stamp))
+                outputs.append(
+                    OutputRecord(topic, key, encoder.encode(values), headers, route, False, stamp, view=view.record)
+                )
         except KeyUnavailable:
             raise  # no key in force: infrastructure; the batch must not be acknowledged
         except RegistryError as exc:
@@ -359,7 +366,7 @@ class Pipeline:
         work = [(pairs[i][0], [pairs[i][1]]) for i in order]
         if drafts and audits is not None:
             moved = {old: new for new, old in enumerate(order)}
-            audits.extend(_remapped(a, moved) for a in drafts)
+            audits.extend(remapped(a, moved) for a in drafts)
         if keys:
             work[-1][1].extend(self._key_records(keys.values()))
         return work
@@ -388,7 +395,7 @@ def framed_schema_ids(records: Iterable[InputRecord]) -> list[int]:
     return ids
 
 
-def _remapped(draft: PendingAudit, moved: Mapping[int, int]) -> PendingAudit:
+def remapped(draft: PendingAudit, moved: Mapping[int, int]) -> PendingAudit:
     """``draft`` with its delivered entries pointing at the outputs' new positions."""
     decisions = tuple(
         d

@@ -15,6 +15,8 @@ DLQ_TOPIC = "screening.results.dlq.v1"
 AUDIT_TOPIC = "screening.audit.v1"
 #: Compacted topic of every DLQ replay (coordinates and counts only; see ``streams.dlq.ledger``).
 REPLAY_LEDGER_TOPIC = "screening.results.dlq.replays.v1"
+#: Internal topic of a recipient under small-cell protection: its held views and decisions.
+HOLD_TOPIC = "screening.{recipient}.hold.v1"
 
 GUARANTEES = ("exactly_once", "at_least_once")
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
@@ -58,6 +60,10 @@ class Settings:
     # The worker's web port: /metrics, /healthz, /readyz (0, the default, turns it off; compose sets 6066).
     web_port: int = 0  # off by default: several workers share a host in tests and benches
     web_bind: str = "127.0.0.1"  # loopback unless configured
+    # Small-cell protection (streams/policy/smallcell.py): a shorter window than the policy's
+    # (tests, staging; never longer) and the grace after a window's end before it closes.
+    kanon_window_s: int | None = None
+    kanon_grace_s: int = 600
 
     @property
     def dlq_max_message_bytes(self) -> int:
@@ -78,6 +84,10 @@ class Settings:
     def audit_topic(self) -> str:
         """The audit topic, with the prefix."""
         return self.topic_prefix + AUDIT_TOPIC
+
+    def hold_topic(self, recipient: str) -> str:
+        """The small-cell hold topic of ``recipient``, with the prefix."""
+        return self.topic_prefix + HOLD_TOPIC.format(recipient=recipient)
 
     @property
     def replay_ledger_topic(self) -> str:
@@ -121,6 +131,8 @@ _ENV: dict[str, tuple[str, type]] = {
     "audit_retention_days": ("SCREENING_AUDIT_RETENTION_DAYS", int),
     "web_port": ("SCREENING_WEB_PORT", int),
     "web_bind": ("SCREENING_WEB_BIND", str),
+    "kanon_window_s": ("SCREENING_KANON_WINDOW_S", int),
+    "kanon_grace_s": ("SCREENING_KANON_GRACE_S", int),
 }
 
 
@@ -158,6 +170,10 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("environment SCREENING_AUDIT_RETENTION_DAYS: at least 1 day")
     if not 0 <= settings.web_port <= 65535:
         raise ConfigError("environment SCREENING_WEB_PORT: between 0 (off) and 65535")
+    if settings.kanon_window_s is not None and not 1 <= settings.kanon_window_s <= 7 * 86_400:
+        raise ConfigError("environment SCREENING_KANON_WINDOW_S: between 1 s and 7 days (and not above the policy's)")
+    if not 0 <= settings.kanon_grace_s <= 86_400:
+        raise ConfigError("environment SCREENING_KANON_GRACE_S: between 0 and 86400 s")
     return settings
 
 

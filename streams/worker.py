@@ -28,6 +28,7 @@ from faust.app.base import BootStrategy
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from streams.kafka.audit_io import AuditSink
+from streams.kafka.smallcell_io import SmallCellStage
 from streams.kafka.transactional import EXIT_FATAL, Runner, RunnerFatal
 from streams.ops.health import Health
 from streams.ops.listener import OpsListener
@@ -82,13 +83,15 @@ def build_app(
     *,
     recipients: Sequence[str] = (),
     audit: AuditSink | None = None,
+    small_cells: SmallCellStage | None = None,
 ) -> faust.App:
     """Create the faust app hosting the runner over ``pipeline``; topics must already exist.
 
     With a web port (``SCREENING_WEB_PORT``, e.g. 6066; 0, the default, is off; bound to ``SCREENING_WEB_BIND``,
     loopback by default), faust's web server answers ``/metrics`` (Prometheus), ``/healthz`` and
     ``/readyz`` only: its table and router endpoints are off. With ``audit``, every batch's
-    decision records are committed in its transaction.
+    decision records are committed in its transaction; with ``small_cells``, the guarded
+    recipient's views are held and released by small-cell protection.
     """
     settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     app = faust.App(
@@ -112,7 +115,8 @@ def build_app(
         resolver = pipeline.schemas
         metrics.watch_registry(lambda: resolver.lookups)
     health = Health(stale_after_s=max(30.0, settings.transaction_timeout_ms / 1000))
-    runner = Runner(settings, pipeline, partitions, listener=OpsListener(metrics, health), audit=audit)
+    listener = OpsListener(metrics, health)
+    runner = Runner(settings, pipeline, partitions, listener=listener, audit=audit, small_cells=small_cells)
     _install_web(app, metrics, health)
 
     @app.service
@@ -145,6 +149,8 @@ def build_app(
             dict(stats.dead_letters),
             runner.stats.line(),
         )
+        if small_cells is not None:
+            log.info("small cells: %s", small_cells.stats.line())
 
     return app
 

@@ -25,7 +25,7 @@ from typing import Any, cast
 import fastavro
 from kafka import TopicPartition
 
-from streams.assembly import agency_names, encrypting_agencies, load_policy_set, output_topics
+from streams.assembly import agency_names, encrypting_agencies, hold_topics, load_policy_set, output_topics
 from streams.contracts.registry import HttpSchemaRegistry
 from streams.contracts.schemas import load_schema, schema_dir, strip_logical_types, to_readable
 from streams.contracts.wire import frame
@@ -62,6 +62,22 @@ def _agencies_and_topics(settings: Settings) -> tuple[list[str], list[str]]:
     return agency_names(policy_set), output_topics(policy_set)
 
 
+def still_held(settings: Settings, before: dict[TopicPartition, int]) -> dict[str, int]:
+    """Per hold topic, the views small-cell protection still holds: hold records minus those their
+    class's open records released (k - 1 each: a class opens on its k-th member)."""
+    out = {}
+    for policy in load_policy_set(settings).policies:
+        if policy.k_anonymity is None:
+            continue
+        topic = settings.hold_topic(policy.recipient)
+        kinds = Counter(
+            dict(r.headers).get("smallcell.entry", b"?").decode()
+            for r in read_from(settings.bootstrap_servers, {tp: o for tp, o in before.items() if tp.topic == topic})
+        )
+        out[topic] = kinds["hold"] - kinds["open"] * (policy.k_anonymity.k - 1)
+    return out
+
+
 def run_demo(count: int, seed: int, keep_running: bool, echo: Echo = print) -> None:
     """Run the whole job once and print the summary (see module docstring)."""
     started = time.monotonic()
@@ -83,7 +99,7 @@ def run_demo(count: int, seed: int, keep_running: bool, echo: Echo = print) -> N
         f"{state / 'public-keys'} (the worker's)"
     )
 
-    partitions = create_topics(settings, outputs)
+    partitions = create_topics(settings, outputs, hold_topics(settings, load_policy_set(settings)))
     topics = sorted(partitions)
     before = end_offsets(settings.bootstrap_servers, topics)
 
@@ -159,9 +175,12 @@ def _summary(
     echo(f"{'-' * 40} {'-' * 8}")
     ingress, dlq = settings.ingress_topic, settings.dlq_topic
     echo(f"{ingress + ' (in)':<40} {delta.get(ingress, 0):>8}")
+    held = still_held(settings, before)
     for topic in sorted(delta):
-        if topic not in (ingress, dlq, settings.audit_topic):
+        if topic not in (ingress, dlq, settings.audit_topic, *held):
             echo(f"{topic:<40} {delta[topic]:>8}")
+    for topic, count in held.items():  # small-cell protection: released when the class has k, or the window closes
+        echo(f"{topic + ' (held)':<40} {count:>8}")
     echo(f"{dlq + ' (dead letters)':<40} {delta.get(dlq, 0):>8}")
     echo(
         f"\nend-to-end: {sent} records in {seconds:.1f} s = {sent / seconds:,.0f} records/s "

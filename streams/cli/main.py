@@ -73,11 +73,12 @@ def broker_wipe() -> None:
 @common_options
 def topics_create(bootstrap_servers: str | None, registry_url: str | None, topic_prefix: str | None) -> None:
     """Create every topic the processor uses (idempotent) and list their partitions."""
-    from streams.assembly import load_policy_set, output_topics
+    from streams.assembly import hold_topics, load_policy_set, output_topics
     from streams.kafka.topics import create_topics
 
     settings = _settings(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
-    counts = create_topics(settings, output_topics(load_policy_set(settings)))
+    policy_set = load_policy_set(settings)
+    counts = create_topics(settings, output_topics(policy_set), hold_topics(settings, policy_set))
     for name, count in sorted(counts.items()):
         click.echo(f"{name}  partitions={count}")
 
@@ -277,12 +278,20 @@ def worker(
     web_port: int | None,
 ) -> None:
     """Run a worker: consume the ingress topic, publish minimised views (scale by processes)."""
-    from streams.assembly import build_audit_writer, build_pipeline, load_policy_set, load_public_keys, output_topics
+    from streams.assembly import (
+        build_audit_writer,
+        build_pipeline,
+        hold_topics,
+        load_policy_set,
+        load_public_keys,
+        output_topics,
+    )
     from streams.audit.keys import AuditKeys, load_secret
     from streams.contracts.registry import HttpSchemaRegistry
     from streams.domain.geography import DEFAULT_GEOGRAPHY
     from streams.domain.geography_file import load_geography_file
     from streams.kafka.audit_io import AuditSink
+    from streams.kafka.smallcell_io import build_small_cells, check_hold_partitions
     from streams.kafka.topics import create_topics
     from streams.policy.pseudonyms import StaticKeyRing
     from streams.worker import build_app, run_worker
@@ -317,7 +326,10 @@ def worker(
     audit = None
     if audit_keys is not None:
         audit = AuditSink(build_audit_writer(settings, registry, audit_keys), settings.audit_topic)
-    partitions = create_topics(settings, output_topics(policy_set, geography))
+    small_cells = build_small_cells(settings, registry, policy_set)
+    partitions = create_topics(settings, output_topics(policy_set, geography), hold_topics(settings, policy_set))
+    if small_cells is not None:
+        check_hold_partitions(small_cells, partitions)
     # Sizes end to end: fail fast unless every accepted ingress record can be dead-lettered whole.
     from streams.kafka.clients import producer_max_message_bytes
     from streams.kafka.topics import check_record_limits, topic_limits
@@ -326,7 +338,7 @@ def worker(
     check_record_limits(settings, limits, producer_max_message_bytes(settings))
     sys.argv = [sys.argv[0]]  # faust's Worker parses argv itself
     recipients = [p.recipient for p in policy_set.policies]
-    app = build_app(settings, pipeline, partitions, recipients=recipients, audit=audit)
+    app = build_app(settings, pipeline, partitions, recipients=recipients, audit=audit, small_cells=small_cells)
     run_worker(app, loglevel=settings.log_level)
 
 

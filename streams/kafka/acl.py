@@ -6,14 +6,14 @@ Principals: the screening system writes the ingress; the processor reads it and 
 topics, dead letters and the audit; operators read dead letters and replay to the ingress, and
 alone read, write (and create) the replay ledger, where replay counts come from (so nobody else
 can make a dead letter look replayed, or not); each agency (``ars.11``, ``cnam``, ``spf``...)
-reads exactly its topic.
+reads exactly its topic. The small-cell hold topics are the processor's alone (read and write).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from streams.assembly import PolicySet, agency_names, output_topics
+from streams.assembly import PolicySet, agency_names, hold_topics, output_topics
 from streams.crypto.views import key_topic
 from streams.domain.geography import DEFAULT_GEOGRAPHY, Geography
 from streams.settings import Settings
@@ -76,4 +76,8 @@ def acl_plan(settings: Settings, policy_set: PolicySet, geography: Geography = D
             AclBinding(principal, "GROUP", f"agency-{agency}", "READ", "PREFIXED"),
         ]
     rules += [AclBinding(PROCESSOR, "TOPIC", key_topic(topic), "WRITE") for topic in outputs]
+    # Small-cell hold topics hold views like the agency topics: the processor alone writes and reads
+    # them back (to rebuild a partition's open windows); no agency and no operator reads them.
+    for topic in hold_topics(settings, policy_set):
+        rules += [AclBinding(PROCESSOR, "TOPIC", topic, "WRITE"), AclBinding(PROCESSOR, "TOPIC", topic, "READ")]
     return sorted(rules)

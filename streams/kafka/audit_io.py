@@ -26,8 +26,9 @@ def head_metadata(head: ChainHead) -> str:
 
 
 def parse_head(metadata: str | None) -> ChainHead:
-    """The chain head in committed offset metadata; genesis when there is none (a new chain)."""
-    if not metadata or not metadata.startswith(META_PREFIX):
+    """The chain head in committed offset metadata (its ``audit1:`` part); genesis when there is none."""
+    metadata = next((part for part in (metadata or "").split() if part.startswith(META_PREFIX)), None)
+    if not metadata:
         return ChainHead()
     try:
         seq_text, mac_hex = metadata[len(META_PREFIX) :].split(":", 1)
@@ -56,6 +57,10 @@ class AuditSink:
     def adopt(self, partition: int, metadata: str | None) -> None:
         """Take the head committed with ``partition``'s offset."""
         self._heads[partition] = parse_head(metadata)
+
+    def heads_for(self, partitions: Iterable[int]) -> dict[int, ChainHead]:
+        """The adopted heads of ``partitions`` (those known), to commit again unchanged."""
+        return {p: self._heads[p] for p in partitions if p in self._heads}
 
     def forget(self, partitions: Iterable[int]) -> None:
         """Drop the heads of partitions no longer owned (their next owner reads them again)."""

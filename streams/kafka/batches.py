@@ -7,7 +7,9 @@ stays one job: this one knows how a batch's outputs are produced and where they 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+import json
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +21,8 @@ from streams.kafka.audit_io import AuditSink, head_metadata
 from streams.kafka.clients import PURGED, ProducerLike, describe, error_of, is_permanent
 from streams.kafka.dispatch import partition_for
 from streams.pipeline import InputRecord, OutputRecord
+
+log = logging.getLogger("streams.kafka.transactional")  # the runner's log, as before the split
 
 TP = tuple[str, int]
 Work = list[tuple[InputRecord, list[OutputRecord]]]
@@ -59,14 +63,18 @@ class Batch:
     next: dict[TP, int] = field(default_factory=dict)
     audits: list[PendingAudit] = field(default_factory=list)
 
-    def positions(self, heads: Mapping[int, ChainHead] | None = None) -> list[TopicPartition]:
-        """The offsets to commit: one past the last record of each partition (with its audit head)."""
-        if not heads:
-            return [TopicPartition(t, p, o) for (t, p), o in self.next.items()]
-        return [
-            TopicPartition(t, p, o, head_metadata(heads[p])) if p in heads else TopicPartition(t, p, o)
-            for (t, p), o in self.next.items()
-        ]
+    def positions(
+        self, heads: Mapping[int, ChainHead] | None = None, extra: Mapping[int, str] | None = None
+    ) -> list[TopicPartition]:
+        """The offsets to commit: one past the last record of each partition, with its metadata: the
+        audit head and any ``extra`` part (the small-cell checkpoint), space-separated."""
+        heads, extra = heads or {}, extra or {}
+        out = []
+        for (t, p), o in self.next.items():
+            parts = [head_metadata(heads[p])] if p in heads else []
+            parts += [extra[p]] if p in extra else []
+            out.append(TopicPartition(t, p, o, " ".join(parts)) if parts else TopicPartition(t, p, o))
+        return out
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,62 @@ def _delivery_failed(failures: list[Failure], source: InputRecord, error: KafkaE
     failures.append(Failure(source, msg.topic() or "?", -1 if partition is None else partition, error))
 
 
+def pausing(consumer: Any, tps: list[TP], *, pause: bool) -> None:
+    """Pause (or resume) ingress partitions; one revoked meanwhile is skipped (its next owner starts over)."""
+    if not tps:
+        return
+    partitions = [TopicPartition(t, p) for t, p in tps]
+    try:
+        (consumer.pause if pause else consumer.resume)(partitions)
+    except KafkaException as exc:
+        what = "pause" if pause else "resume"
+        log.info("%s of %d partitions skipped: %s", what, len(tps), describe(error_of(exc)))
+
+
+def retrying(call: Callable[[], None], attempts: int = 3) -> None:
+    """Call; repeat a retriable failure (the operation goes on in the background) a few times."""
+    for attempt in range(attempts):
+        try:
+            call()
+            return
+        except KafkaException as exc:
+            error = error_of(exc)
+            if error is None or not error.retriable() or error.txn_requires_abort() or attempt == attempts - 1:
+                raise
+            log.warning("retriable transaction error (%s); retrying", describe(error))
+
+
+def consumer_error(error: KafkaError | None) -> None:
+    """A consumer error: raise :class:`ConsumerFailed` on a fatal one, log the others (not end of partition)."""
+    if error is None:
+        return
+    if error.fatal() or error.code() == KafkaError._FATAL:
+        raise ConsumerFailed(error)
+    if error.code() != KafkaError._PARTITION_EOF:
+        log.warning("consumer error: %s", describe(error))
+
+
+def close_consumer(consumer: Any) -> None:
+    """Close a consumer (a static member keeps its partitions for the session timeout); log a failure."""
+    try:
+        consumer.close()
+    except (KafkaException, RuntimeError) as exc:
+        log.warning("closing the consumer failed: %s", describe(error_of(exc)))
+
+
+def owned_lags(text: str, topic: str, owned: set[TP]) -> dict[int, int] | None:
+    """Consumer lag per owned partition of ``topic`` from librdkafka's statistics JSON (None if unreadable)."""
+    try:
+        partitions = json.loads(text)["topics"][topic]["partitions"]
+        return {
+            int(p): int(v["consumer_lag"])
+            for p, v in partitions.items()
+            if (topic, int(p)) in owned and v.get("consumer_lag", -1) >= 0
+        }
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def permanent_message(failure: Failure) -> str:
     """The stop message: where the record came from, where it went, and why (never its data)."""
     s = failure.source
@@ -188,9 +252,7 @@ def produce_audited(
     for partition, value in values:
         while True:
             try:
-                producer.produce(
-                    sink.topic, value=value, partition=partition, timestamp=hour, on_delivery=on_delivery
-                )
+                producer.produce(sink.topic, value=value, partition=partition, timestamp=hour, on_delivery=on_delivery)
                 break
             except BufferError:
                 producer.poll(0.05)

@@ -25,10 +25,15 @@ SleepFn = Callable[[float], Awaitable[None]]
 
 
 def partition_for(record: OutputRecord, partitions: Mapping[str, int]) -> int:
-    """Partition of a record: CRC-32 of its route key (per person and agency) modulo its topic's count."""
+    """Partition of a record: its explicit one, else CRC-32 of its route key (per person and agency)
+    modulo its topic's count."""
     count = partitions.get(record.topic)
     if count is None:
         raise KeyError(f"no partition count known for topic {record.topic!r}")
+    if record.partition is not None:
+        if not 0 <= record.partition < count:
+            raise KeyError(f"partition {record.partition} of topic {record.topic!r} does not exist ({count})")
+        return record.partition
     return zlib.crc32(record.route_key) % count
 
 

@@ -35,8 +35,13 @@ class TopicSpec:
     configs: Mapping[str, str] = field(default_factory=dict)
 
 
-def topic_specs(settings: Settings, output_topics: Iterable[str]) -> list[TopicSpec]:
-    """Every topic the processor reads or writes, with its partitions and retention."""
+def topic_specs(settings: Settings, output_topics: Iterable[str], hold_topics: Iterable[str] = ()) -> list[TopicSpec]:
+    """Every topic the processor reads or writes, with its partitions and retention.
+
+    ``hold_topics`` (with the prefix) are the small-cell hold topics: one partition per ingress
+    partition (written by its owner only), kept as long as the agency topics (they hold the same
+    views, until their window closes).
+    """
     raw_data = {"retention.ms": str(7 * DAY_MS), "cleanup.policy": "delete"}
     # Sizes end to end: the dead-letter topic takes the largest record the ingress accepts
     # plus the dlq.* headers, so a rejected record is always dead-lettered whole.
@@ -51,6 +56,10 @@ def topic_specs(settings: Settings, output_topics: Iterable[str]) -> list[TopicS
             settings.ingress_partitions,
             {"retention.ms": str(settings.audit_retention_days * DAY_MS)},
         ),
+    ]
+    specs += [
+        TopicSpec(t, settings.ingress_partitions, {"retention.ms": str(14 * DAY_MS), "cleanup.policy": "delete"})
+        for t in hold_topics
     ]
     outputs = list(output_topics)
     specs += [
@@ -102,11 +111,12 @@ def partition_counts(admin: KafkaAdminClient, names: list[str]) -> dict[str, int
     return {str(t.get("name") or t.get("topic")): len(t["partitions"]) for t in described if t.get("partitions")}
 
 
-def create_topics(settings: Settings, output_topics: Iterable[str]) -> dict[str, int]:
-    """Create every topic of ``settings`` and ``output_topics`` (idempotent); return partition counts."""
+def create_topics(settings: Settings, output_topics: Iterable[str], hold_topics: Iterable[str] = ()) -> dict[str, int]:
+    """Create every topic of ``settings``, ``output_topics`` and ``hold_topics`` (idempotent); return counts."""
     admin = admin_client(settings.bootstrap_servers)
     try:
-        return ensure_topics(admin, topic_specs(settings, output_topics), settings.replication_factor)
+        specs = topic_specs(settings, output_topics, hold_topics)
+        return ensure_topics(admin, specs, settings.replication_factor)
     finally:
         admin.close()
 

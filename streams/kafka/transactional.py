@@ -45,12 +45,14 @@ commit``. Errors of the transaction path:
 
 ``at_least_once`` runs the same loop with an idempotent producer: produce, flush, then commit
 the offsets; a crash between flush and commit delivers the batch again.
+
+Small-cell protection (:mod:`streams.kafka.smallcell_io`) holds or releases views and closes
+windows inside these transactions; an idle close still sends its partitions' offsets (fenced).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -67,10 +69,16 @@ from streams.kafka.batches import (
     ConsumerFailed,
     Failure,
     RunnerStats,
+    Work,
+    close_consumer,
+    consumer_error,
+    owned_lags,
+    pausing,
     permanent_message,
     produce_all,
     produce_audited,
     read_heads,
+    retrying,
 )
 from streams.kafka.clients import (
     FENCED,
@@ -88,6 +96,7 @@ from streams.kafka.clients import (
     is_permanent,
     producer_config,
 )
+from streams.kafka.smallcell_io import SmallCellStage
 from streams.pipeline import InputRecord, OutputRecord, Pipeline
 from streams.settings import Settings
 
@@ -124,6 +133,7 @@ class Runner:
         max_backoff_s: float = 5.0,
         listener: RunnerListener | None = None,
         audit: AuditSink | None = None,
+        small_cells: SmallCellStage | None = None,
     ) -> None:
         """Process ``settings.ingress_topic``; ``partitions`` gives each output topic's count.
 
@@ -139,6 +149,7 @@ class Runner:
         if audit is not None and not self.exactly_once:
             # Audit records and chain heads are atomic with the outputs only inside a transaction.
             raise ConfigError("the audit trail needs SCREENING_PROCESSING_GUARANTEE=exactly_once")
+        self.small_cells = small_cells
         self._consumer_factory = consumer_factory
         self._producer_factory = producer_factory
         self._stopping = threading.Event()
@@ -188,6 +199,8 @@ class Runner:
                 self.listener.polled()
                 if batch is not None:
                     self._handle(consumer, batch)
+                elif self.small_cells is not None and self.small_cells.due(p for _, p in self._owned):
+                    self._close_idle(consumer)
         finally:
             self._close(consumer)
             log.info("runner stopped: %s", self.stats.line())
@@ -222,7 +235,7 @@ class Runner:
                 f"group.instance.id {self.settings.instance_id!r}?"
             )
         log.warning("consumer failed fatally (%s); closing it and joining the group again", describe(error))
-        self._close_consumer(consumer)
+        close_consumer(consumer)
         lost = [TopicPartition(t, p) for t, p in sorted(self._owned)]
         if lost:
             self._release(lost, "lost")
@@ -230,17 +243,10 @@ class Runner:
         return self._new_consumer()
 
     def _close(self, consumer: ConsumerLike) -> None:
-        self._close_consumer(consumer)
+        close_consumer(consumer)
         if self._producer is not None:
             self._producer.flush(5.0)
             self._producer = None
-
-    @staticmethod
-    def _close_consumer(consumer: ConsumerLike) -> None:
-        try:
-            consumer.close()  # a static member keeps its partitions for the session timeout
-        except (KafkaException, RuntimeError) as exc:
-            log.warning("closing the consumer failed: %s", describe(error_of(exc)))
 
     def _open_producer(self) -> ProducerLike | None:
         """A new producer, its transactions initialised (aborting what its id left open)."""
@@ -267,17 +273,9 @@ class Runner:
 
     def _statistics(self, text: str) -> None:
         """librdkafka's statistics (JSON, every 5 s, from within consume()): lag per owned partition."""
-        try:
-            topic = self.settings.ingress_topic
-            partitions = json.loads(text)["topics"][topic]["partitions"]
-            lags = {
-                int(p): int(v["consumer_lag"])
-                for p, v in partitions.items()
-                if (topic, int(p)) in self._owned and v.get("consumer_lag", -1) >= 0
-            }
-        except (ValueError, KeyError, TypeError):
-            return
-        self.listener.lagged(lags)
+        lags = owned_lags(text, self.settings.ingress_topic, self._owned)
+        if lags is not None:
+            self.listener.lagged(lags)
 
     # ------------------------------------------------------------------ rebalances
     def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
@@ -302,9 +300,11 @@ class Runner:
         if held and consumer is not None:
             # librdkafka keeps an application pause across unassign and assign: lift it now, or a
             # partition set aside here and later assigned here again would never be fetched.
-            self._pausing(consumer, held, pause=False)
+            pausing(consumer, held, pause=False)
         if self.audit is not None:
             self.audit.forget(p for _, p in tps)
+        if self.small_cells is not None:
+            self.small_cells.forget(p for _, p in tps)
         log.info("%s %d ingress partitions (%d owned)", how, len(tps), len(self._owned))
         self.listener.assigned(sorted(p for _, p in self._owned))
 
@@ -317,13 +317,13 @@ class Runner:
             if messages and self._max_batch > 1:
                 messages += consumer.consume(self._max_batch - 1, 0)
         except KafkaException as exc:
-            self._consumer_error(error_of(exc) or KafkaError(KafkaError._FATAL, str(exc)))
+            consumer_error(error_of(exc) or KafkaError(KafkaError._FATAL, str(exc)))
             return None
         batch = Batch()
         for message in messages:
             error = message.error()
             if error is not None:
-                self._consumer_error(error)
+                consumer_error(error)
                 continue
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             if topic is None or partition is None or offset is None:
@@ -367,14 +367,6 @@ class Runner:
             return
         self._needs_reset = set()
 
-    def _consumer_error(self, error: KafkaError | None) -> None:
-        if error is None:
-            return
-        if error.fatal() or error.code() == KafkaError._FATAL:
-            raise ConsumerFailed(error)
-        if error.code() != KafkaError._PARTITION_EOF:
-            log.warning("consumer error: %s", describe(error))
-
     # ------------------------------------------------------------------ process and produce
     def _handle(self, consumer: ConsumerLike, batch: Batch) -> None:
         try:
@@ -393,6 +385,11 @@ class Runner:
             self._rewind(consumer, batch)
             self._back_off()
             return
+        if self.small_cells is not None:
+            guarded = self._guarded(consumer, batch, work)
+            if guarded is None:  # checkpoints unreadable: rewound, retried
+                return
+            work = guarded
         if self.exactly_once:
             self._transact(consumer, batch, work)
         else:
@@ -418,7 +415,7 @@ class Runner:
         batch.records = [r for r in batch.records if (r.topic, r.partition) not in waiting]
         self._rewind(consumer, deferred)
         # Paused, not re-fetched: re-reading them every poll would crowd the ready partitions out.
-        self._pausing(consumer, sorted(waiting), pause=True)
+        pausing(consumer, sorted(waiting), pause=True)
 
     def _resume_ready(self, consumer: ConsumerLike) -> None:
         """Resume the set-aside partitions whose lookups have ended (all of them if the registry is down)."""
@@ -431,18 +428,28 @@ class Runner:
         ready = sorted(tp for tp in self._held if tp not in still)
         for tp in ready:
             del self._held[tp]
-        self._pausing(consumer, ready, pause=False)
+        pausing(consumer, ready, pause=False)
 
-    @staticmethod
-    def _pausing(consumer: ConsumerLike, tps: list[TP], *, pause: bool) -> None:
-        if not tps:
-            return
-        partitions = [TopicPartition(t, p) for t, p in tps]
+    def _guarded(self, consumer: ConsumerLike, batch: Batch, work: Work) -> Work | None:
+        """Small cells: rebuild newly owned partitions, close due windows, hold or release the views."""
+        assert self.small_cells is not None
         try:
-            (consumer.pause if pause else consumer.resume)(partitions)
-        except KafkaException as exc:  # e.g. revoked meanwhile: its next owner starts from the commit
-            what = "pause" if pause else "resume"
-            log.info("%s of %d partitions skipped: %s", what, len(tps), describe(error_of(exc)))
+            return self.small_cells.guard_batch(consumer, [p for _, p in self._owned], batch, work, self._txn_timeout_s)
+        except KafkaException as exc:  # committed offsets unavailable: nothing was produced
+            log.warning("reading small-cell checkpoints failed (%s); retrying", describe(error_of(exc)))
+            self._rewind(consumer, batch)
+            self._back_off()
+            return None
+
+    def _close_idle(self, consumer: ConsumerLike) -> None:
+        """No record came: close the due windows in a transaction sending their partitions' offsets."""
+        assert self.small_cells is not None
+        batch = Batch()
+        work = self._guarded(consumer, batch, [])
+        if work:
+            self._transact(consumer, batch, work)
+        elif work is not None:
+            self.small_cells.committed(batch)  # a rebuild only: nothing to commit
 
     def _transact(
         self, consumer: ConsumerLike, batch: Batch, work: list[tuple[InputRecord, list[OutputRecord]]]
@@ -452,7 +459,9 @@ class Runner:
         failures: list[Failure] = []
         heads: dict[int, ChainHead] = {}
         try:
-            positions = batch.positions()
+            cells = self.small_cells
+            extra = {p: cells.metadata(p) for _, p in batch.next} if cells is not None else None
+            positions = batch.positions(None, extra)
             if self.audit is not None:
                 read_heads(self.audit, consumer, self.settings.ingress_topic, batch, self._txn_timeout_s)
             producer.begin_transaction()
@@ -465,18 +474,20 @@ class Runner:
                 if failures:
                     self._failed(consumer, batch, producer, failures[0].error, failures)
                     return
-                positions = batch.positions(heads)
-            self._retrying(
+                positions = batch.positions({**self.audit.heads_for(p for _, p in batch.next), **heads}, extra)
+            retrying(
                 lambda: producer.send_offsets_to_transaction(
                     positions, consumer.consumer_group_metadata(), self._txn_timeout_s
                 )
             )
-            self._retrying(lambda: producer.commit_transaction(self._txn_timeout_s))
+            retrying(lambda: producer.commit_transaction(self._txn_timeout_s))
         except KafkaException as exc:
             self._failed(consumer, batch, producer, error_of(exc), failures)
             return
         if self.audit is not None:
             self.audit.committed(heads)
+        if self.small_cells is not None:
+            self.small_cells.committed(batch)
         self._done(batch, work)
 
     def _done(self, batch: Batch, work: list[tuple[InputRecord, list[OutputRecord]]]) -> None:
@@ -484,18 +495,6 @@ class Runner:
         self.stats.records += len(batch.records)
         self._backoff_s = 0.0
         self.listener.committed(batch.records, [out for _, outputs in work for out in outputs])
-
-    def _retrying(self, call: Callable[[], None], attempts: int = 3) -> None:
-        """Call; repeat a retriable failure (the operation goes on in the background) a few times."""
-        for attempt in range(attempts):
-            try:
-                call()
-                return
-            except KafkaException as exc:
-                error = error_of(exc)
-                if error is None or not error.retriable() or error.txn_requires_abort() or attempt == attempts - 1:
-                    raise
-                log.warning("retriable transaction error (%s); retrying", describe(error))
 
     def _failed(
         self,
@@ -506,6 +505,8 @@ class Runner:
         failures: list[Failure],
     ) -> None:
         """A transaction failed: abort or drop the producer, rewind, back off; stop on permanent errors."""
+        if self.small_cells is not None:
+            self.small_cells.aborted()
         self.stats.aborts += 1
         self.listener.aborted()
         with contextlib.suppress(KafkaException, RuntimeError):

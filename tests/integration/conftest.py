@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from streams.assembly import agency_names, encrypting_agencies, load_policy_set, output_topics
+from streams.assembly import agency_names, encrypting_agencies, hold_topics, load_policy_set, output_topics
 from streams.crypto.ring import PrivateKeyRing
 from streams.kafka.offsets import wait_for_lag_zero
 from streams.kafka.publish import publish_raw
@@ -59,8 +59,10 @@ class Env:
 
     def process_env(self) -> dict[str, str]:
         """Environment variables for a worker or CLI subprocess of this environment."""
+        policies = {"SCREENING_POLICY_DIR": str(self.settings.policy_dir)} if self.settings.policy_dir else {}
         return {
             **os.environ,
+            **policies,
             "KAFKA_BOOTSTRAP_SERVERS": self.settings.bootstrap_servers,
             "SCHEMA_REGISTRY_URL": self.settings.registry_url,
             "SCREENING_TOPIC_PREFIX": self.settings.topic_prefix,
@@ -85,11 +87,37 @@ class Env:
         return wait_for_lag_zero(s.bootstrap_servers, s.group_id, s.ingress_topic, timeout_s=timeout_s)
 
 
-def make_env(stack: Endpoints, tmp: Path, name: str, **settings_changes: Any) -> Env:
-    """Create a fresh topic namespace with throw-away keys on the shared stack (``settings_changes`` on top)."""
+def policies_without_small_cells(tmp: Path) -> Path:
+    """A copy of the shipped policies without their ``k_anonymity`` option (SPF's small-cell protection).
+
+    The delivery tests (flow, faults, nemesis, audit...) check that every view the policies derive
+    reaches its topic exactly once; under small-cell protection SPF holds views for up to a day,
+    so they run on this copy. tests/integration/test_smallcell.py runs the shipped policies.
+    """
+    import yaml
+
+    from streams.policy.model import default_policy_dir
+
+    target = tmp / "policies-without-small-cells"
+    target.mkdir(parents=True, exist_ok=True)
+    for path in default_policy_dir().glob("*.yaml"):
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc.pop("k_anonymity", None)
+        (target / path.name).write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return target
+
+
+def make_env(stack: Endpoints, tmp: Path, name: str, *, small_cells: bool = False, **settings_changes: Any) -> Env:
+    """Create a fresh topic namespace with throw-away keys on the shared stack (``settings_changes`` on top).
+
+    Without ``small_cells`` the policies are :func:`policies_without_small_cells` (unless a
+    ``policy_dir`` is given); with it, the shipped ones, SPF's small-cell protection included.
+    """
     from streams.policy.pseudonyms import generate_keys, write_key_file
 
     prefix = f"it.{name}.{uuid.uuid4().hex[:8]}."
+    if not small_cells:
+        settings_changes.setdefault("policy_dir", policies_without_small_cells(tmp))
     settings = settings_from_env({}).with_(
         bootstrap_servers=stack.bootstrap_servers,
         registry_url=stack.registry_url,
@@ -104,7 +132,7 @@ def make_env(stack: Endpoints, tmp: Path, name: str, **settings_changes: Any) ->
     write_key_file(keys_file, keys)
     private_keys = agency_key_files(tmp, encrypting_agencies(policy_set))
     settings = settings.with_(public_keys_dir=tmp / "public-keys")
-    partitions = create_topics(settings, output_topics(policy_set))
+    partitions = create_topics(settings, output_topics(policy_set), hold_topics(settings, policy_set))
     return Env(settings, partitions, keys_file, StaticKeyRing(keys), private_keys)
 
 
