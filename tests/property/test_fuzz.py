@@ -26,6 +26,7 @@ import time
 import tracemalloc
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,9 @@ class Fuzz:
     registry: InMemorySchemaRegistry
     #: extra field name -> id of the accepted writer schema "v1 + that field" (see ACCEPTED_EXTRAS)
     extras: Mapping[str, int]
+    #: hostile case -> its two ids, registered up front so no "unknown id" probe can have
+    #: negatively cached them before their test runs
+    hostile: Mapping[str, tuple[int, int]] = dataclass_field(default_factory=dict)
 
 
 def _retyped(name: str, avro_type: Any) -> dict[str, Any]:
@@ -138,9 +142,13 @@ def build_fuzz(policy_set: PolicySet, keys: StaticKeyRing) -> Fuzz:
     ]
     incompatible = {registry.register("other-value", json.dumps(s)): (s, make) for s, make in variants}
     subject = f"{settings_.ingress_topic}-value"
-    extras = {name: registry.register(subject, v1_plus(field)) for name, field in ACCEPTED_EXTRAS.items()}
-    registered = frozenset(range(1, max(extras.values()) + 1))
-    return Fuzz(pipeline, v1, v2, incompatible, registered, registry, extras)
+    extras = {name: registry.register(subject, v1_plus(f)) for name, f in ACCEPTED_EXTRAS.items()}
+    hostile = {
+        name: (registry.register(subject, case.schema), registry.register(subject, case.schema + " "))
+        for name, case in HOSTILE.items()
+    }
+    registered = frozenset(range(1, max([*extras.values(), *(i for ids in hostile.values() for i in ids)]) + 1))
+    return Fuzz(pipeline, v1, v2, incompatible, registered, registry, extras, hostile)
 
 
 @pytest.fixture(scope="module")
@@ -808,11 +816,7 @@ def hostile_ids(fuzz: Fuzz) -> dict[str, tuple[int, int]]:
     Two ids, so that the memory and the time of a first encounter (schema acceptance included)
     are each measured once, the memory under tracemalloc and the time without its overhead.
     """
-    subject = f"{Settings().ingress_topic}-value"
-    return {
-        name: (fuzz.registry.register(subject, case.schema), fuzz.registry.register(subject, case.schema + " "))
-        for name, case in HOSTILE.items()
-    }
+    return dict(fuzz.hostile)
 
 
 def _hostile_value(fuzz: Fuzz, schema_id: int, case: Hostile) -> bytes:
