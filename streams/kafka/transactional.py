@@ -475,11 +475,9 @@ class Runner:
                     self._failed(consumer, batch, producer, failures[0].error, failures)
                     return
                 positions = batch.positions({**self.audit.heads_for(p for _, p in batch.next), **heads}, extra)
-            retrying(
-                lambda: producer.send_offsets_to_transaction(
-                    positions, consumer.consumer_group_metadata(), self._txn_timeout_s
-                )
-            )
+            # Not repeated on a timeout: librdkafka cannot resume send_offsets_to_transaction (a
+            # second call hung ~10 min after a broker restart); the failure path aborts instead.
+            producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), self._txn_timeout_s)
             retrying(lambda: producer.commit_transaction(self._txn_timeout_s))
         except KafkaException as exc:
             self._failed(consumer, batch, producer, error_of(exc), failures)

@@ -444,3 +444,14 @@ def test_a_partition_set_aside_then_revoked_is_resumed() -> None:
     assert ("pause", (IN, 1)) in h.consumer.pauses
     assert h.consumer.pauses[-1] == ("resume", (IN, 1))
     assert (IN, 1) not in h.consumer.paused
+
+
+def test_send_offsets_timeout_aborts_instead_of_calling_again() -> None:
+    """A timed-out send_offsets_to_transaction is never called again in the same transaction
+    (librdkafka cannot resume it): the transaction is aborted and the batch redone once."""
+    h = Harness(records=2)
+    h.producer_faults.append({"send_offsets_to_transaction": [retriable()]})
+    h.run_until_drained()
+    calls = h.producers[0].calls
+    assert calls[: calls.index("abort_transaction")].count("send_offsets_to_transaction") == 1
+    assert max(h.delivered().values()) == 1 and len(h.delivered()) == 8
