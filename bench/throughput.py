@@ -26,8 +26,14 @@ only SPF count == production-mode events (``--verify spf``). Dead letters should
 Workers are stopped with SIGTERM; bench topics and the consumer group are deleted at the end
 unless ``--keep-topics`` (registry subjects are left). The broker and registry keep running.
 
+``--small-cells on`` (default) runs the shipped policies, SPF under small-cell protection (its
+views held until their class has k members in the window; the SPF check is then released + still
+held == production-mode events, from the hold topic's records); ``off`` runs a copy of the policies
+without the ``k_anonymity`` option; ``both`` runs the same backlog without, then with, in one
+invocation and prints the two drain rates side by side. ``--verify full`` needs ``off``.
+
 Run: ``python bench/throughput.py [--events 100000] [--workers 1] [--mode backlog|live]
-[--rate 2000] [--duration 30] [--verify full|spf] [--guarantee G] [--keep-topics]``;
+[--rate 2000] [--duration 30] [--verify full|spf] [--guarantee G] [--small-cells on|off|both] [--keep-topics]``;
 the 1.4 M backlog benchmark: ``python bench/throughput.py --events 1400000 --verify spf``.
 """
 
@@ -42,6 +48,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from _common import framed_stream, percentiles, table
 from _stack import (
@@ -62,6 +69,7 @@ from streams.assembly import (
     agency_names,
     build_pipeline,
     encrypting_agencies,
+    hold_topics,
     load_policy_set,
     load_public_keys,
     output_topics,
@@ -110,6 +118,7 @@ class Outputs:
     latencies: list[int] = field(default_factory=list)
     first_ms: int = 1 << 62
     last_ms: int = 0
+    hold_kinds: Counter[str] = field(default_factory=Counter)  # small-cell hold topic: hold / open / close
 
 
 def steady_rate(samples: list[tuple[float, int]], total: int) -> float:
@@ -127,13 +136,17 @@ def collect(
     keys_of: list[list[tuple[str, bytes | None]]],
     arrived: dict[tuple[str, bytes | None], float],
     sealed: set[str],
+    holds: list[str] = [],  # noqa: B006 - read only
 ) -> Outputs:
     """Read every output and dead letter back; time the live events (``keys_of[i]``: event i's outputs)."""
     out = Outputs()
-    for r in read_all(settings.bootstrap_servers, [*topics, settings.dlq_topic]):
+    for r in read_all(settings.bootstrap_servers, [*topics, settings.dlq_topic, *holds]):
         headers = dict(r.headers)
         if r.topic == settings.dlq_topic:
             out.reasons[headers.get(H_CODE, b"?").decode()] += 1
+            continue
+        if r.topic in holds:
+            out.hold_kinds[headers.get("smallcell.entry", b"?").decode()] += 1
             continue
         out.got[r.topic] += 1
         out.sums[r.topic] = (out.sums[r.topic] + digest(r.key, None if r.topic in sealed else r.value)) & MASK
@@ -192,13 +205,49 @@ def parse_args() -> argparse.Namespace:
         choices=("at_least_once", "exactly_once"),
         help="SCREENING_PROCESSING_GUARANTEE for the workers (default: theirs)",
     )
+    p.add_argument("--small-cells", choices=("on", "off", "both"), default="on", help="SPF small-cell protection")
     p.add_argument("--keep-topics", action="store_true")
-    return p.parse_args()
+    args = p.parse_args()
+    if args.verify == "full" and args.small_cells != "off":
+        p.error("--verify full compares every view with the in-process pipeline: it needs --small-cells off")
+    return args
+
+
+def without_small_cells(target: Path) -> Path:
+    """A copy of the shipped policies without their ``k_anonymity`` option."""
+    import yaml
+
+    from streams.policy.model import default_policy_dir
+
+    target.mkdir(parents=True, exist_ok=True)
+    for path in default_policy_dir().glob("*.yaml"):
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc.pop("k_anonymity", None)
+        (target / path.name).write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return target
 
 
 def main() -> None:
-    """Set up, run the workers, read back, report, clean up."""
+    """Run the benchmark once per small-cell setting asked for; with ``both``, compare the drain rates."""
     args = parse_args()
+    rates = {}
+    for state in ("off", "on") if args.small_cells == "both" else (args.small_cells,):
+        print(f"\n===== small-cell protection {state} =====")
+        rates[state] = run(args, small_cells=state == "on")
+    if len(rates) == 2:
+        print(
+            "\n"
+            + table(
+                ("small-cell protection", "events/s, steady", "events/s, start → lag zero"),
+                [(state, r[0], r[1]) for state, r in rates.items()],
+                title=f"one invocation, {args.events:,} events, {args.workers} worker(s):",
+            )
+        )
+
+
+def run(args: argparse.Namespace, *, small_cells: bool) -> tuple[float, float]:
+    """Set up, run the workers, read back, report, clean up; return (steady, start → lag zero) events/s."""
+    os.environ.pop("SCREENING_POLICY_DIR", None)  # the shipped policies, or the copy set below
     if args.guarantee:
         os.environ["SCREENING_PROCESSING_GUARANTEE"] = args.guarantee  # inherited by the workers
     stack = StackSettings.from_env(os.environ)
@@ -208,7 +257,12 @@ def main() -> None:
         bootstrap_servers=ends.bootstrap_servers, registry_url=ends.registry_url, topic_prefix=prefix
     )
     run_dir = stack.state_dir / "bench" / prefix.rstrip(".")
+    if not small_cells:
+        policy_dir = without_small_cells(run_dir / "policies")
+        settings = settings.with_(policy_dir=policy_dir)
+        os.environ["SCREENING_POLICY_DIR"] = str(policy_dir)  # inherited by the workers
     policy_set = load_policy_set(settings)
+    holds = hold_topics(settings, policy_set)
     keys = generate_keys(agency_names(policy_set))
     keys_file = run_dir / "throwaway-keys.json"
     write_key_file(keys_file, keys)
@@ -221,7 +275,7 @@ def main() -> None:
         import_public_key(public_dir, public)
     settings = settings.with_(public_keys_dir=public_dir)
     os.environ["SCREENING_PUBLIC_KEYS_DIR"] = str(public_dir)  # inherited by the workers
-    parts = create_topics(settings, output_topics(policy_set))
+    parts = create_topics(settings, output_topics(policy_set), holds)
     registry = HttpSchemaRegistry(settings.registry_url)
     reference = build_pipeline(
         settings, registry, StaticKeyRing(keys), policy_set=policy_set, public_keys=load_public_keys(settings)
@@ -313,8 +367,10 @@ def main() -> None:
             f"workers stopped, exit codes {codes}"
         )
         topics = [prefix + t for t in output_topics(policy_set)]
-        outputs = collect(settings, topics, timing.sent_ms, keys_of, reader.arrived if live else {}, sealed)
-        report(args, settings, count - WARMUP if live else count, timing, outputs, expected)
+        outputs = collect(settings, topics, timing.sent_ms, keys_of, reader.arrived if live else {}, sealed, holds)
+        guarded = next((p for p in policy_set.policies if p.k_anonymity is not None), None)
+        k = guarded.k_anonymity.k if guarded is not None and guarded.k_anonymity is not None else 0
+        return report(args, settings, count - WARMUP if live else count, timing, outputs, expected, k)
     finally:
         stop_workers(workers)
         if not args.keep_topics:
@@ -322,9 +378,13 @@ def main() -> None:
 
 
 def report(
-    args: argparse.Namespace, settings: Settings, n: int, timing: Timing, out: Outputs, expected: Expected
-) -> None:
-    """Print rates, latency, CPU and the verification tables."""
+    args: argparse.Namespace, settings: Settings, n: int, timing: Timing, out: Outputs, expected: Expected, k: int = 0
+) -> tuple[float, float]:
+    """Print rates, latency, CPU and the verification tables; return (steady, start → lag zero) events/s.
+
+    With small-cell protection (``k``), SPF released + still held (hold records minus the k - 1 each
+    open record released) must equal the production-mode events (no window closes during a run).
+    """
     wall = timing.done - timing.started
     n_out = len(out.latencies)
     span = max(out.last_ms - out.first_ms, 1) / 1000
@@ -374,10 +434,15 @@ def report(
     total = n + (WARMUP if args.mode == "live" else 0)
     n_out = sum(out.got.values())
     spf = sum(c for t, c in out.got.items() if t.endswith("surveillance.spf.results.v1"))
+    held = out.hold_kinds["hold"] - out.hold_kinds["open"] * max(k - 1, 0) if k else 0
+    released = f"SPF records {spf:,}" + (f" + held by small-cell protection {held:,}" if k else "")
     print(
-        f"\noutputs per event {n_out / total:.3f}; SPF records {spf:,} == production-mode events "
-        f"{expected.production:,}: {'yes' if spf == expected.production else 'NO'}"
+        f"\noutputs per event {n_out / total:.3f}; {released} == production-mode events "
+        f"{expected.production:,}: {'yes' if spf + held == expected.production else 'NO'}"
+        + (f" (hold topic: {dict(out.hold_kinds)}; no window closed during the run)" if k else "")
     )
+    steady = steady_rate(timing.samples, n) if args.mode == "backlog" else float("nan")
+    return steady, n / wall
 
 
 def cleanup(settings: Settings, topics: list[str]) -> None:

@@ -81,6 +81,7 @@ REPLAY_MARGIN_MS = 3_600_000
 #: How long a rebuild waits for the entry its checkpoint names (transaction markers in flight).
 REPLAY_TIMEOUT_S = 30.0
 
+_JSON = json.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps with arguments builds one per call
 RawRecord = tuple[bytes | None, bytes | None, Sequence[tuple[str, bytes]], int]  # key, value, headers, ms
 
 
@@ -216,6 +217,7 @@ class SmallCellStage:
         self.stats = CellStats()
         self._offsets: dict[int, int] = {}  # committed next offset of each rebuilt ingress partition
         self._pending: CellStats = CellStats()
+        self._touched: set[int] = set()  # partitions changed by the transaction under way
 
     # ------------------------------------------------------------------ ownership
     def missing(self, partitions: Iterable[int]) -> list[int]:
@@ -281,7 +283,7 @@ class SmallCellStage:
         return next_close is not None and next_close <= now and any(p in owned for p, _ in self.guard.due(now))
 
     def apply(self, batch: Batch, work: Work) -> Work:
-        """Close the due windows of rebuilt partitions, then guard the batch's views (opens a guard transaction).
+        """Close the due windows of rebuilt partitions, then guard the batch's views.
 
         Returns the outputs to produce: the batch's own (a held view removed, a released one in its
         place), then the hold-topic records in entry order (each hold partition is read back in that
@@ -291,7 +293,6 @@ class SmallCellStage:
         transaction is fenced by the group generation.
         """
         now = self.clock_ms()
-        self.guard.begin()
         self._pending = CellStats()
         hold: list[OutputRecord] = []
         tail: list[OutputRecord] = []
@@ -299,29 +300,43 @@ class SmallCellStage:
         self._effects(closing, hold, tail)
         for partition in {e.partition for e in closing.entries}:
             batch.next.setdefault((self.ingress_topic, partition), self._offsets[partition])
+            self._touched.add(partition)
         placed: Work = []
         moved: dict[int, int] = {}  # old output position -> new one (audit drafts index outputs)
         held_at: dict[int, int] = {}  # old output position -> its hold record's place in ``hold``
-        position = 0
+        position = placed_count = 0
         for source, outputs in work:
             kept: list[OutputRecord] = []
             for record in outputs:
                 if record.topic == self.topic and not record.dead_letter:
                     if record.view is None:
                         raise TypeError("a guarded record without its view")
-                    effects = self.guard.admit(source.partition, now, self.ladder.cell(record.view), record)
-                    released = self._admitted(effects, record, hold, tail)
+                    # Held without the view dict (memory: a held view is its encoded bytes; a generalised
+                    # release decodes them again).
+                    item = OutputRecord(
+                        record.topic,
+                        record.key,
+                        record.value,
+                        record.headers,
+                        record.route_key,
+                        False,
+                        record.timestamp_ms,
+                        record.partition,
+                    )
+                    self._touched.add(source.partition)
+                    effects = self.guard.admit(source.partition, now, self.ladder.cell(record.view), item)
+                    released = self._admitted(effects, item, hold, tail)
                     if released is None:
                         held_at[position] = len(hold) - 1
                         position += 1
                         continue
                     record = released
-                moved[position] = sum(len(k) for _, k in placed) + len(kept)
+                moved[position] = placed_count
                 kept.append(record)
                 position += 1
+                placed_count += 1
             placed.append((source, kept))
-        base = sum(len(k) for _, k in placed)
-        moved.update({old: base + at for old, at in held_at.items()})
+        moved.update({old: placed_count + at for old, at in held_at.items()})
         if batch.audits:
             batch.audits[:] = [remapped(draft, moved) for draft in batch.audits]
         source = self._source(batch)
@@ -377,7 +392,8 @@ class SmallCellStage:
         marks = ((H_STEP, str(step).encode()), (H_RELEASE_WINDOW, str(window).encode()))
         headers = tuple(record.headers) + marks
         if step == 0:
-            return replace(record, headers=headers)
+            r = record
+            return OutputRecord(r.topic, r.key, r.value, headers, r.route_key, False, r.timestamp_ms, r.partition)
         view = dict(record.view) if record.view is not None else self.codec.decode(record.value or b"")
         for name in self.ladder.withheld[step]:
             view[name] = None
@@ -390,7 +406,7 @@ class SmallCellStage:
 
     def committed(self, batch: Batch) -> None:
         """The batch's transaction committed: keep the guard's changes, note the new offsets."""
-        self.guard.commit()
+        self._touched = set()
         for (topic, partition), offset in batch.next.items():
             if topic == self.ingress_topic and partition in self._offsets:
                 self._offsets[partition] = offset
@@ -400,8 +416,11 @@ class SmallCellStage:
         self.stats.suppressed += pending.suppressed
 
     def aborted(self) -> None:
-        """The batch's transaction aborted: undo the guard's changes."""
-        self.guard.rollback()
+        """The batch's transaction aborted: forget the partitions it changed, so the next batch rebuilds
+        them from the hold log and their committed checkpoint (aborts are rare; an undo journal kept
+        for every batch costs more: its objects make Python's collector rescan the held views)."""
+        self.forget(self._touched)
+        self._touched = set()
         self._pending = CellStats()
 
     # ------------------------------------------------------------------ the hold topic's records
@@ -414,7 +433,7 @@ class SmallCellStage:
                 *item.headers,
                 (H_ENTRY, b"hold"),
                 *common,
-                (H_CELL, json.dumps(list(entry.cell), separators=(",", ":")).encode()),
+                (H_CELL, _JSON.encode(list(entry.cell)).encode()),
                 (H_ROUTE, item.route_key.hex().encode()),
                 *(((H_TIME, str(item.timestamp_ms).encode()),) if item.timestamp_ms is not None else ()),
             )
@@ -427,7 +446,7 @@ class SmallCellStage:
         else:
             body = {"released": list(entry.released), "suppressed": entry.suppressed}
             kind = b"close"
-        value = json.dumps(body, separators=(",", ":")).encode()
+        value = _JSON.encode(body).encode()
         headers = ((H_ENTRY, kind), *common)
         return OutputRecord(
             self.hold_topic, None, value, headers, b"", timestamp_ms=entry.at_ms, partition=entry.partition

@@ -218,15 +218,21 @@ def test_a_closing_window_releases_generalised_records_and_suppresses_the_rest(p
     assert stage.stats.released[1] == 2 and stage.stats.suppressed == 1 and stage.guard.held_count() == 0
 
 
-def test_an_aborted_batch_changes_nothing(policy_set: PolicySet) -> None:
-    """apply then aborted(): the guard is as before and the stats count nothing."""
-    stage = _stage(policy_set, Clock(10 * DAY))
-    _run(stage, _work(stage, [(0, _view(0))]))
-    before = stage.guard.snapshot(0)
+def test_an_aborted_batch_is_rebuilt_from_the_committed_log(policy_set: PolicySet) -> None:
+    """apply then aborted(): the partitions it touched are forgotten (the others kept), the stats count
+    nothing, and the rebuild from the committed hold records and checkpoint restores the state before it."""
+    clock = Clock(10 * DAY)
+    log: list[OutputRecord] = []
+    stage = _stage(policy_set, clock, LogReader(log))
+    _run(stage, _work(stage, [(0, _view(0))]), log)
+    _run(stage, _work(stage, [(0, _view(9))], partition=1), log)
+    before, metadata = stage.guard.snapshot(0), stage.metadata(0)
     work = _work(stage, [(i, _view(i)) for i in range(1, 5)])
     stage.apply(_batch(work), work)
     stage.aborted()
-    assert stage.guard.snapshot(0) == before and stage.stats.held == 1 and stage.stats.released[0] == 0
+    assert stage.missing([0, 1]) == [0] and stage.stats.held == 2 and stage.stats.released[0] == 0
+    stage.rebuild(0, 1, metadata)
+    assert stage.guard.snapshot(0) == before
 
 
 def test_a_new_owner_rebuilds_from_the_hold_log_and_decides_the_same(policy_set: PolicySet) -> None:
