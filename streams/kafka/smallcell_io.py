@@ -296,7 +296,8 @@ class SmallCellStage:
         self._pending = CellStats()
         hold: list[OutputRecord] = []
         tail: list[OutputRecord] = []
-        closing = self.guard.close_due(now, self._offsets)
+        # One window per transaction: a day of one partition's held views is one bounded transaction.
+        closing = self.guard.close_due(now, self._offsets, limit=1)
         self._effects(closing, hold, tail)
         for partition in {e.partition for e in closing.entries}:
             batch.next.setdefault((self.ingress_topic, partition), self._offsets[partition])

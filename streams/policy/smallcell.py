@@ -371,13 +371,14 @@ class SmallCellGuard(Generic[T]):
         closes = [self.ladder.closes_at(s) for state in self._partitions.values() for s in state.windows]
         return min(closes, default=None)
 
-    def close_due(self, now_ms: int, partitions: Iterable[int] | None = None) -> Effects[T]:
-        """Close every window that is due by ``now_ms`` (of ``partitions``, default all), oldest first."""
+    def close_due(self, now_ms: int, partitions: Iterable[int] | None = None, limit: int | None = None) -> Effects[T]:
+        """Close the windows due by ``now_ms`` (of ``partitions``, default all), oldest first, at most ``limit``
+        (a caller bounding each transaction: the others stay due for the next call)."""
         wanted = None if partitions is None else set(partitions)
         effects: Effects[T] = Effects()
-        for partition, start in self.due(now_ms):
-            if wanted is None or partition in wanted:
-                effects.extend(self.close(partition, start, now_ms))
+        due = [(p, start) for p, start in self.due(now_ms) if wanted is None or p in wanted]
+        for partition, start in due if limit is None else due[:limit]:
+            effects.extend(self.close(partition, start, now_ms))
         return effects
 
     def close(self, partition: int, start: int, now_ms: int) -> Effects[T]:

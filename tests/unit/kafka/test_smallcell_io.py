@@ -337,3 +337,21 @@ def test_the_stage_needs_exactly_once_and_a_window_no_longer_than_the_policy(pol
         build_small_cells(Settings(kanon_window_s=2 * 86_400), registry, policy_set)
     unguarded = PolicySet(tuple(p for p in policy_set.policies if p.recipient != "spf"), policy_set.input_schema)
     assert build_small_cells(Settings(), registry, unguarded) is None
+
+
+def test_one_window_closes_per_transaction(policy_set: PolicySet) -> None:
+    """Two partitions' windows due at once close in two transactions (each bounded by one window's views):
+    the stage stays due after the first and adds only that partition's offset to the batch."""
+    clock = Clock(10 * DAY)
+    stage = _stage(policy_set, clock)
+    _run(stage, _work(stage, [(0, _view(0))], partition=0))
+    _run(stage, _work(stage, [(0, _view(1))], partition=1))
+    clock.now = 11 * DAY + 600_000
+    first = Batch()
+    stage.apply(first, [])
+    stage.committed(first)
+    assert first.next == {(INGRESS, 0): 1} and stage.due([0, 1])
+    second = Batch()
+    stage.apply(second, [])
+    stage.committed(second)
+    assert second.next == {(INGRESS, 1): 1} and not stage.due([0, 1]) and stage.stats.suppressed == 2
