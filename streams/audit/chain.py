@@ -155,7 +155,7 @@ def verify_chain(
             expected_seq, prev_mac = None, None
             continue
         seq, stored_prev, mac = int(record["seq"]), bytes(record["prev_mac"]), bytes(record["mac"])
-        body = value[5:-(1 + MAC_BYTES)] + b"\x00"
+        body = value[5 : -(1 + MAC_BYTES)] + b"\x00"
         if value[-(1 + MAC_BYTES)] != _MAC_TAIL[0] or writer.keys.chain_mac(stored_prev, body) != mac:
             problems.append(ChainProblem(partition, offset, "altered", f"seq {seq}: MAC does not match its content"))
         if expected_seq is None:
@@ -169,9 +169,7 @@ def verify_chain(
                 ChainProblem(partition, offset, "removed", f"seq {expected_seq}..{seq - 1} missing before seq {seq}")
             )
         elif seq < expected_seq:
-            problems.append(
-                ChainProblem(partition, offset, "reordered", f"seq {seq} after seq {expected_seq - 1}")
-            )
+            problems.append(ChainProblem(partition, offset, "reordered", f"seq {seq} after seq {expected_seq - 1}"))
         elif stored_prev != prev_mac:
             problems.append(ChainProblem(partition, offset, "altered", f"seq {seq} does not link to seq {seq - 1}"))
         expected_seq, prev_mac = seq + 1, mac

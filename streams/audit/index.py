@@ -105,14 +105,33 @@ class AuditIndex:
                 continue
             last = offset
             rows.append(
-                (partition, offset, r["audit_ref"], r["person"], r["processed_hour"], r["outcome"],
-                 r["dead_letter_code"], r["processing_mode"])
+                (
+                    partition,
+                    offset,
+                    r["audit_ref"],
+                    r["person"],
+                    r["processed_hour"],
+                    r["outcome"],
+                    r["dead_letter_code"],
+                    r["processing_mode"],
+                )
             )
             for d in r["recipients"]:
                 decisions.append(
-                    (partition, offset, d["recipient"], d["agency"], int(d["delivered"]), d["reason"],
-                     ",".join(d["fields"]), d["key_id"], d["policy_version"], d["sealed_location"],
-                     r["person"], r["processed_hour"])
+                    (
+                        partition,
+                        offset,
+                        d["recipient"],
+                        d["agency"],
+                        int(d["delivered"]),
+                        d["reason"],
+                        ",".join(d["fields"]),
+                        d["key_id"],
+                        d["policy_version"],
+                        d["sealed_location"],
+                        r["person"],
+                        r["processed_hour"],
+                    )
                 )
         if last is None:
             return 0
@@ -159,9 +178,16 @@ class AuditIndex:
                     "dead_letter_code": code,
                     "processing_mode": mode,
                     "recipients": [
-                        {"recipient": d[0], "agency": d[1], "delivered": bool(d[2]), "reason": d[3],
-                         "fields": list(_fields(d[4])), "key_id": d[5], "policy_version": d[6],
-                         "sealed_location": d[7]}
+                        {
+                            "recipient": d[0],
+                            "agency": d[1],
+                            "delivered": bool(d[2]),
+                            "reason": d[3],
+                            "fields": list(_fields(d[4])),
+                            "key_id": d[5],
+                            "policy_version": d[6],
+                            "sealed_location": d[7],
+                        }
                         for d in decisions
                     ],
                 }
@@ -182,8 +208,13 @@ class AuditIndex:
             (floor_hour(since_ms), DEAD_LETTERED, NOT_DELIVERED, DELIVERED),
         ).fetchall()
         return [
-            {"audit_ref": ref, "hour_ms": hour, "outcome": outcome,
-             "why": code if outcome == DEAD_LETTERED else "no recipient's filter accepted it", "processing_mode": mode}
+            {
+                "audit_ref": ref,
+                "hour_ms": hour,
+                "outcome": outcome,
+                "why": code if outcome == DEAD_LETTERED else "no recipient's filter accepted it",
+                "processing_mode": mode,
+            }
             for ref, hour, outcome, code, mode in rows
         ]
 
@@ -197,8 +228,7 @@ class AuditIndex:
         ).fetchone()
         fields: set[str] = set()
         for (text,) in self._db.execute(
-            f"SELECT DISTINCT fields FROM decisions WHERE {column} = ? AND delivered = 1 "
-            "AND hour >= ? AND hour <= ?",
+            f"SELECT DISTINCT fields FROM decisions WHERE {column} = ? AND delivered = 1 AND hour >= ? AND hour <= ?",
             (recipient, floor_hour(from_ms), to_ms),
         ):
             fields.update(_fields(text))

@@ -61,7 +61,9 @@ class WorkerMetrics:
             "screening_delivered", "Agency records committed, per recipient.", ["recipient"], registry=r
         )
         self.filtered = PromCounter(
-            "screening_filtered", "Valid events a recipient's policy did not take, per recipient.", ["recipient"],
+            "screening_filtered",
+            "Valid events a recipient's policy did not take, per recipient.",
+            ["recipient"],
             registry=r,
         )
         self.dead_letters = PromCounter(
@@ -79,12 +81,12 @@ class WorkerMetrics:
         )
         self.lag = Gauge("screening_consumer_lag", "Records behind the partition's end.", ["partition"], registry=r)
         self.registry_lookups = PromCounter(
-            "screening_registry_cache", "Writer-schema lookups, by result (hit, miss, negative).", ["result"],
+            "screening_registry_cache",
+            "Writer-schema lookups, by result (hit, miss, negative).",
+            ["result"],
             registry=r,
         )
-        self.owned_partitions = Gauge(
-            "screening_owned_partitions", "Ingress partitions this worker owns.", registry=r
-        )
+        self.owned_partitions = Gauge("screening_owned_partitions", "Ingress partitions this worker owns.", registry=r)
         self.schema_lookups = Gauge(
             "screening_registry_requests", "Writer-schema requests made to the registry (cache misses).", registry=r
         )

@@ -224,8 +224,13 @@ def test_verify_finds_the_chain_intact_and_names_a_removed_and_an_altered_record
     copy = f"{env.settings.topic_prefix}audit-copy"
     admin = admin_client(env.settings.bootstrap_servers)
     try:
-        admin.create_topics([NewTopic(copy, num_partitions=len(end_offsets(env.settings.bootstrap_servers, [topic])),
-                                      replication_factor=1)])
+        admin.create_topics(
+            [
+                NewTopic(
+                    copy, num_partitions=len(end_offsets(env.settings.bootstrap_servers, [topic])), replication_factor=1
+                )
+            ]
+        )
     finally:
         admin.close()
     producer = Producer({"bootstrap.servers": env.settings.bootstrap_servers, "enable.idempotence": True})

@@ -149,9 +149,7 @@ def test_times_are_ordered_and_within_the_window(events: list[dict[str, object]]
     settings = GeneratorSettings()
     end = settings.start_ms + settings.days * DAY_MS
     for event in events:
-        sampled, validated, emitted = (
-            int(str(event[k])) for k in ("sampled_at", "validated_at", "emitted_at")
-        )
+        sampled, validated, emitted = (int(str(event[k])) for k in ("sampled_at", "validated_at", "emitted_at"))
         assert settings.start_ms <= sampled < end
         assert sampled < validated <= sampled + 72 * 3_600_000
         assert validated < emitted

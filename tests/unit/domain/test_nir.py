@@ -51,9 +51,7 @@ def test_complete_nir_pads_key_to_two_digits() -> None:
     assert complete_nir(body)[13] == "0"
 
 
-@pytest.mark.parametrize(
-    "body", ["", "180017505612", "18001750561234", "1800175X56123", "1800175056١23"]
-)
+@pytest.mark.parametrize("body", ["", "180017505612", "18001750561234", "1800175X56123", "1800175056١23"])
 def test_key_rejects_malformed_body_without_echo(body: str) -> None:
     """nir_key raises InvalidNir (a ValueError of the project root) and never echoes the body."""
     with pytest.raises(InvalidNir) as caught:

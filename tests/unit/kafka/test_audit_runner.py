@@ -28,8 +28,11 @@ class _Consumer:
 
     def committed(self, partitions: list[TopicPartition], timeout: float = -1) -> list[Any]:
         first = partitions[0]
-        return [SimpleNamespace(topic=first.topic, partition=first.partition, metadata="audit1:3:" + "00" * 32,
-                                error=self.error)]
+        return [
+            SimpleNamespace(
+                topic=first.topic, partition=first.partition, metadata="audit1:3:" + "00" * 32, error=self.error
+            )
+        ]
 
 
 def test_a_failed_committed_read_never_restarts_a_chain() -> None:

@@ -37,15 +37,17 @@ def test_settings_defaults_live_under_home_cache() -> None:
 
 def test_settings_overrides_from_env() -> None:
     """Every SCREENING_* variable overrides its default; state defaults to <cache>/run."""
-    settings = StackSettings.from_env({
-        "HOME": "/home/tester",
-        "SCREENING_STREAMS_CACHE": "/srv/cache",
-        "SCREENING_KAFKA_VERSION": "4.1.0",
-        "SCREENING_REGISTRY_VERSION": "3.0.6",
-        "SCREENING_KAFKA_PORT": "29092",
-        "SCREENING_REGISTRY_PORT": "28081",
-        "SCREENING_START_TIMEOUT_S": "12.5",
-    })
+    settings = StackSettings.from_env(
+        {
+            "HOME": "/home/tester",
+            "SCREENING_STREAMS_CACHE": "/srv/cache",
+            "SCREENING_KAFKA_VERSION": "4.1.0",
+            "SCREENING_REGISTRY_VERSION": "3.0.6",
+            "SCREENING_KAFKA_PORT": "29092",
+            "SCREENING_REGISTRY_PORT": "28081",
+            "SCREENING_START_TIMEOUT_S": "12.5",
+        }
+    )
     assert settings.cache_dir == Path("/srv/cache")
     assert settings.state_dir == Path("/srv/cache/run")
     assert (settings.kafka_version, settings.registry_version) == ("4.1.0", "3.0.6")
@@ -55,28 +57,38 @@ def test_settings_overrides_from_env() -> None:
 
 def test_settings_state_dir_and_tilde_expand() -> None:
     """SCREENING_STREAMS_STATE is honoured and a leading ~/ expands against HOME."""
-    settings = StackSettings.from_env({
-        "HOME": "/home/tester",
-        "SCREENING_STREAMS_CACHE": "~/jars",
-        "SCREENING_STREAMS_STATE": "/tmp/state",
-    })
+    settings = StackSettings.from_env(
+        {
+            "HOME": "/home/tester",
+            "SCREENING_STREAMS_CACHE": "~/jars",
+            "SCREENING_STREAMS_STATE": "/tmp/state",
+        }
+    )
     assert settings.cache_dir == Path("/home/tester/jars")
     assert settings.state_dir == Path("/tmp/state")
 
 
 def test_settings_external_services_and_empty_values() -> None:
     """KAFKA_BOOTSTRAP_SERVERS / SCHEMA_REGISTRY_URL are taken; empty strings count as unset."""
-    settings = StackSettings.from_env({
-        "HOME": "/h", "KAFKA_BOOTSTRAP_SERVERS": "kafka:9092", "SCHEMA_REGISTRY_URL": "",
-    })
+    settings = StackSettings.from_env(
+        {
+            "HOME": "/h",
+            "KAFKA_BOOTSTRAP_SERVERS": "kafka:9092",
+            "SCHEMA_REGISTRY_URL": "",
+        }
+    )
     assert settings.external_bootstrap == "kafka:9092"
     assert settings.external_registry is None
 
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("SCREENING_KAFKA_PORT", "abc"), ("SCREENING_REGISTRY_PORT", "70000"),
-     ("SCREENING_KAFKA_PORT", "65535"), ("SCREENING_START_TIMEOUT_S", "soon")],
+    [
+        ("SCREENING_KAFKA_PORT", "abc"),
+        ("SCREENING_REGISTRY_PORT", "70000"),
+        ("SCREENING_KAFKA_PORT", "65535"),
+        ("SCREENING_START_TIMEOUT_S", "soon"),
+    ],
 )
 def test_settings_reject_bad_numbers(name: str, value: str) -> None:
     """A non-numeric or out-of-range port/timeout is a ConfigError naming the variable(s)."""
@@ -96,9 +108,13 @@ def test_server_properties_single_node_kraft() -> None:
     assert props["controller.listener.names"] == "CONTROLLER"
     assert props["log.dirs"] == "/s/kafka-data"
     assert props["auto.create.topics.enable"] == "false"
-    for key in ("offsets.topic.replication.factor", "transaction.state.log.replication.factor",
-                "transaction.state.log.min.isr", "share.coordinator.state.topic.replication.factor",
-                "share.coordinator.state.topic.min.isr"):
+    for key in (
+        "offsets.topic.replication.factor",
+        "transaction.state.log.replication.factor",
+        "transaction.state.log.min.isr",
+        "share.coordinator.state.topic.replication.factor",
+        "share.coordinator.state.topic.min.isr",
+    ):
         assert props[key] == "1", key
 
 
@@ -134,14 +150,16 @@ def test_local_endpoints_use_ccompat_url() -> None:
 
 def test_external_services_need_no_start(tmp_path: Path) -> None:
     """With both services external, up() returns them unmanaged and touches no disk/process."""
-    settings = StackSettings.from_env({
-        "HOME": str(tmp_path), "KAFKA_BOOTSTRAP_SERVERS": "kafka:9092",
-        "SCHEMA_REGISTRY_URL": "http://registry:8081/apis/ccompat/v7/",
-    })
+    settings = StackSettings.from_env(
+        {
+            "HOME": str(tmp_path),
+            "KAFKA_BOOTSTRAP_SERVERS": "kafka:9092",
+            "SCHEMA_REGISTRY_URL": "http://registry:8081/apis/ccompat/v7/",
+        }
+    )
     lines: list[str] = []
     ends = lifecycle.up(settings, echo=lines.append)
-    assert ends == Endpoints("kafka:9092", "http://registry:8081/apis/ccompat/v7",
-                                        managed=False)
+    assert ends == Endpoints("kafka:9092", "http://registry:8081/apis/ccompat/v7", managed=False)
     assert not settings.cache_dir.exists() and not settings.state_dir.exists()
     assert len(lines) == 2 and all("external" in line for line in lines)
 
