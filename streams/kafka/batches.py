@@ -62,6 +62,9 @@ class Batch:
     first: dict[TP, int] = field(default_factory=dict)
     next: dict[TP, int] = field(default_factory=dict)
     audits: list[PendingAudit] = field(default_factory=list)
+    #: ``consumer_group_metadata()`` taken right after the consume() that returned the records
+    #: (see :meth:`streams.kafka.transactional.Runner._poll`); None for a batch built otherwise.
+    group_metadata: Any = None
 
     def positions(
         self, heads: Mapping[int, ChainHead] | None = None, extra: Mapping[int, str] | None = None

@@ -9,6 +9,7 @@ clients (fakes implement them in unit tests), :class:`RunnerListener` what metri
 from __future__ import annotations
 
 import logging
+import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, cast
@@ -129,6 +130,23 @@ def producer_config(settings: Settings, *, transactional: bool) -> dict[str, Any
         config["transactional.id"] = transactional_id(settings)
         config["transaction.timeout.ms"] = settings.transaction_timeout_ms
     return config
+
+
+#: librdkafka's serialised consumer-group metadata: this magic, then the generation (int32, host order).
+_CGMD_MAGIC = b"CGMDv2:"
+
+
+def group_generation(metadata: object) -> int | None:
+    """The generation inside ``consumer.consumer_group_metadata()``, or None if its form is unknown.
+
+    librdkafka writes ``CGMDv2:``, the generation id, then the group, member and instance ids;
+    -1 means "not a member of any generation" (before a join completes, or after the member
+    id was reset). The group coordinator skips the generation check of a transactional offset
+    commit carrying -1 and no instance id, so such metadata must never fence a batch.
+    """
+    if isinstance(metadata, bytes) and metadata.startswith(_CGMD_MAGIC) and len(metadata) >= len(_CGMD_MAGIC) + 4:
+        return int.from_bytes(metadata[len(_CGMD_MAGIC) : len(_CGMD_MAGIC) + 4], sys.byteorder, signed=True)
+    return None
 
 
 def describe(error: KafkaError | None) -> str:

@@ -134,13 +134,18 @@ def wait_for_members(
     count: int | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    gone: Callable[[], str | None] = lambda: None,
 ) -> float:
     """Block until the group is ``Stable`` with at least one member (exactly ``count`` if given).
 
-    Returns the seconds waited.
+    Returns the seconds waited. ``gone`` is asked on every round: a text (e.g. "the worker
+    exited with 70") ends the wait at once with that reason instead of at the timeout.
     """
     start = clock()
     while True:
+        reason = gone()
+        if reason is not None:
+            raise KafkaIOError(f"group {group_id}: stopped waiting for members: {reason}")
         try:
             state, members = group_state(bootstrap_servers, group_id)
         except KafkaIOError:
@@ -148,8 +153,8 @@ def wait_for_members(
         if state == "Stable" and (members == count if count is not None else members > 0):
             return clock() - start
         if clock() - start > timeout_s:
-            wanted = f"{count} stable members" if count is not None else "a stable member"
-            raise KafkaIOError(f"group {group_id} has no {wanted} after {timeout_s:.0f} s (state {state})")
+            wanted = f"exactly {count} stable members" if count is not None else "stable member"
+            raise KafkaIOError(f"group {group_id}: no {wanted} after {timeout_s:.0f} s (state {state})")
         sleep(0.2)
 
 

@@ -2,23 +2,17 @@
 
 **Mechanism: one transactional producer per worker, fenced by consumer-group generation.**
 The runner uses confluent-kafka (librdkafka) and sends each batch's offsets with
-``send_offsets_to_transaction(offsets, consumer.consumer_group_metadata())``. The group
-metadata carries the member id and generation, so the group coordinator refuses the offsets
-of a zombie (a worker paused past its session, whose partitions were given to another member):
-its transaction can only abort. And because the consumer reads with
+``send_offsets_to_transaction(offsets, group_metadata)``, the member id and generation
+taken when the batch was polled (librdkafka rejoins in its own thread), so the coordinator
+refuses a zombie's offsets (a worker paused past its session, its partitions given to another
+member): its transaction can only abort. And because the consumer reads with
 ``isolation.level=read_committed``, librdkafka fetches committed offsets with
 ``require_stable``: a new owner waits while a transaction holding its partitions' offsets is
 still open, instead of reading the old offset and processing the batch a second time.
 
-Why not the per-partition producers the worker had before (aiokafka, pre-KIP-447): aiokafka
-0.14 sends ``TxnOffsetCommit`` without generation or member id, so only the
-``transactional.id`` can fence, and that only works if each producer is initialised *before*
-the committed offset is read, never re-created while fenced, and ``IllegalOperation`` (not a
-``KafkaError``) is caught everywhere; the nemesis found all three broken (1 672 and 1
-duplicates, dead workers). KIP-447 is what the broker is designed for, needs one producer
-per worker instead of one per partition (fewer transactions, cheaper commits), and
-librdkafka's produce path costs a fraction of aiokafka's in Python
-(``/work/shared/performance.md``).
+Why not aiokafka's per-partition producers (before): its ``TxnOffsetCommit`` carries no
+generation, so only ``transactional.id`` fenced, and the nemesis found that broken (see the
+CHANGELOG); KIP-447 needs one producer per worker and librdkafka's produce path is cheaper.
 
 **Loop** (one thread, blocking calls; :mod:`streams.worker` starts and stops it inside faust):
 rebalance callbacks run only inside ``consume()``, and no transaction is open across a
@@ -93,6 +87,7 @@ from streams.kafka.clients import (
     consumer_config,
     describe,
     error_of,
+    group_generation,
     is_permanent,
     producer_config,
 )
@@ -164,8 +159,7 @@ class Runner:
         self._txn_timeout_s = settings.transaction_timeout_ms / 1000
         self._producer: ProducerLike | None = None
         self._owned: set[TP] = set()
-        self._revoked_in_poll: set[TP] = set()
-        self._needs_reset: set[TP] = set()
+        self._revoked_in_poll, self._needs_reset = set[TP](), set[TP]()
         self._backoff_s = 0.0
         self._held: dict[TP, list[InputRecord]] = {}  # partitions paused while their writer schemas are looked up
 
@@ -345,6 +339,9 @@ class Runner:
             batch.first.setdefault(tp, offset)
             batch.next[tp] = offset + 1
         self._reset_reassigned(consumer)
+        # Fenced by the generation the records were read in (librdkafka rejoins in its own thread;
+        # a later generation's metadata could commit them after their partitions moved).
+        batch.group_metadata = consumer.consumer_group_metadata()
         return batch if batch.records else None
 
     def _reset_reassigned(self, consumer: ConsumerLike) -> None:
@@ -458,6 +455,13 @@ class Runner:
         assert producer is not None
         failures: list[Failure] = []
         heads: dict[int, ChainHead] = {}
+        group = batch.group_metadata if batch.group_metadata is not None else consumer.consumer_group_metadata()
+        if (group_generation(group) or 0) < 0:
+            # Read outside any generation: nothing would fence these offsets (see group_generation).
+            log.warning("batch of %d records read outside any group generation; read again", len(batch.records))
+            self._rewind(consumer, batch)
+            self._back_off()
+            return
         try:
             cells = self.small_cells
             extra = {p: cells.metadata(p) for _, p in batch.next} if cells is not None else None
@@ -477,7 +481,7 @@ class Runner:
                 positions = batch.positions({**self.audit.heads_for(p for _, p in batch.next), **heads}, extra)
             # Not repeated on a timeout: librdkafka cannot resume send_offsets_to_transaction (a
             # second call hung ~10 min after a broker restart); the failure path aborts instead.
-            producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), self._txn_timeout_s)
+            producer.send_offsets_to_transaction(positions, group, self._txn_timeout_s)
             retrying(lambda: producer.commit_transaction(self._txn_timeout_s))
         except KafkaException as exc:
             self._failed(consumer, batch, producer, error_of(exc), failures)
