@@ -59,9 +59,7 @@ def cpu_seconds(pid: int | None) -> float:
         return 0.0
 
 
-def start_workers(
-    count: int, settings: Settings, keys: Path, run_dir: Path
-) -> list[subprocess.Popen[bytes]]:
+def start_workers(count: int, settings: Settings, keys: Path, run_dir: Path) -> list[subprocess.Popen[bytes]]:
     """Start ``count`` worker processes, each with its own state dir and log file."""
     workers = []
     for i in range(count):
@@ -199,11 +197,7 @@ def read_all(bootstrap: str, topics: Iterable[str]) -> Iterator[ConsumerRecord]:
         fetch_max_bytes=64 << 20,
     )
     try:
-        tps = [
-            TopicPartition(t, p)
-            for t in topics
-            for p in sorted(consumer.partitions_for_topic(t) or ())
-        ]
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         ends = consumer.end_offsets(tps)

@@ -84,9 +84,7 @@ def avro_codec(schema: Schema) -> tuple[Callable[[bytes], Any], Callable[[Any], 
     return decode, encode
 
 
-def time_case(
-    fn: Callable[[Any], Any], items: Sequence[Any], runs: int
-) -> tuple[float, list[float]]:
+def time_case(fn: Callable[[Any], Any], items: Sequence[Any], runs: int) -> tuple[float, list[float]]:
     """Return (median over runs of mean µs per call, every per-call sample in µs)."""
     for item in items:  # warm-up pass
         fn(item)
@@ -105,9 +103,7 @@ def time_case(
     return statistics.median(means), samples
 
 
-def build_inputs(
-    count: int, seed: int
-) -> tuple[Schema, list[dict[str, Any]], Schema, list[dict[str, Any]]]:
+def build_inputs(count: int, seed: int) -> tuple[Schema, list[dict[str, Any]], Schema, list[dict[str, Any]]]:
     """Events and the SPF views the real Minimiser builds from them (throw-away keys)."""
     settings = Settings()
     policy_set = load_policy_set(settings)
@@ -122,9 +118,7 @@ def build_inputs(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse flags, run every case and print one table."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=2000, help="distinct events per run")
     parser.add_argument("--runs", type=int, default=7, help="timed runs per case (median reported)")
     parser.add_argument("--seed", type=int, default=0)
@@ -142,9 +136,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     schema_id = registry.register("bench-value", json.dumps(event_schema))
     decoder = EventDecoder(registry, event_schema)
     framed = [frame(schema_id, b) for b in bodies]
-    view_encoder = ViewEncoder(
-        view_schema, registry.register("bench-view-value", json.dumps(view_schema))
-    )
+    view_encoder = ViewEncoder(view_schema, registry.register("bench-view-value", json.dumps(view_schema)))
 
     same = (
         all(av_dec(b) == fa_dec(b) == e for b, e in zip(bodies[:200], events[:200], strict=True))
@@ -193,10 +185,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{len(events)} events / {len(views)} SPF views per run, {args.runs} runs; "
         f"mean size {sizes}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
     )
-    print(
-        "both libraries decode to identical dicts and encode identical bytes: "
-        f"{'yes' if same else 'NO'}\n"
-    )
+    print(f"both libraries decode to identical dicts and encode identical bytes: {'yes' if same else 'NO'}\n")
     print(
         table(
             (

@@ -34,7 +34,14 @@ from streams.crypto.reader import AgencyRecordReader
 from streams.crypto.ring import PrivateKeyRing, throwaway_key_pairs
 from streams.crypto.views import encrypted_fields, key_topic
 from streams.domain.generate import GeneratorSettings, generate_events
-from streams.kafka.offsets import count_records, end_offsets, read_from, wait_for_lag_zero, wait_for_members
+from streams.kafka.offsets import (
+    KafkaIOError,
+    count_records,
+    end_offsets,
+    read_from,
+    wait_for_lag_zero,
+    wait_for_members,
+)
 from streams.kafka.publish import event_encoder, framed_events, publish_raw
 from streams.kafka.topics import create_topics
 from streams.pipeline import H_CODE
@@ -119,7 +126,15 @@ def run_demo(count: int, seed: int, keep_running: bool, echo: Echo = print) -> N
         )
     echo(f"worker started (pid {worker.pid}, log {log_path})")
     try:
-        joined = wait_for_members(settings.bootstrap_servers, settings.group_id, timeout_s=120)
+        try:
+            joined = wait_for_members(
+                settings.bootstrap_servers,
+                settings.group_id,
+                timeout_s=120,
+                gone=lambda: None if worker.poll() is None else f"the worker exited with {worker.returncode}",
+            )
+        except KafkaIOError as exc:  # the worker's log holds no record contents (dead letters name offsets only)
+            raise KafkaIOError(f"{exc}; the worker's log ({log_path}) ends with:\n{_tail(log_path)}") from exc
         echo(f"worker joined the consumer group in {joined:.1f} s")
         encoder = event_encoder(HttpSchemaRegistry(settings.registry_url), settings.ingress_topic, 1)
         events = list(generate_events(count, GeneratorSettings(seed=seed)))
@@ -152,6 +167,11 @@ def run_demo(count: int, seed: int, keep_running: bool, echo: Echo = print) -> N
     echo(f"\ndemo finished in {time.monotonic() - started:.1f} s; worker stopped (exit {worker.returncode})")
     if not keep_running:
         lifecycle.down(stack, echo=echo)
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log file."""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def _agency_keys(settings: Settings, state: Path) -> dict[str, Path]:

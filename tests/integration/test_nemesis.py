@@ -36,7 +36,7 @@ from streams.kafka.publish import event_encoder, framed_events
 from streams.stack.settings import Endpoints
 
 from .auditing import check_audit
-from .conftest import Env, Worker, audit_delivery, lag_retrying, make_env, publish_events
+from .conftest import Env, Worker, audit_delivery, committed_keys, lag_retrying, make_env, publish_events
 
 pytestmark = pytest.mark.fault
 
@@ -71,7 +71,12 @@ class LivePublisher(threading.Thread):
     def run(self) -> None:
         """Send ~rate/10 records every 100 ms."""
         s = self.env.settings
-        producer = Producer({"bootstrap.servers": s.bootstrap_servers, "acks": "all", "linger.ms": 5})
+        # Idempotent: without it, a retried produce request under load writes an ingress record
+        # twice, and every duplicate the worker then faithfully processes looks like a broken
+        # exactly-once.
+        producer = Producer(
+            {"bootstrap.servers": s.bootstrap_servers, "acks": "all", "linger.ms": 5, "enable.idempotence": True}
+        )
         partitions = self.env.partitions[s.ingress_topic]
         sent, started, per_tick = 0, time.monotonic(), max(1, self.rate // 10)
         while not self.stopping.is_set() and sent < len(self.records):
@@ -230,6 +235,9 @@ def test_nemesis_exactly_once_with_live_workers(stack: Endpoints, tmp_path: Path
         exits = {name: w.stop() for name, w in nemesis.live.items()}
     published_live = [live_events[i] for i in sorted(set(publisher.acked))]
     figures = audit_delivery(env, backlog + published_live)
+    # The input side first: a duplicated ingress record would be processed (correctly) twice.
+    ingress = committed_keys(env, [env.settings.ingress_topic])
+    figures["ingress_duplicated"] = sum(n - 1 for n in ingress.values() if n > 1)
     trail = check_audit(env, AuditKeys(load_secret(nemesis.audit_key)))
     figures["audit_records"] = trail.audit_records
     figures["audit_defects"] = trail.defects()
@@ -255,6 +263,7 @@ def test_nemesis_exactly_once_with_live_workers(stack: Endpoints, tmp_path: Path
     terms = Counter(code for name, _, code in nemesis.finished if code != -signal.SIGKILL)
     assert set(terms) <= {0}, f"a SIGTERMed worker exited non-zero: {nemesis.finished}"
     assert scraped["critical"] == 0
+    assert figures["ingress_duplicated"] == 0, "the test's own publishers wrote an event twice"
     assert figures["missing"] == 0, figures
     assert figures["unexpected"] == 0, figures
     assert figures["duplicated"] == 0, figures
