@@ -28,8 +28,9 @@ from faust.app.base import BootStrategy
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from streams.kafka.audit_io import AuditSink
+from streams.kafka.batches import EXIT_FATAL, RunnerFatal
 from streams.kafka.smallcell_io import SmallCellStage
-from streams.kafka.transactional import EXIT_FATAL, Runner, RunnerFatal
+from streams.kafka.transactional import Runner
 from streams.ops.health import Health
 from streams.ops.listener import OpsListener
 from streams.ops.metrics import WorkerMetrics

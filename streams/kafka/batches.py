@@ -17,6 +17,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from streams.audit.chain import ChainHead
 from streams.audit.decisions import Location, PendingAudit
+from streams.errors import ScreeningStreamsError
 from streams.kafka.audit_io import AuditSink, head_metadata
 from streams.kafka.clients import PURGED, ProducerLike, describe, error_of, is_permanent
 from streams.kafka.dispatch import partition_for
@@ -26,6 +27,14 @@ log = logging.getLogger("streams.kafka.transactional")  # the runner's log, as b
 
 TP = tuple[str, int]
 Work = list[tuple[InputRecord, list[OutputRecord]]]
+
+
+#: Process exit status of a worker stopped by :class:`RunnerFatal` (EX_SOFTWARE).
+EXIT_FATAL = 70
+
+
+class RunnerFatal(ScreeningStreamsError):
+    """The runner cannot go on without losing or duplicating data; the worker must stop."""
 
 
 class ConsumerFailed(Exception):

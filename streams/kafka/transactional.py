@@ -56,12 +56,13 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from streams.audit.chain import ChainHead
-from streams.errors import ConfigError, RegistryError, ScreeningStreamsError
+from streams.errors import ConfigError, RegistryError
 from streams.kafka.audit_io import AuditSink
 from streams.kafka.batches import (
     Batch,
     ConsumerFailed,
     Failure,
+    RunnerFatal,
     RunnerStats,
     Work,
     close_consumer,
@@ -97,15 +98,7 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Process exit status of a worker stopped by :class:`RunnerFatal` (EX_SOFTWARE).
-EXIT_FATAL = 70
-
 TP = tuple[str, int]
-
-
-class RunnerFatal(ScreeningStreamsError):
-    """The runner cannot go on without losing or duplicating data; the worker must stop."""
-
 
 #: More fatal consumer errors than this within FENCE_WINDOW_S stop the worker.
 MAX_CONSUMER_FENCES = 3
@@ -514,7 +507,9 @@ class Runner:
         with contextlib.suppress(KafkaException, RuntimeError):
             producer.poll(0)  # serve the delivery reports that explain the failure
         permanent = next((f for f in failures if is_permanent(f.error)), None)
-        usable = error is not None and not error.fatal() and (error.txn_requires_abort() or error.retriable())
+        # A failed delivery (its report carries no transaction flags) leaves the transaction abortable.
+        abortable = error is not None and (error.txn_requires_abort() or error.retriable() or bool(failures))
+        usable = error is not None and not error.fatal() and abortable
         if usable:
             try:
                 producer.abort_transaction(self._txn_timeout_s)

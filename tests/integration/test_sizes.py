@@ -12,8 +12,8 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 from kafka import TopicPartition
 
+from streams.kafka.batches import EXIT_FATAL
 from streams.kafka.offsets import read_from
-from streams.kafka.transactional import EXIT_FATAL
 from streams.pipeline import H_CODE
 from streams.settings import BROKER_DEFAULT_MAX_MESSAGE_BYTES
 from streams.stack.settings import Endpoints

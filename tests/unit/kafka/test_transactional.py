@@ -14,8 +14,9 @@ import pytest
 from confluent_kafka import KafkaError
 
 from streams.errors import RegistryError
+from streams.kafka.batches import EXIT_FATAL, Batch, Failure, RunnerFatal
 from streams.kafka.clients import group_generation
-from streams.kafka.transactional import EXIT_FATAL, Runner, RunnerFatal
+from streams.kafka.transactional import Runner
 from streams.pipeline import Pipeline
 from streams.settings import Settings
 from streams.worker import run_runner_thread
@@ -520,3 +521,19 @@ def test_group_generation_reads_librdkafka_metadata() -> None:
     assert group_generation(b"CGMDv2:\x01") is None
     assert group_generation(b"something else") is None
     assert group_generation(7) is None
+
+
+def test_a_timed_out_delivery_aborts_with_the_same_producer() -> None:
+    """A delivery report's error (e.g. _MSG_TIMED_OUT after a pause) carries no transaction flags;
+    the transaction is still abortable: abort it with the same producer, rewind and redo, rather
+    than abandon an open transaction that blocks read_committed readers until it times out."""
+    h = Harness(records=2)
+    timed_out = KafkaError(KafkaError._MSG_TIMED_OUT, "Local: Message timed out")
+    h.runner._producer = h._producer({})
+    h.runner._owned = {(IN, 0)}
+    producer = h.producers[0]
+    batch = Batch(first={(IN, 0): 0}, next={(IN, 0): 2})
+    h.runner._failed(h.consumer, batch, producer, timed_out, [Failure(cast(Any, None), "out.a", 0, timed_out)])
+    assert producer.calls[-1] == "abort_transaction"
+    assert h.runner._producer is producer, "the producer is kept"
+    assert (IN, 0, 0) in h.consumer.seeks
