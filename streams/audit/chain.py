@@ -17,7 +17,7 @@ from the topic alone (compare the last ``seq`` with an exported checkpoint for t
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,6 +120,14 @@ def head_of(writer: AuditWriter, last_value: bytes | None) -> ChainHead:
     return ChainHead(int(last["seq"]) + 1, bytes(last["mac"]))
 
 
+def mac_matches(writer: AuditWriter, value: bytes, record: Mapping[str, Any]) -> bool:
+    """Whether a stored audit value's MAC is the one ``writer``'s secret gives its content and link."""
+    body = value[5 : -(1 + MAC_BYTES)] + b"\x00"
+    return value[-(1 + MAC_BYTES)] == _MAC_TAIL[0] and writer.keys.chain_mac(bytes(record["prev_mac"]), body) == bytes(
+        record["mac"]
+    )
+
+
 @dataclass(frozen=True)
 class ChainProblem:
     """One defect of an audit partition's chain, located by offset."""
@@ -155,8 +163,7 @@ def verify_chain(
             expected_seq, prev_mac = None, None
             continue
         seq, stored_prev, mac = int(record["seq"]), bytes(record["prev_mac"]), bytes(record["mac"])
-        body = value[5 : -(1 + MAC_BYTES)] + b"\x00"
-        if value[-(1 + MAC_BYTES)] != _MAC_TAIL[0] or writer.keys.chain_mac(stored_prev, body) != mac:
+        if not mac_matches(writer, value, record):
             problems.append(ChainProblem(partition, offset, "altered", f"seq {seq}: MAC does not match its content"))
         if expected_seq is None:
             if seq != 0:

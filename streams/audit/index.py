@@ -36,7 +36,8 @@ CREATE INDEX IF NOT EXISTS records_hour ON records (hour);
 CREATE INDEX IF NOT EXISTS decisions_person ON decisions (person, delivered);
 CREATE INDEX IF NOT EXISTS decisions_recipient ON decisions (recipient, hour);
 CREATE INDEX IF NOT EXISTS decisions_agency ON decisions (agency, hour);
-CREATE INDEX IF NOT EXISTS decisions_at ON decisions (partition, offset);
+CREATE UNIQUE INDEX IF NOT EXISTS decisions_one ON decisions (partition, offset, recipient);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -75,18 +76,33 @@ def floor_hour(ms: int) -> int:
 class AuditIndex:
     """An audit index file (or ``:memory:``), with ingest and the queries of ``screening-streams audit``."""
 
-    def __init__(self, path: Path | str) -> None:
-        """Open (creating 0600 if needed) the index at ``path``."""
+    def __init__(self, path: Path | str, fingerprint: str | None = None) -> None:
+        """Open (creating 0600 if needed) the index at ``path``.
+
+        ``fingerprint`` (:meth:`AuditKeys.fingerprint`) binds the index to one audit secret: a
+        new index records it, an index built with another secret refuses to open (its
+        pseudonyms would answer every query with "nothing").
+        """
         if str(path) != ":memory:":
             target = Path(path)
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             if not target.exists():
                 os.close(os.open(target, os.O_WRONLY | os.O_CREAT, 0o600))
         try:
-            self._db = sqlite3.connect(str(path))
+            # Autocommit: ingest takes the write lock itself (BEGIN IMMEDIATE); others wait 60 s.
+            self._db = sqlite3.connect(str(path), timeout=60, isolation_level=None)
             self._db.executescript(_SCHEMA)
+            if fingerprint is not None:
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('secret', ?)", (fingerprint,))
+                (stored,) = self._db.execute("SELECT value FROM meta WHERE name = 'secret'").fetchone()
         except sqlite3.Error as exc:
             raise AuditIndexError(f"cannot open the audit index {path}: {exc}") from exc
+        if fingerprint is not None and stored != fingerprint:
+            self._db.close()
+            raise AuditIndexError(
+                f"the audit index {path} was built with another audit secret (fingerprint {stored}, "
+                f"this secret's {fingerprint}): use that secret, or another --index-path"
+            )
 
     def close(self) -> None:
         """Close the database."""
@@ -96,14 +112,35 @@ class AuditIndex:
         """The next offset to read per audit partition."""
         return dict(self._db.execute("SELECT partition, next_offset FROM progress").fetchall())
 
-    def ingest(self, partition: int, records: Iterable[tuple[int, Mapping[str, Any]]]) -> int:
-        """Add decoded ``(offset, record)`` pairs of one partition; skip offsets already indexed."""
+    def ingest(self, partition: int, records: Iterable[tuple[int, Mapping[str, Any] | None]]) -> int:
+        """Add decoded ``(offset, record)`` pairs of one partition in offset order; skip offsets
+        already indexed. A None record (unreadable) only moves the read position past it.
+
+        One write transaction (``BEGIN IMMEDIATE``) reads the position and writes the rows, so two
+        refreshes of one index file never add a record twice."""
+        records = list(records)
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                added = self._ingest_locked(partition, records)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise AuditIndexError(f"cannot write the audit index: {exc}") from exc
+        return added
+
+    def _ingest_locked(self, partition: int, records: list[tuple[int, Mapping[str, Any] | None]]) -> int:
         rows, decisions, last = [], [], None
-        done = self.positions().get(partition, 0)
+        found = self._db.execute("SELECT next_offset FROM progress WHERE partition = ?", (partition,)).fetchone()
+        done = found[0] if found else 0
         for offset, r in records:
             if offset < done:
                 continue
             last = offset
+            if r is None:
+                continue
             rows.append(
                 (
                     partition,
@@ -135,13 +172,9 @@ class AuditIndex:
                 )
         if last is None:
             return 0
-        try:
-            with self._db:
-                self._db.executemany("INSERT OR REPLACE INTO records VALUES (?,?,?,?,?,?,?,?)", rows)
-                self._db.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", decisions)
-                self._db.execute("INSERT OR REPLACE INTO progress VALUES (?, ?)", (partition, last + 1))
-        except sqlite3.Error as exc:
-            raise AuditIndexError(f"cannot write the audit index: {exc}") from exc
+        self._db.executemany("INSERT OR REPLACE INTO records VALUES (?,?,?,?,?,?,?,?)", rows)
+        self._db.executemany("INSERT OR REPLACE INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", decisions)
+        self._db.execute("INSERT OR REPLACE INTO progress VALUES (?, ?)", (partition, last + 1))
         return len(rows)
 
     # ------------------------------------------------------------------ queries

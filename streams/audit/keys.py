@@ -51,6 +51,7 @@ class AuditKeys:
         self._chain = hmac.new(_subkey(secret, "chain"), digestmod=hashlib.sha256)
         self._aead = AESGCM(_subkey(secret, "seal"))
         self._nonce = nonce
+        self._fingerprint = _subkey(secret, "fingerprint")[:8].hex()
 
     def person(self, nir: str) -> str:
         """The audit pseudonym of a person (NIR normalised as the pseudonymise operator does)."""
@@ -70,6 +71,10 @@ class AuditKeys:
         mac.update(prev_mac)
         mac.update(body)
         return mac.digest()
+
+    def fingerprint(self) -> str:
+        """A short public identifier of this secret (an index remembers which secret built it)."""
+        return self._fingerprint
 
     def seal(self, text: str, aad: bytes) -> bytes:
         """AES-256-GCM of ``text`` bound to ``aad``: ``nonce ‖ ciphertext ‖ tag``."""

@@ -13,19 +13,20 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from streams.assembly import audit_schema, load_policy_set
-from streams.audit.chain import AuditWriter, verify_chain
+from streams.audit.chain import AuditWriter, mac_matches, verify_chain
 from streams.audit.index import AuditIndex
 from streams.audit.keys import AuditKeys, generate_secret, load_secret, write_secret
 from streams.cli.options import common_options, settings
 from streams.domain.nir import nir_problem, normalise_nir
 from streams.errors import ConfigError
-from streams.kafka.offsets import beginning_offsets, end_offsets, read_from
+from streams.kafka.offsets import beginning_offsets, end_offsets, iter_from
 from streams.policy.explain import table
 from streams.settings import Settings
 
@@ -66,8 +67,26 @@ def _index_path(cfg: Settings, given: Path | None) -> Path:
     return given or cfg.state_dir / "audit.sqlite"
 
 
-def refresh(cfg: Settings, writer: AuditWriter, index: AuditIndex, topic: str | None = None) -> int:
-    """Bring ``index`` up to date with the audit topic; return how many records were added."""
+@dataclass
+class Refreshed:
+    """What one refresh read: records added, unreadable ones, and ones whose MAC does not verify."""
+
+    added: int = 0
+    unreadable: int = 0
+    unverified: int = 0
+
+
+#: Records of one partition ingested per SQLite transaction (memory stays bounded on a 1.4 M topic).
+CHUNK = 5_000
+
+
+def refresh(cfg: Settings, writer: AuditWriter, index: AuditIndex, topic: str | None = None) -> Refreshed:
+    """Bring ``index`` up to date with the audit topic, streaming it in chunks.
+
+    Unreadable records are skipped (counted; `audit verify` names them). Records whose MAC does
+    not verify are indexed and counted; if none of a refresh's records verifies, the secret is
+    wrong and nothing is indexed (:class:`ConfigError`), instead of queries answering "nothing".
+    """
     topic = topic or cfg.audit_topic
     ends = end_offsets(cfg.bootstrap_servers, [topic])
     if not ends:
@@ -79,13 +98,38 @@ def refresh(cfg: Settings, writer: AuditWriter, index: AuditIndex, topic: str | 
         for tp, end in ends.items()
         if max(done.get(tp.partition, 0), starts.get(tp, 0)) < end
     }
+    out = Refreshed()
     if not pending:
-        return 0
-    by_partition: dict[int, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
-    for record in read_from(cfg.bootstrap_servers, pending):
-        if record.value is not None:
-            by_partition[record.partition].append((record.offset, writer.decode(record.value)))
-    return sum(index.ingest(p, sorted(rows, key=lambda r: r[0])) for p, rows in by_partition.items())
+        return out
+    chunks: dict[int, list[tuple[int, dict[str, Any] | None]]] = defaultdict(list)
+    verified = 0
+
+    def flush(partition: int) -> None:
+        if verified == 0 and out.unverified > 0:
+            raise ConfigError(
+                f"none of the {out.unverified} audit records read verifies with this audit secret "
+                f"(fingerprint {writer.keys.fingerprint()}): wrong --audit-key-file? (nothing indexed)"
+            )
+        out.added += index.ingest(partition, chunks.pop(partition, []))
+
+    for r in iter_from(cfg.bootstrap_servers, pending):
+        if r.value is None:
+            continue
+        try:
+            record: dict[str, Any] | None = writer.decode(r.value)
+        except Exception:  # any decoding failure: skipped here, named by `audit verify`
+            record, out.unreadable = None, out.unreadable + 1
+        if record is not None:
+            if mac_matches(writer, r.value, record):
+                verified += 1
+            else:
+                out.unverified += 1
+        chunks[r.partition].append((r.offset, record))
+        if len(chunks[r.partition]) >= CHUNK:
+            flush(r.partition)
+    for partition in sorted(chunks):
+        flush(partition)
+    return out
 
 
 def _time(text: str, name: str) -> int:
@@ -121,11 +165,17 @@ class _Query:
             topic_prefix=kw.pop("topic_prefix"),
         )
         self.writer = _writer(kw.pop("audit_key_file"))
-        self.index = AuditIndex(_index_path(self.cfg, kw.pop("index_path")))
+        self.index = AuditIndex(_index_path(self.cfg, kw.pop("index_path")), self.writer.keys.fingerprint())
         self.as_json = bool(kw.pop("as_json"))
         started = time.monotonic()
-        self.added = 0 if kw.pop("no_refresh") else refresh(self.cfg, self.writer, self.index)
+        self.refreshed = Refreshed() if kw.pop("no_refresh") else refresh(self.cfg, self.writer, self.index)
         self.refresh_s = time.monotonic() - started
+        if self.refreshed.unreadable or self.refreshed.unverified:
+            click.echo(
+                f"warning: {self.refreshed.unreadable} unreadable and {self.refreshed.unverified} unverified "
+                "audit records: run `screening-streams audit verify`",
+                err=True,
+            )
 
     @property
     def keys(self) -> AuditKeys:
@@ -157,7 +207,7 @@ def index_(rebuild: bool, **kw: Any) -> None:
         path.unlink(missing_ok=True)
     kw["no_refresh"] = False
     query = _Query(kw)
-    click.echo(f"indexed {query.added} audit records in {query.refresh_s:.1f} s into {path}")
+    click.echo(f"indexed {query.refreshed.added} audit records in {query.refresh_s:.1f} s into {path}")
 
 
 @audit.command("verify")
@@ -173,13 +223,10 @@ def verify(topic: str | None, **kw: Any) -> None:
         raise ConfigError(f"topic {name} does not exist")
     starts = beginning_offsets(cfg.bootstrap_servers, [name])
     pending = {tp: starts.get(tp, 0) for tp, end in ends.items() if starts.get(tp, 0) < end}
-    records = read_from(cfg.bootstrap_servers, pending) if pending else []
-    by_partition: dict[int, list[tuple[int, bytes | None]]] = defaultdict(list)
-    for record in records:
-        by_partition[record.partition].append((record.offset, record.value))
     checked, problems = 0, []
-    for tp in sorted(ends, key=lambda t: t.partition):
-        n, found = verify_chain(writer, tp.partition, sorted(by_partition.get(tp.partition, [])))
+    for tp in sorted(pending, key=lambda t: t.partition):  # one partition at a time, streamed in offset order
+        stream = ((r.offset, r.value) for r in iter_from(cfg.bootstrap_servers, {tp: pending[tp]}))
+        n, found = verify_chain(writer, tp.partition, stream)
         checked += n
         problems += found
     defects = [p for p in problems if p.kind != "start"]
@@ -199,9 +246,17 @@ def verify(topic: str | None, **kw: Any) -> None:
 
 @audit.command("who-received")
 @_audit_options
-@click.option("--nir", required=True, envvar="SCREENING_AUDIT_NIR", help="The person's NIR (never logged or stored).")
+@click.option(
+    "--nir",
+    required=True,
+    envvar="SCREENING_AUDIT_NIR",
+    help="The person's NIR, or - to read it from stdin (a command line is visible to other local users "
+    "in ps; stdin and the environment variable are not). Never logged or stored.",
+)
 def who_received(nir: str, **kw: Any) -> None:
     """For breach notification: every recipient and field set that person's data reached, when, under which policy."""
+    if nir == "-":
+        nir = click.get_text_stream("stdin").readline().strip()
     problem = nir_problem(normalise_nir(nir))
     if problem is not None:  # a mistyped NIR would silently answer "nobody": refuse it (never echo it)
         hint = "give all 15 characters, key included"

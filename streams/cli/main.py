@@ -290,7 +290,8 @@ def worker(
     from streams.contracts.registry import HttpSchemaRegistry
     from streams.domain.geography import DEFAULT_GEOGRAPHY
     from streams.domain.geography_file import load_geography_file
-    from streams.kafka.audit_io import AuditSink
+    from streams.kafka.audit_io import AuditSink, tail_reader
+    from streams.kafka.clients import consumer_config
     from streams.kafka.smallcell_io import build_small_cells, check_hold_partitions
     from streams.kafka.topics import create_topics
     from streams.policy.pseudonyms import StaticKeyRing
@@ -325,7 +326,8 @@ def worker(
     )
     audit = None
     if audit_keys is not None:
-        audit = AuditSink(build_audit_writer(settings, registry, audit_keys), settings.audit_topic)
+        tail = tail_reader(consumer_config(settings), settings.audit_topic)
+        audit = AuditSink(build_audit_writer(settings, registry, audit_keys), settings.audit_topic, tail)
     small_cells = build_small_cells(settings, registry, policy_set)
     partitions = create_topics(settings, output_topics(policy_set, geography), hold_topics(settings, policy_set))
     if small_cells is not None:

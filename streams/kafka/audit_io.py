@@ -6,15 +6,30 @@ transaction that commits the batch and its outputs. The head of that partition's
 transaction, so the head and the offset are committed (or aborted) together: a new owner
 reads both with the committed offset (``require_stable`` under ``read_committed``) and
 continues the chain exactly where the last committed batch left it, zombie or not.
+
+When the committed offset carries no head (offsets reset by an operator, expired, or
+committed by a worker without the audit secret), the head is rebuilt from the audit
+partition itself: its last committed record (read ``read_committed``, by
+:func:`tail_reader`) gives the next ``seq`` and MAC, so the chain goes on instead of
+restarting at ``seq 0``, which ``audit verify`` would report as tampering.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
-from streams.audit.chain import MAC_BYTES, AuditWriter, ChainHead
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from streams.audit.chain import MAC_BYTES, AuditWriter, ChainHead, head_of
 from streams.audit.decisions import Location, PendingAudit
+
+log = logging.getLogger(__name__)
+
+#: The last committed value of one audit partition, or None if it holds none.
+TailReader = Callable[[int], bytes | None]
 
 #: Prefix of the offset metadata that carries an audit chain head.
 META_PREFIX = "audit1:"
@@ -27,36 +42,102 @@ def head_metadata(head: ChainHead) -> str:
 
 def parse_head(metadata: str | None) -> ChainHead:
     """The chain head in committed offset metadata (its ``audit1:`` part); genesis when there is none."""
+    return committed_head(metadata) or ChainHead()
+
+
+def committed_head(metadata: str | None) -> ChainHead | None:
+    """The chain head in committed offset metadata, None if it carries none (or a malformed one)."""
     metadata = next((part for part in (metadata or "").split() if part.startswith(META_PREFIX)), None)
     if not metadata:
-        return ChainHead()
+        return None
     try:
         seq_text, mac_hex = metadata[len(META_PREFIX) :].split(":", 1)
         mac = bytes.fromhex(mac_hex)
         seq = int(seq_text)
     except ValueError:
-        return ChainHead()
+        return None
     if len(mac) != MAC_BYTES or seq < 0:
-        return ChainHead()
+        return None
     return ChainHead(seq, mac)
+
+
+def tail_reader(config: dict[str, Any], topic: str, *, timeout_s: float = 30.0) -> TailReader:
+    """A :data:`TailReader` of ``topic`` for a consumer ``config`` (bootstrap, security; no group use).
+
+    Reads ``read_committed`` backwards in growing windows from the end until a committed record
+    turns up (transaction markers and aborted records take offsets but are never returned).
+    """
+    settings = {
+        **{k: v for k, v in config.items() if k != "group.instance.id"},
+        "group.id": f"{config.get('group.id', 'screening-streams')}-audit-tail",
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "isolation.level": "read_committed",
+    }
+
+    def read(partition: int) -> bytes | None:
+        consumer = Consumer(settings)
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+            window = 64
+            while high > low:
+                start = max(low, high - window)
+                consumer.assign([TopicPartition(topic, partition, start)])
+                last = _last_value(consumer, timeout_s)
+                if last is not None or start == low:
+                    return last
+                window *= 8
+            return None
+        finally:
+            consumer.close()
+
+    return read
+
+
+def _last_value(consumer: Consumer, timeout_s: float) -> bytes | None:
+    """The last value read until the end of the assigned partition (its LSO under read_committed)."""
+    last: bytes | None = None
+    while True:
+        message = consumer.poll(timeout_s)
+        if message is None:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "audit partition tail not read in time"))
+        error = message.error()
+        if error is not None:
+            if error.code() == KafkaError._PARTITION_EOF:
+                return last
+            raise KafkaException(error)
+        if message.value() is not None:
+            last = message.value()
 
 
 class AuditSink:
     """Chain heads of the audit partitions this worker owns, and the audit values of a batch."""
 
-    def __init__(self, writer: AuditWriter, topic: str) -> None:
-        """Write ``writer``'s records to ``topic`` (one partition per ingress partition)."""
+    def __init__(self, writer: AuditWriter, topic: str, tail: TailReader | None = None) -> None:
+        """Write ``writer``'s records to ``topic`` (one partition per ingress partition); ``tail``
+        rebuilds a head the committed offsets lost (without one, such a chain restarts at seq 0)."""
         self.writer = writer
         self.topic = topic
+        self._tail = tail
         self._heads: dict[int, ChainHead] = {}
+        self.rebuilt = 0  # heads rebuilt from the audit partition's tail
 
     def missing(self, partitions: Iterable[int]) -> list[int]:
         """The partitions whose head must be read from the committed offsets first."""
         return sorted(p for p in set(partitions) if p not in self._heads)
 
     def adopt(self, partition: int, metadata: str | None) -> None:
-        """Take the head committed with ``partition``'s offset."""
-        self._heads[partition] = parse_head(metadata)
+        """Take the head committed with ``partition``'s offset, or rebuild it from the partition's tail."""
+        head = committed_head(metadata)
+        if head is None and self._tail is not None:
+            last = self._tail(partition)
+            try:
+                head = head_of(self.writer, last)
+            except Exception:  # not an audit record (only the processor may write here): verify names it
+                log.warning("audit partition %d ends with an unreadable record; its chain restarts at seq 0", partition)
+                head = ChainHead()
+            self.rebuilt += 1
+        self._heads[partition] = head or ChainHead()
 
     def heads_for(self, partitions: Iterable[int]) -> dict[int, ChainHead]:
         """The adopted heads of ``partitions`` (those known), to commit again unchanged."""

@@ -242,8 +242,9 @@ class RunnerListener(Protocol):
     def polled(self) -> None:
         """The loop went round (liveness)."""
 
-    def assigned(self, owned: Sequence[int]) -> None:
-        """A rebalance left this worker owning these ingress partitions (readiness, lag series)."""
+    def assigned(self, owned: Sequence[int], member: bool = True) -> None:
+        """A rebalance left this worker owning these ingress partitions (readiness, lag series);
+        ``member`` is False when they were lost (out of the group until it joins again)."""
 
     def lagged(self, lags: Mapping[int, int]) -> None:
         """The consumer's lag per owned ingress partition (from librdkafka's statistics)."""
@@ -264,7 +265,7 @@ class NoListener:
     def polled(self) -> None:
         pass
 
-    def assigned(self, owned: Sequence[int]) -> None:
+    def assigned(self, owned: Sequence[int], member: bool = True) -> None:
         pass
 
     def lagged(self, lags: Mapping[int, int]) -> None:

@@ -293,7 +293,7 @@ class Runner:
         if self.small_cells is not None:
             self.small_cells.forget(p for _, p in tps)
         log.info("%s %d ingress partitions (%d owned)", how, len(tps), len(self._owned))
-        self.listener.assigned(sorted(p for _, p in self._owned))
+        self.listener.assigned(sorted(p for _, p in self._owned), member=how != "lost")
 
     # ------------------------------------------------------------------ consume
     def _poll(self, consumer: ConsumerLike) -> Batch | None:

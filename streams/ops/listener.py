@@ -37,9 +37,10 @@ class OpsListener:
         """The loop went round."""
         self.health.beat()
 
-    def assigned(self, owned: Sequence[int]) -> None:
-        """The group gave this worker ``owned`` ingress partitions (possibly none): it is ready."""
-        self.health.set_ready(True)
+    def assigned(self, owned: Sequence[int], member: bool = True) -> None:
+        """The group gave this worker ``owned`` ingress partitions (possibly none): it is ready;
+        after a loss (``member`` False: fenced, session expired) it is not until it joins again."""
+        self.health.set_ready(member)
         self.metrics.owned(owned)
 
     def lagged(self, lags: Mapping[int, int]) -> None:

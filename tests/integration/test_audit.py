@@ -29,6 +29,7 @@ import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -175,6 +176,38 @@ def test_who_received_lists_exactly_the_agencies_holding_each_persons_records(ru
     print(f"[audit] who-received over {EVENTS} events: slowest query {slowest:.2f} ms")
 
 
+def test_who_received_reads_the_nir_from_stdin_and_refuses_a_wrong_secret(run: dict[str, Any], tmp_path: Path) -> None:
+    """``--nir -`` takes the NIR from stdin (off the command line other users see in ps) and
+    answers as with ``--nir``; another audit secret is refused, on a fresh index (no record
+    verifies) and on the index the right secret built (its fingerprint), never "nothing"."""
+    nir = str(run["events"][0]["nir"])
+    direct = json.loads(_audit(run, "who-received", "--nir", nir, "--json", "--no-refresh").stdout)
+    piped = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "audit", "who-received", "--nir", "-", "--json", "--no-refresh"],
+        env=run["cli_env"],
+        input=nir + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert piped.returncode == 0, piped.stderr[-2000:]
+    assert json.loads(piped.stdout)["deliveries"] == direct["deliveries"] != []
+    other = tmp_path / "other.key"
+    write_secret(other, generate_secret())
+    for index in (tmp_path / "fresh.sqlite", Path(run["cli_env"]["SCREENING_AUDIT_INDEX"])):
+        env = {**run["cli_env"], "SCREENING_AUDIT_KEY_FILE": str(other), "SCREENING_AUDIT_INDEX": str(index)}
+        done = subprocess.run(
+            [sys.executable, "-m", "streams.cli", "audit", "who-received", "--nir", nir],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode != 0, done.stdout
+        assert "another audit secret" in done.stderr or "verifies with this audit secret" in done.stderr, done.stderr
+        assert nir not in done.stdout + done.stderr
+
+
 def test_undelivered_lists_exactly_the_unroutable_events_and_the_garbage(run: dict[str, Any]) -> None:
     """The unroutable events (by their audit reference) and the three garbage records, with why."""
     rows = json.loads(_audit(run, "undelivered", "--since", "2000-01-01", "--json").stdout)["undelivered"]
@@ -303,3 +336,38 @@ def test_every_output_has_exactly_one_audit_entry_and_every_ingress_record_one_a
     assert report.audit_records == EVENTS + UNROUTABLE + GARBAGE
     assert report.outputs > EVENTS // 2
     assert report.defects() == 0, report
+
+
+def test_a_chain_head_lost_from_the_offsets_is_rebuilt_and_the_chain_verifies(stack: Endpoints, tmp_path: Path) -> None:
+    """A worker without the audit secret in the group commits offsets without chain heads (as an
+    operator's offset reset or expired offsets would); the next auditing worker rebuilds each
+    head from its audit partition's last committed record, and `audit verify` finds one unbroken
+    chain (no false "reordered"), with every ingress record of the audited runs audited."""
+    env = make_env(stack, tmp_path, "audittail", ingress_partitions=3)
+    key_file = tmp_path / "audit.key"
+    write_secret(key_file, generate_secret())
+    encoder = event_encoder(HttpSchemaRegistry(env.settings.registry_url), env.settings.ingress_topic, 1)
+    batches = [
+        [dict(e) for e in generate_events(150, GeneratorSettings(seed=seed, positive_share=0.5))]
+        for seed in (81, 82, 83)
+    ]
+    for i, (events, audited) in enumerate(zip(batches, (True, False, True), strict=True)):
+        extra = {"SCREENING_AUDIT_KEY_FILE": str(key_file)} if audited else {}
+        worker = Worker(env, tmp_path / f"worker{i}.log", extra_env=extra)
+        try:
+            env.publish(framed_events(events, encoder))
+            env.drain(timeout_s=120)
+        finally:
+            assert worker.stop() == 0, worker.log()[-2000:]
+    cli_env = {**env.process_env(), "SCREENING_AUDIT_KEY_FILE": str(key_file)}
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "audit", "verify", "--json"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    report = json.loads(done.stdout)
+    assert done.returncode == 0 and report["ok"], report["problems"]
+    assert report["checked"] == 300, "the audited runs' records, chained across the unaudited one"
+    assert report["problems"] == [], "not even a chain start: every partition goes back to seq 0"

@@ -226,3 +226,32 @@ def test_unreadable_values_are_reported_not_raised(trail: Any, make_events: Any)
     values.insert(3, frame(1, b"\x01\x02"))
     kinds = _verify(trail, values)
     assert (2, "unreadable") in kinds and (3, "unreadable") in kinds
+
+
+def test_a_lost_chain_head_is_rebuilt_from_the_audit_partitions_tail(trail: Any, make_events: Any) -> None:
+    """Offsets committed without the head (a reset, expiry, a worker without the audit secret):
+    the sink continues the chain from the partition's last committed record, so the next batch
+    verifies as one unbroken chain instead of restarting at seq 0 (a false "reordered")."""
+    from streams.kafka.audit_io import AuditSink, head_metadata
+
+    values, head, _ = trail.audit_values(make_events(30, seed=5), ChainHead())
+    tails: list[int] = []
+
+    def tail(partition: int) -> bytes | None:
+        tails.append(partition)
+        return values[-1]
+
+    sink = AuditSink(trail.writer, "audit", tail)
+    sink.adopt(0, "")  # committed offset without metadata
+    assert sink.heads_for([0]) == {0: head} and tails == [0] and sink.rebuilt == 1
+    more, _, _ = trail.audit_values(make_events(10, seed=6), sink.heads_for([0])[0])
+    _, problems = verify_chain(trail.writer, 0, list(enumerate([*values, *more])))
+    assert problems == []
+    sink.adopt(1, "smallcell1:whatever " + head_metadata(head))  # a committed head is used as is
+    assert sink.heads_for([1]) == {1: head} and tails == [0]
+    empty = AuditSink(trail.writer, "audit", lambda p: None)
+    empty.adopt(2, None)  # nothing committed anywhere: genesis
+    assert empty.heads_for([2]) == {2: ChainHead()}
+    broken = AuditSink(trail.writer, "audit", lambda p: b"\x00garbage")
+    broken.adopt(3, None)  # an unreadable tail: restart (verify names it), never stall the partition
+    assert broken.heads_for([3]) == {3: ChainHead()}

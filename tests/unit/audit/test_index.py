@@ -12,7 +12,7 @@ import pytest
 
 from streams.audit.chain import ChainHead
 from streams.audit.decisions import DEAD_LETTERED, HOUR_MS
-from streams.audit.index import AuditIndex
+from streams.audit.index import AuditIndex, AuditIndexError
 from streams.pipeline import InputRecord
 
 FIXED_HOUR = 1_601_510_400_000  # the conftest clock's hour
@@ -120,3 +120,62 @@ def test_reingesting_the_same_offsets_changes_nothing(indexed: dict[str, Any], t
     rebuilt.ingest(0, indexed["records"])  # resumes after the stored position
     assert rebuilt.summary(0) == before
     assert rebuilt.positions() == {0: len(indexed["records"])}
+
+
+def test_two_refreshes_of_one_file_never_add_a_record_twice(indexed: dict[str, Any], tmp_path: Path) -> None:
+    """Two processes (here: two connections in threads) ingesting the same records into one index
+    file at once: the read position is read inside the write lock, so every row is there once."""
+    import threading
+
+    path = tmp_path / "shared.sqlite"
+    records = indexed["records"][:300]
+    AuditIndex(path).close()
+    start = threading.Barrier(2)
+    added: list[int] = []
+    errors: list[BaseException] = []
+
+    def refresh() -> None:
+        index = AuditIndex(path)  # a connection of its own, as a second process would have
+        start.wait()
+        try:
+            for i in range(0, len(records), 20):
+                added.append(index.ingest(0, records[: i + 20]))
+        except BaseException as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+        finally:
+            index.close()
+
+    threads = [threading.Thread(target=refresh) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sum(added) == len(records)
+    first = AuditIndex(path)
+    one = AuditIndex(tmp_path / "one.sqlite")
+    one.ingest(0, records)
+    assert first.summary(0) == one.summary(0)
+    (rows,) = first._db.execute("SELECT COUNT(*) FROM decisions").fetchone()
+    (expected,) = one._db.execute("SELECT COUNT(*) FROM decisions").fetchone()
+    assert rows == expected
+
+
+def test_an_index_built_with_another_secret_refuses_to_open(tmp_path: Path) -> None:
+    """The index remembers its secret's fingerprint: another secret's queries would answer
+    "nothing" (other pseudonyms), so opening it with that secret fails, naming both."""
+    path = tmp_path / "index.sqlite"
+    AuditIndex(path, "aaaa0000aaaa0000").close()
+    AuditIndex(path, "aaaa0000aaaa0000").close()  # the same secret opens it again
+    with pytest.raises(AuditIndexError, match=r"another audit secret.*aaaa0000aaaa0000.*bbbb1111bbbb1111"):
+        AuditIndex(path, "bbbb1111bbbb1111")
+
+
+def test_an_unreadable_record_only_moves_the_read_position(indexed: dict[str, Any], tmp_path: Path) -> None:
+    """A None record (it could not be decoded) is not indexed, and is not read again."""
+    index = AuditIndex(tmp_path / "index.sqlite")
+    records = indexed["records"][:5]
+    assert index.ingest(0, [records[0], (1, None), *records[2:]]) == 4
+    assert index.positions() == {0: 5}
+    (rows,) = index._db.execute("SELECT COUNT(*) FROM records").fetchone()
+    assert rows == 4

@@ -407,7 +407,7 @@ def test_listener_counts_only_committed_batches() -> None:
         def polled(self) -> None:
             self.polls += 1
 
-        def assigned(self, owned: Any) -> None:
+        def assigned(self, owned: Any, member: bool = True) -> None:
             self.owned = list(owned)
 
         def lagged(self, lags: Any) -> None:

@@ -105,3 +105,22 @@ def test_liveness_follows_the_heartbeat_and_readiness_needs_an_assignment() -> N
     assert health.readiness().status == 200
     health.stopping()
     assert health.readiness().status == 503 and health.liveness().status == 200
+
+
+def test_a_worker_that_lost_its_partitions_is_not_ready_until_it_joins_again() -> None:
+    """Readiness follows membership: a revocation keeps the worker in the group (ready, even with
+    no partitions), a loss (fenced, session expired) makes it unready until the next assignment."""
+    from streams.ops.listener import OpsListener
+
+    clock = FakeClock()
+    health = Health(stale_after_s=30, clock=clock)
+    listener = OpsListener(WorkerMetrics(["cnam"], CollectorRegistry()), health)
+    listener.polled()
+    listener.assigned([0, 1])
+    assert health.readiness().status == 200
+    listener.assigned([1])  # a cooperative revocation of partition 0
+    assert health.readiness().status == 200
+    listener.assigned([], member=False)  # lost
+    assert health.readiness().status == 503
+    listener.assigned([0, 1])
+    assert health.readiness().status == 200
