@@ -49,6 +49,19 @@ PURGED: frozenset[int] = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_I
 FENCED: frozenset[int] = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
 
 
+#: Aborted transactions in a row (other than group refusals) after which the producer is replaced.
+RETIRE_AFTER_FAILURES = 3
+#: Abort causes that say "the group moved on", not "this producer's connections are bad".
+GROUP_REFUSALS = frozenset(
+    {
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.FENCED_INSTANCE_ID,
+        KafkaError.REBALANCE_IN_PROGRESS,
+    }
+)
+
+
 def is_permanent(error: KafkaError) -> bool:
     """Whether a produce error is one that retrying cannot fix (see PERMANENT_PRODUCE_ERRORS)."""
     return error.code() in PERMANENT_PRODUCE_ERRORS

@@ -77,6 +77,8 @@ from streams.kafka.batches import (
 )
 from streams.kafka.clients import (
     FENCED,
+    GROUP_REFUSALS,
+    RETIRE_AFTER_FAILURES,
     ConsumerFactory,
     ConsumerLike,
     NoListener,
@@ -153,7 +155,7 @@ class Runner:
         self._producer: ProducerLike | None = None
         self._owned: set[TP] = set()
         self._revoked_in_poll, self._needs_reset = set[TP](), set[TP]()
-        self._backoff_s = 0.0
+        self._backoff_s, self._failed_in_row = 0.0, 0
         self._held: dict[TP, list[InputRecord]] = {}  # partitions paused while their writer schemas are looked up
 
     # ------------------------------------------------------------------ lifecycle
@@ -488,7 +490,7 @@ class Runner:
     def _done(self, batch: Batch, work: list[tuple[InputRecord, list[OutputRecord]]]) -> None:
         self.stats.transactions += 1
         self.stats.records += len(batch.records)
-        self._backoff_s = 0.0
+        self._backoff_s, self._failed_in_row = 0.0, 0
         self.listener.committed(batch.records, [out for _, outputs in work for out in outputs])
 
     def _failed(
@@ -535,25 +537,26 @@ class Runner:
                 describe(error),
                 len(batch.records),
             )
+            if error is None or error.code() not in GROUP_REFUSALS:
+                self._failed_in_row += 1
+            if self._failed_in_row >= RETIRE_AFTER_FAILURES:  # e.g. a coordinator link stuck since a broker restart
+                log.warning(
+                    "%d transactions in a row failed: this producer retires, a new one connects afresh",
+                    RETIRE_AFTER_FAILURES,
+                )
+                self._producer, self._failed_in_row = None, 0
         self._rewind(consumer, batch)
         self._back_off()
 
     def _deliver(
         self, consumer: ConsumerLike, batch: Batch, work: list[tuple[InputRecord, list[OutputRecord]]]
     ) -> None:
-        """At least once: produce, wait for every delivery, then commit the offsets."""
+        """At least once (never audited: see __init__): produce, wait for every delivery, commit."""
         producer = self._producer
         assert producer is not None
         failures: list[Failure] = []
-        heads: dict[int, ChainHead] = {}
         try:
-            if self.audit is None:
-                produce_all(producer, work, failures, self.partitions)
-            else:
-                read_heads(self.audit, consumer, self.settings.ingress_topic, batch, self._txn_timeout_s)
-                heads = produce_audited(
-                    self.audit, producer, batch, work, failures, self.partitions, self._txn_timeout_s
-                )
+            produce_all(producer, work, failures, self.partitions)
             left = producer.flush(self._txn_timeout_s)
         except KafkaException as exc:
             left, failures = -1, failures or []
@@ -569,14 +572,11 @@ class Runner:
             self._back_off()
             return
         try:
-            consumer.commit(offsets=batch.positions(heads), asynchronous=False)
-        except KafkaException as exc:  # e.g. the partitions moved: their next owner re-delivers
+            consumer.commit(offsets=batch.positions(), asynchronous=False)
+        except KafkaException as exc:  # e.g. the partitions moved: their next owner re-delivers them
             log.warning("offset commit failed (%s); the batch may be delivered again", describe(error_of(exc)))
-            if self.audit is not None:
-                self.audit.forget(heads)  # read the committed heads again
-        else:
-            if self.audit is not None:
-                self.audit.committed(heads)
+            self.stats.aborts += 1
+            return  # not counted as committed (metrics move on commit only)
         self._done(batch, work)
 
     # ------------------------------------------------------------------ recovery

@@ -537,3 +537,25 @@ def test_a_timed_out_delivery_aborts_with_the_same_producer() -> None:
     assert producer.calls[-1] == "abort_transaction"
     assert h.runner._producer is producer, "the producer is kept"
     assert (IN, 0, 0) in h.consumer.seeks
+
+
+def test_three_failed_transactions_in_a_row_retire_the_producer() -> None:
+    """A producer whose transactions keep timing out (its coordinator link stuck since a broker
+    restart) is replaced after three aborts in a row; the batch still commits once, later."""
+    h = Harness(records=3)
+    h.producer_faults.append({"commit_transaction": [abortable(), abortable(), abortable()]})
+    h.run_until_drained()
+    assert len(h.producers) == 2, "a fresh producer took over after the third abort"
+    assert h.producers[0].calls.count("abort_transaction") == 3
+    assert max(h.delivered().values()) == 1 and len(h.delivered()) == 2 * 6
+
+
+def test_group_refusals_in_a_row_keep_the_producer() -> None:
+    """Offsets refused because the group moved on (a rebalance storm) say nothing about the
+    producer's connections: the same producer stays, however many come in a row."""
+    h = Harness(records=3)
+    refused = [abortable(KafkaError.ILLEGAL_GENERATION) for _ in range(5)]
+    h.producer_faults.append({"commit_transaction": refused})
+    h.run_until_drained()
+    assert len(h.producers) == 1
+    assert max(h.delivered().values()) == 1
