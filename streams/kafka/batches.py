@@ -10,6 +10,8 @@ import functools
 import json
 import logging
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,6 +185,36 @@ def retrying(call: Callable[[], None], attempts: int = 3) -> None:
             if error is None or not error.retriable() or error.txn_requires_abort() or attempt == attempts - 1:
                 raise
             log.warning("retriable transaction error (%s); retrying", describe(error))
+
+
+class BoundedCalls:
+    """Runs librdkafka transaction calls on a helper thread and gives up on one that never returns.
+
+    ``send_offsets_to_transaction`` can block far past its timeout when the group coordinator
+    went away (librdkafka issues #5456 and #5511; seen here: stuck 10 min after a broker
+    restart). A call still running ``grace_s`` after its own deadline raises a *fatal*
+    ``_TIMED_OUT`` error: the runner then drops that producer unused (its stuck thread keeps
+    it) and a new one, initialised with the same ``transactional.id``, fences it and aborts
+    its open transaction.
+    """
+
+    def __init__(self, grace_s: float = 10.0) -> None:
+        """Calls get their deadline plus ``grace_s``."""
+        self._grace_s = grace_s
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="txn-call")
+
+    def run(self, call: Callable[[], None], deadline_s: float) -> None:
+        """Run ``call``; re-raise what it raises; raise a fatal KafkaException if it is still running."""
+        future = self._pool.submit(call)
+        try:
+            future.result(timeout=deadline_s + self._grace_s)
+        except FuturesTimeout:
+            self._pool.shutdown(wait=False)  # the stuck thread is left behind with its producer
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="txn-call")
+            seconds = deadline_s + self._grace_s
+            raise KafkaException(
+                KafkaError(KafkaError._TIMED_OUT, f"transaction call still blocked after {seconds:.0f} s", fatal=True)
+            ) from None
 
 
 def consumer_error(error: KafkaError | None) -> None:

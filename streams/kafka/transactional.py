@@ -60,6 +60,7 @@ from streams.errors import ConfigError, RegistryError
 from streams.kafka.audit_io import AuditSink
 from streams.kafka.batches import (
     Batch,
+    BoundedCalls,
     ConsumerFailed,
     Failure,
     RunnerFatal,
@@ -156,6 +157,7 @@ class Runner:
         self._owned: set[TP] = set()
         self._revoked_in_poll, self._needs_reset = set[TP](), set[TP]()
         self._backoff_s, self._failed_in_row = 0.0, 0
+        self._calls = BoundedCalls()
         self._held: dict[TP, list[InputRecord]] = {}  # partitions paused while their writer schemas are looked up
 
     # ------------------------------------------------------------------ lifecycle
@@ -474,10 +476,13 @@ class Runner:
                     self._failed(consumer, batch, producer, failures[0].error, failures)
                     return
                 positions = batch.positions({**self.audit.heads_for(p for _, p in batch.next), **heads}, extra)
-            # Not repeated on a timeout: librdkafka cannot resume send_offsets_to_transaction (a
-            # second call hung ~10 min after a broker restart); the failure path aborts instead.
-            producer.send_offsets_to_transaction(positions, group, self._txn_timeout_s)
-            retrying(lambda: producer.commit_transaction(self._txn_timeout_s))
+
+            # send_offsets never repeated (librdkafka cannot resume it); both bounded (BoundedCalls)
+            def finish() -> None:
+                producer.send_offsets_to_transaction(positions, group, self._txn_timeout_s)
+                retrying(lambda: producer.commit_transaction(self._txn_timeout_s))
+
+            self._calls.run(finish, 4 * self._txn_timeout_s)
         except KafkaException as exc:
             self._failed(consumer, batch, producer, error_of(exc), failures)
             return

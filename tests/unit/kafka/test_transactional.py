@@ -11,10 +11,10 @@ from collections import Counter
 from typing import Any, cast
 
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 
 from streams.errors import RegistryError
-from streams.kafka.batches import EXIT_FATAL, Batch, Failure, RunnerFatal
+from streams.kafka.batches import EXIT_FATAL, Batch, BoundedCalls, Failure, RunnerFatal
 from streams.kafka.clients import group_generation
 from streams.kafka.transactional import Runner
 from streams.pipeline import Pipeline
@@ -559,3 +559,41 @@ def test_group_refusals_in_a_row_keep_the_producer() -> None:
     h.run_until_drained()
     assert len(h.producers) == 1
     assert max(h.delivered().values()) == 1
+
+
+def test_a_transaction_call_blocked_past_its_deadline_retires_the_producer() -> None:
+    """send_offsets_to_transaction stuck past its timeout (librdkafka #5456, seen after a broker
+    restart): the runner gives up on that producer instead of hanging with it; a new producer
+    (same transactional.id, so the stuck one is fenced) commits the batch once."""
+    import threading
+
+    h = Harness(records=3)
+    release = threading.Event()
+    h.runner._txn_timeout_s = 0.05
+    h.runner._calls = BoundedCalls(grace_s=0.05)
+    created = h._producer
+
+    def producer(config: dict[str, Any]) -> FakeProducer:
+        made = created(config)
+        if len(h.producers) == 1:  # the first producer's send_offsets never returns
+            made.send_offsets_to_transaction = lambda *a, **k: release.wait(30)  # type: ignore[method-assign]
+        return made
+
+    h.runner._producer_factory = producer
+    try:
+        h.run_until_drained()
+    finally:
+        release.set()
+    assert len(h.producers) == 2
+    assert max(h.delivered().values()) == 1 and len(h.delivered()) == 2 * 6
+
+
+def test_bounded_calls_pass_results_and_errors_through() -> None:
+    """A call that returns or raises in time behaves as if called directly."""
+    calls = BoundedCalls(grace_s=1.0)
+    seen: list[int] = []
+    calls.run(lambda: seen.append(1), 1.0)
+    assert seen == [1]
+    with pytest.raises(KafkaException) as raised:
+        calls.run(lambda: (_ for _ in ()).throw(abortable()), 1.0)
+    assert raised.value.args[0].txn_requires_abort()
