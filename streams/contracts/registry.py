@@ -125,13 +125,23 @@ class HttpSchemaRegistry:
         if got != level:
             raise RegistryError(f"registry did not set compatibility {level} on {subject!r}: {answer!r}")
 
+    def _rule_holds(self, current: str | None) -> bool:
+        """Whether a subject's level ``current`` is the wanted one, or implies it."""
+        if current == self.compatibility:
+            return True
+        return self.compatibility == COMPATIBILITY and current in _AT_LEAST_FORWARD_TRANSITIVE
+
     def _ensure_rule(self, subject: str) -> None:
         if self.compatibility is None or subject in self._configured:
             return
-        current = self.compatibility_of(subject)
-        strict_enough = self.compatibility == COMPATIBILITY and current in _AT_LEAST_FORWARD_TRANSITIVE
-        if current != self.compatibility and not strict_enough:
-            self.set_compatibility(subject, self.compatibility)
+        if not self._rule_holds(self.compatibility_of(subject)):
+            try:
+                self.set_compatibility(subject, self.compatibility)
+            except RegistryError as exc:
+                # Another process set the rule between our read and our write (Apicurio answers
+                # 409 "rule already exists" when two workers start together): fine if it holds.
+                if isinstance(exc, RegistryUnavailable) or not self._rule_holds(self.compatibility_of(subject)):
+                    raise
         with self._lock:
             self._configured.add(subject)
 

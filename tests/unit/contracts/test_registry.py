@@ -206,7 +206,7 @@ def test_registered_schema_needs_no_lookup() -> None:
 class Script:
     """What the scripted server answers, and what it was asked."""
 
-    routes: dict[tuple[str, str], tuple[int, Any]] = field(default_factory=dict)
+    routes: dict[tuple[str, str], Any] = field(default_factory=dict)  # (status, payload), or a list of them in turn
     seen: list[tuple[str, str, Any]] = field(default_factory=list)
 
 
@@ -220,7 +220,10 @@ def server() -> Iterator[tuple[str, Script]]:
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length)) if length else None
             script.seen.append((self.command, self.path, body))
-            status, payload = script.routes.get((self.command, self.path), (404, {"error_code": 40401}))
+            answer = script.routes.get((self.command, self.path), (404, {"error_code": 40401}))
+            if isinstance(answer, list):
+                answer = answer.pop(0) if len(answer) > 1 else answer[0]
+            status, payload = answer
             data = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Length", str(len(data)))
@@ -303,6 +306,24 @@ def test_a_weaker_existing_rule_is_replaced(server: tuple[str, Script]) -> None:
     script.routes[("POST", f"{base}/subjects/b-value/versions")] = (200, {"id": 4})
     HttpSchemaRegistry(url).register("b-value", '"string"')
     assert ("PUT", f"{base}/config/b-value", {"compatibility": COMPATIBILITY}) in script.seen
+
+
+def test_a_rule_set_by_another_worker_in_between_is_accepted(server: tuple[str, Script]) -> None:
+    """Two workers starting together both find no rule; the second PUT gets Apicurio's 409 ("rule
+    already exists"): the client reads the level again and goes on, since the rule now holds."""
+    url, script = server
+    base = "/apis/ccompat/v7"
+    script.routes[("GET", f"{base}/config/c-value")] = [
+        (404, {"error_code": 40401}),
+        (200, {"compatibilityLevel": COMPATIBILITY}),
+    ]
+    script.routes[("PUT", f"{base}/config/c-value")] = (409, {"message": "COMPATIBILITY rule already exists"})
+    script.routes[("POST", f"{base}/subjects/c-value/versions")] = (200, {"id": 5})
+    assert HttpSchemaRegistry(url).register("c-value", '"string"') == 5
+    script.routes[("GET", f"{base}/config/d-value")] = (404, {"error_code": 40401})
+    script.routes[("PUT", f"{base}/config/d-value")] = (409, {"message": "conflict"})
+    with pytest.raises(RegistryError, match="409"):  # and a 409 with no rule behind it still fails
+        HttpSchemaRegistry(url).register("d-value", '"string"')
 
 
 def test_refused_rule_fails_loudly(server: tuple[str, Script]) -> None:
