@@ -88,21 +88,28 @@ class AuditIndex:
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             if not target.exists():
                 os.close(os.open(target, os.O_WRONLY | os.O_CREAT, 0o600))
+        self._fingerprint = fingerprint
         try:
             # Autocommit: ingest takes the write lock itself (BEGIN IMMEDIATE); others wait 60 s.
             self._db = sqlite3.connect(str(path), timeout=60, isolation_level=None)
             self._db.executescript(_SCHEMA)
-            if fingerprint is not None:
-                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('secret', ?)", (fingerprint,))
-                (stored,) = self._db.execute("SELECT value FROM meta WHERE name = 'secret'").fetchone()
+            found = self._db.execute("SELECT value FROM meta WHERE name = 'secret'").fetchone()
+        except sqlite3.IntegrityError as exc:  # duplicate rows an older version could write
+            raise AuditIndexError(
+                f"the audit index {path} holds duplicate rows from an older version: "
+                "rebuild it (`screening-streams audit index --rebuild`)"
+            ) from exc
         except sqlite3.Error as exc:
             raise AuditIndexError(f"cannot open the audit index {path}: {exc}") from exc
-        if fingerprint is not None and stored != fingerprint:
+        stored = found[0] if found else None
+        if fingerprint is not None and stored is not None and stored != fingerprint:
             self._db.close()
             raise AuditIndexError(
                 f"the audit index {path} was built with another audit secret (fingerprint {stored}, "
                 f"this secret's {fingerprint}): use that secret, or another --index-path"
             )
+        #: Whether a secret's records verified into this index (its fingerprint is stored).
+        self.bound = stored is not None
 
     def close(self) -> None:
         """Close the database."""
@@ -112,23 +119,30 @@ class AuditIndex:
         """The next offset to read per audit partition."""
         return dict(self._db.execute("SELECT partition, next_offset FROM progress").fetchall())
 
-    def ingest(self, partition: int, records: Iterable[tuple[int, Mapping[str, Any] | None]]) -> int:
+    def ingest(
+        self, partition: int, records: Iterable[tuple[int, Mapping[str, Any] | None]], *, verified: bool = False
+    ) -> int:
         """Add decoded ``(offset, record)`` pairs of one partition in offset order; skip offsets
         already indexed. A None record (unreadable) only moves the read position past it.
 
         One write transaction (``BEGIN IMMEDIATE``) reads the position and writes the rows, so two
-        refreshes of one index file never add a record twice."""
+        refreshes of one index file never add a record twice. ``verified`` (some of these records'
+        MACs verified with the secret) binds the index to the secret's fingerprint, in the same
+        transaction."""
         records = list(records)
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 added = self._ingest_locked(partition, records)
+                if verified and self._fingerprint is not None and not self.bound:
+                    self._db.execute("INSERT OR IGNORE INTO meta VALUES ('secret', ?)", (self._fingerprint,))
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise AuditIndexError(f"cannot write the audit index: {exc}") from exc
+        self.bound = self.bound or (verified and self._fingerprint is not None)
         return added
 
     def _ingest_locked(self, partition: int, records: list[tuple[int, Mapping[str, Any] | None]]) -> int:

@@ -84,8 +84,10 @@ def refresh(cfg: Settings, writer: AuditWriter, index: AuditIndex, topic: str | 
     """Bring ``index`` up to date with the audit topic, streaming it in chunks.
 
     Unreadable records are skipped (counted; `audit verify` names them). Records whose MAC does
-    not verify are indexed and counted; if none of a refresh's records verifies, the secret is
-    wrong and nothing is indexed (:class:`ConfigError`), instead of queries answering "nothing".
+    not verify are indexed and counted. An index no record ever verified into is bound to no
+    secret yet: a chunk in which nothing verifies then means a wrong secret, and nothing is
+    indexed (:class:`ConfigError`) instead of queries answering "nothing"; the first verified
+    chunk binds the index to the secret's fingerprint.
     """
     topic = topic or cfg.audit_topic
     ends = end_offsets(cfg.bootstrap_servers, [topic])
@@ -102,17 +104,18 @@ def refresh(cfg: Settings, writer: AuditWriter, index: AuditIndex, topic: str | 
     if not pending:
         return out
     chunks: dict[int, list[tuple[int, dict[str, Any] | None]]] = defaultdict(list)
-    verified = 0
+    verified: dict[int, int] = defaultdict(int)  # per partition, in the pending chunk
 
     def flush(partition: int) -> None:
-        if verified == 0 and out.unverified > 0:
+        ok = verified.pop(partition, 0) > 0
+        if not ok and not index.bound and out.unverified > 0:  # nothing ever verified with this secret
             raise ConfigError(
                 f"none of the {out.unverified} audit records read verifies with this audit secret "
                 f"(fingerprint {writer.keys.fingerprint()}): wrong --audit-key-file? (nothing indexed)"
             )
-        out.added += index.ingest(partition, chunks.pop(partition, []))
+        out.added += index.ingest(partition, chunks.pop(partition, []), verified=ok)
 
-    for r in iter_from(cfg.bootstrap_servers, pending):
+    for r in iter_from(cfg.bootstrap_servers, pending, idle_timeout_s=30.0, complete=True):
         if r.value is None:
             continue
         try:
@@ -121,7 +124,7 @@ def refresh(cfg: Settings, writer: AuditWriter, index: AuditIndex, topic: str | 
             record, out.unreadable = None, out.unreadable + 1
         if record is not None:
             if mac_matches(writer, r.value, record):
-                verified += 1
+                verified[r.partition] += 1
             else:
                 out.unverified += 1
         chunks[r.partition].append((r.offset, record))
@@ -168,7 +171,12 @@ class _Query:
         self.index = AuditIndex(_index_path(self.cfg, kw.pop("index_path")), self.writer.keys.fingerprint())
         self.as_json = bool(kw.pop("as_json"))
         started = time.monotonic()
-        self.refreshed = Refreshed() if kw.pop("no_refresh") else refresh(self.cfg, self.writer, self.index)
+        no_refresh = bool(kw.pop("no_refresh"))
+        if no_refresh and not self.index.bound:
+            raise ConfigError(
+                "this audit index holds no record verified with a secret yet: refresh it (no --no-refresh)"
+            )
+        self.refreshed = Refreshed() if no_refresh else refresh(self.cfg, self.writer, self.index)
         self.refresh_s = time.monotonic() - started
         if self.refreshed.unreadable or self.refreshed.unverified:
             click.echo(
@@ -225,7 +233,8 @@ def verify(topic: str | None, **kw: Any) -> None:
     pending = {tp: starts.get(tp, 0) for tp, end in ends.items() if starts.get(tp, 0) < end}
     checked, problems = 0, []
     for tp in sorted(pending, key=lambda t: t.partition):  # one partition at a time, streamed in offset order
-        stream = ((r.offset, r.value) for r in iter_from(cfg.bootstrap_servers, {tp: pending[tp]}))
+        records = iter_from(cfg.bootstrap_servers, {tp: pending[tp]}, idle_timeout_s=30.0, complete=True)
+        stream = ((r.offset, r.value) for r in records)
         n, found = verify_chain(writer, tp.partition, stream)
         checked += n
         problems += found

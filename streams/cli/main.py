@@ -290,7 +290,7 @@ def worker(
     from streams.contracts.registry import HttpSchemaRegistry
     from streams.domain.geography import DEFAULT_GEOGRAPHY
     from streams.domain.geography_file import load_geography_file
-    from streams.kafka.audit_io import AuditSink, tail_reader
+    from streams.kafka.audit_io import AuditSink, check_audit_partitions, tail_reader
     from streams.kafka.clients import consumer_config
     from streams.kafka.smallcell_io import build_small_cells, check_hold_partitions
     from streams.kafka.topics import create_topics
@@ -332,6 +332,8 @@ def worker(
     partitions = create_topics(settings, output_topics(policy_set, geography), hold_topics(settings, policy_set))
     if small_cells is not None:
         check_hold_partitions(small_cells, partitions)
+    if audit is not None:
+        check_audit_partitions(settings.audit_topic, settings.ingress_topic, partitions)
     # Sizes end to end: fail fast unless every accepted ingress record can be dead-lettered whole.
     from streams.kafka.clients import producer_max_message_bytes
     from streams.kafka.topics import check_record_limits, topic_limits

@@ -59,8 +59,11 @@ def acl_plan(settings: Settings, policy_set: PolicySet, geography: Geography = D
         AclBinding(PROCESSOR, "TRANSACTIONAL_ID", f"{settings.group_id}-", "WRITE", "PREFIXED"),
         AclBinding(PROCESSOR, "TOPIC", settings.dlq_topic, "WRITE"),
         AclBinding(PROCESSOR, "TOPIC", settings.audit_topic, "WRITE"),
+        # The processor reads an audit partition's tail only to rebuild a chain head its
+        # committed offsets lost (streams.kafka.audit_io); the records hold no identifier.
+        AclBinding(PROCESSOR, "TOPIC", settings.audit_topic, "READ"),
         AclBinding(OPERATOR, "TOPIC", settings.dlq_topic, "READ"),
-        # The audit's readers: the operators (audit verify, index and queries) and nobody else.
+        # The audit's other readers: the operators (audit verify, index and queries), nobody else.
         AclBinding(OPERATOR, "TOPIC", settings.audit_topic, "READ"),
         AclBinding(OPERATOR, "TOPIC", settings.ingress_topic, "WRITE"),
         AclBinding(OPERATOR, "TOPIC", settings.replay_ledger_topic, "READ"),

@@ -18,18 +18,19 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from streams.audit.chain import MAC_BYTES, AuditWriter, ChainHead, head_of
+from streams.audit.chain import MAC_BYTES, AuditWriter, ChainHead, mac_matches
 from streams.audit.decisions import Location, PendingAudit
+from streams.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: The last committed value of one audit partition, or None if it holds none.
-TailReader = Callable[[int], bytes | None]
+#: The last committed values of one audit partition, in offset order (empty if it holds none).
+TailReader = Callable[[int], list[bytes]]
 
 #: Prefix of the offset metadata that carries an audit chain head.
 META_PREFIX = "audit1:"
@@ -75,7 +76,7 @@ def tail_reader(config: dict[str, Any], topic: str, *, timeout_s: float = 30.0) 
         "isolation.level": "read_committed",
     }
 
-    def read(partition: int) -> bytes | None:
+    def read(partition: int) -> list[bytes]:
         consumer = Consumer(settings)
         try:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
@@ -83,20 +84,20 @@ def tail_reader(config: dict[str, Any], topic: str, *, timeout_s: float = 30.0) 
             while high > low:
                 start = max(low, high - window)
                 consumer.assign([TopicPartition(topic, partition, start)])
-                last = _last_value(consumer, timeout_s)
-                if last is not None or start == low:
-                    return last
+                values = _values_to_end(consumer, timeout_s)
+                if values or start == low:
+                    return values
                 window *= 8
-            return None
+            return []
         finally:
             consumer.close()
 
     return read
 
 
-def _last_value(consumer: Consumer, timeout_s: float) -> bytes | None:
-    """The last value read until the end of the assigned partition (its LSO under read_committed)."""
-    last: bytes | None = None
+def _values_to_end(consumer: Consumer, timeout_s: float) -> list[bytes]:
+    """The values read until the end of the assigned partition (its LSO under read_committed)."""
+    values: list[bytes] = []
     while True:
         message = consumer.poll(timeout_s)
         if message is None:
@@ -104,10 +105,22 @@ def _last_value(consumer: Consumer, timeout_s: float) -> bytes | None:
         error = message.error()
         if error is not None:
             if error.code() == KafkaError._PARTITION_EOF:
-                return last
+                return values
             raise KafkaException(error)
-        if message.value() is not None:
-            last = message.value()
+        value = message.value()
+        if value is not None:
+            values.append(value)
+
+
+def check_audit_partitions(topic: str, ingress_topic: str, partitions: Mapping[str, int]) -> None:
+    """Fail fast unless the audit topic has a partition for every ingress partition (audit
+    partition ``p`` chains ingress partition ``p``'s records)."""
+    audit, ingress = partitions.get(topic, 0), partitions.get(ingress_topic, 0)
+    if audit < ingress:
+        raise ConfigError(
+            f"topic {topic} has {audit} partitions, {ingress_topic} has {ingress}: the audit topic needs "
+            "one partition per ingress partition (add partitions to it first)"
+        )
 
 
 class AuditSink:
@@ -121,23 +134,52 @@ class AuditSink:
         self._tail = tail
         self._heads: dict[int, ChainHead] = {}
         self.rebuilt = 0  # heads rebuilt from the audit partition's tail
+        self.gaps = 0  # rebuilt heads whose last audited ingress offset fell short of the committed one
 
     def missing(self, partitions: Iterable[int]) -> list[int]:
         """The partitions whose head must be read from the committed offsets first."""
         return sorted(p for p in set(partitions) if p not in self._heads)
 
-    def adopt(self, partition: int, metadata: str | None) -> None:
-        """Take the head committed with ``partition``'s offset, or rebuild it from the partition's tail."""
+    def adopt(self, partition: int, metadata: str | None, committed: int = -1) -> None:
+        """Take the head committed with ``partition``'s offset, or rebuild it from the partition's tail.
+
+        Rebuilt from the last tail record whose MAC verifies (a forged record cannot set the
+        head); when that record's ingress offset is short of ``committed`` (the committed
+        ingress offset), the offsets in between were committed without audit records (e.g. by
+        a worker without the audit secret): logged as a gap, counted in :attr:`gaps`.
+        """
         head = committed_head(metadata)
         if head is None and self._tail is not None:
-            last = self._tail(partition)
-            try:
-                head = head_of(self.writer, last)
-            except Exception:  # not an audit record (only the processor may write here): verify names it
-                log.warning("audit partition %d ends with an unreadable record; its chain restarts at seq 0", partition)
-                head = ChainHead()
+            head, source = self._rebuilt(partition)
             self.rebuilt += 1
+            if source is not None and committed > source + 1:
+                self.gaps += 1
+                log.warning(
+                    "audit gap: ingress partition %d offsets %d..%d were committed without audit records "
+                    "(a worker without the audit secret, or an offset reset?)",
+                    partition,
+                    source + 1,
+                    committed - 1,
+                )
         self._heads[partition] = head or ChainHead()
+
+    def _rebuilt(self, partition: int) -> tuple[ChainHead, int | None]:
+        """The head after the partition's last verifying record, and that record's ingress offset."""
+        assert self._tail is not None
+        values = self._tail(partition)
+        for value in reversed(values):
+            try:
+                record = self.writer.decode(value)
+                if not mac_matches(self.writer, value, record):
+                    continue
+                aad = record["audit_ref"].encode() + b"|source"
+                source = int(self.writer.keys.unseal(record["sealed_source"], aad).rsplit(":", 1)[1])
+            except Exception:  # not an audit record of this secret (only the processor writes here)
+                continue
+            return ChainHead(int(record["seq"]) + 1, bytes(record["mac"])), source
+        if values:
+            log.warning("audit partition %d: no verifying record at its tail; its chain restarts at seq 0", partition)
+        return ChainHead(), None
 
     def heads_for(self, partitions: Iterable[int]) -> dict[int, ChainHead]:
         """The adopted heads of ``partitions`` (those known), to commit again unchanged."""

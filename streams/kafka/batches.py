@@ -265,7 +265,31 @@ def read_heads(sink: AuditSink, consumer: Any, topic: str, batch: Batch, timeout
         for tp in consumer.committed([TopicPartition(topic, p) for p in missing], timeout_s):
             if tp.error is not None:  # never start a partition's chain afresh on a failed read
                 raise KafkaException(tp.error)
-            sink.adopt(tp.partition, tp.metadata)
+            sink.adopt(tp.partition, tp.metadata, tp.offset)
+
+
+#: Errors reading the chain heads that no retry cures: the worker stops, naming them.
+_HEADS_FATAL = frozenset(
+    {
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+)
+
+
+def heads_problem(sink: AuditSink, consumer: Any, topic: str, batch: Batch, timeout_s: float) -> str | None:
+    """:func:`read_heads`; a transient failure is returned as a reason (the batch is read again),
+    an authorisation or missing-partition error raises :class:`RunnerFatal`."""
+    try:
+        read_heads(sink, consumer, topic, batch, timeout_s)
+    except KafkaException as exc:
+        error = error_of(exc)
+        if error is not None and error.code() in _HEADS_FATAL:
+            raise RunnerFatal(f"cannot read the audit chain heads of {topic}: {describe(error)}") from exc
+        return f"audit chain heads unreadable: {describe(error)}"
+    return None
 
 
 def produce_audited(

@@ -49,6 +49,9 @@ PURGED: frozenset[int] = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_I
 FENCED: frozenset[int] = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
 
 
+#: More fatal consumer errors than this within FENCE_WINDOW_S stop the worker.
+MAX_CONSUMER_FENCES = 3
+FENCE_WINDOW_S = 600.0
 #: Aborted transactions in a row (other than group refusals) after which the producer is replaced.
 RETIRE_AFTER_FAILURES = 3
 #: Abort causes that say "the group moved on", not "this producer's connections are bad".

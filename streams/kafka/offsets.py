@@ -192,11 +192,14 @@ def iter_from(
     *,
     idle_timeout_s: float = 2.0,
     isolation: str = "read_committed",
+    complete: bool = False,
 ) -> Iterator[ReadRecord]:
     """Yield records from the given partitions and offsets up to the ends seen when it started.
 
     Memory stays bounded by one poll (a 1.4 M-record topic streams through); each partition's
-    records come in offset order.
+    records come in offset order. Reading stops after ``idle_timeout_s`` without a record;
+    with ``complete`` that raises :class:`KafkaIOError` unless every end was reached (a short
+    read must not pass for the whole topic).
     """
     consumer = _consumer(bootstrap_servers, isolation)
     try:
@@ -206,8 +209,13 @@ def iter_from(
             consumer.seek(tp, offset)
         ends = dict(consumer.end_offsets(tps))
         idle_since = time.monotonic()
-        while time.monotonic() - idle_since < idle_timeout_s:
+        while True:
             if all(consumer.position(tp) >= ends[tp] for tp in tps):
+                break
+            if time.monotonic() - idle_since >= idle_timeout_s:
+                if complete:
+                    short = sorted(f"{tp.topic}[{tp.partition}]" for tp in tps if consumer.position(tp) < ends[tp])
+                    raise KafkaIOError(f"read stopped {idle_timeout_s:.0f} s short of the end of {', '.join(short)}")
                 break
             batch = consumer.poll(timeout_ms=200, max_records=5000)
             if batch:

@@ -59,6 +59,7 @@ from streams.audit.chain import ChainHead
 from streams.errors import ConfigError, RegistryError
 from streams.kafka.audit_io import AuditSink
 from streams.kafka.batches import (
+    TP,
     Batch,
     BoundedCalls,
     ConsumerFailed,
@@ -68,17 +69,19 @@ from streams.kafka.batches import (
     Work,
     close_consumer,
     consumer_error,
+    heads_problem,
     owned_lags,
     pausing,
     permanent_message,
     produce_all,
     produce_audited,
-    read_heads,
     retrying,
 )
 from streams.kafka.clients import (
+    FENCE_WINDOW_S,
     FENCED,
     GROUP_REFUSALS,
+    MAX_CONSUMER_FENCES,
     RETIRE_AFTER_FAILURES,
     ConsumerFactory,
     ConsumerLike,
@@ -100,12 +103,6 @@ from streams.pipeline import InputRecord, OutputRecord, Pipeline
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
-
-TP = tuple[str, int]
-
-#: More fatal consumer errors than this within FENCE_WINDOW_S stop the worker.
-MAX_CONSUMER_FENCES = 3
-FENCE_WINDOW_S = 600.0
 
 
 class Runner:
@@ -342,11 +339,8 @@ class Runner:
         return batch if batch.records else None
 
     def _reset_reassigned(self, consumer: ConsumerLike) -> None:
-        """Partitions revoked and assigned again within one poll: restart from their committed offsets.
-
-        Their records of this poll may predate the revocation, so they were dropped above; the
-        fetch position must come from the group, not from what this poll returned.
-        """
+        """Partitions revoked and assigned again within one poll restart from their committed offsets
+        (their records of this poll may predate the revocation: dropped above)."""
         self._needs_reset = (self._needs_reset | self._revoked_in_poll) & self._owned
         if not self._needs_reset:
             return
@@ -453,18 +447,12 @@ class Runner:
         failures: list[Failure] = []
         heads: dict[int, ChainHead] = {}
         group = batch.group_metadata if batch.group_metadata is not None else consumer.consumer_group_metadata()
-        if (group_generation(group) or 0) < 0:
-            # Read outside any generation: nothing would fence these offsets (see group_generation).
-            log.warning("batch of %d records read outside any group generation; read again", len(batch.records))
-            self._rewind(consumer, batch)
-            self._back_off()
+        if not self._may_commit(consumer, batch, group):
             return
         try:
             cells = self.small_cells
             extra = {p: cells.metadata(p) for _, p in batch.next} if cells is not None else None
             positions = batch.positions(None, extra)
-            if self.audit is not None:
-                read_heads(self.audit, consumer, self.settings.ingress_topic, batch, self._txn_timeout_s)
             producer.begin_transaction()
             if self.audit is None:
                 produce_all(producer, work, failures, self.partitions)
@@ -482,7 +470,7 @@ class Runner:
                 producer.send_offsets_to_transaction(positions, group, self._txn_timeout_s)
                 retrying(lambda: producer.commit_transaction(self._txn_timeout_s))
 
-            self._calls.run(finish, 4 * self._txn_timeout_s)
+            self._calls.run(finish, 2 * self._txn_timeout_s)
         except KafkaException as exc:
             self._failed(consumer, batch, producer, error_of(exc), failures)
             return
@@ -491,6 +479,18 @@ class Runner:
         if self.small_cells is not None:
             self.small_cells.committed(batch)
         self._done(batch, work)
+
+    def _may_commit(self, consumer: ConsumerLike, batch: Batch, group: Any) -> bool:
+        """Read in a generation (-1 would not be fenced: see group_generation) and, auditing, the
+        chain heads known; otherwise nothing is begun: rewind, back off, read again."""
+        why = "read outside any group generation" if (group_generation(group) or 0) < 0 else None
+        if why is None and self.audit is not None:
+            why = heads_problem(self.audit, consumer, self.settings.ingress_topic, batch, self._txn_timeout_s)
+        if why is not None:
+            log.warning("batch of %d records not begun (%s); read again", len(batch.records), why)
+            self._rewind(consumer, batch)
+            self._back_off()
+        return why is None
 
     def _done(self, batch: Batch, work: list[tuple[InputRecord, list[OutputRecord]]]) -> None:
         self.stats.transactions += 1

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -342,7 +343,8 @@ def test_a_chain_head_lost_from_the_offsets_is_rebuilt_and_the_chain_verifies(st
     """A worker without the audit secret in the group commits offsets without chain heads (as an
     operator's offset reset or expired offsets would); the next auditing worker rebuilds each
     head from its audit partition's last committed record, and `audit verify` finds one unbroken
-    chain (no false "reordered"), with every ingress record of the audited runs audited."""
+    chain (no false "reordered"), with every ingress record of the audited runs audited. The
+    unaudited records are not hidden: the rebuilding worker logs the gap by ingress offsets."""
     env = make_env(stack, tmp_path, "audittail", ingress_partitions=3)
     key_file = tmp_path / "audit.key"
     write_secret(key_file, generate_secret())
@@ -351,6 +353,7 @@ def test_a_chain_head_lost_from_the_offsets_is_rebuilt_and_the_chain_verifies(st
         [dict(e) for e in generate_events(150, GeneratorSettings(seed=seed, positive_share=0.5))]
         for seed in (81, 82, 83)
     ]
+    logs = []
     for i, (events, audited) in enumerate(zip(batches, (True, False, True), strict=True)):
         extra = {"SCREENING_AUDIT_KEY_FILE": str(key_file)} if audited else {}
         worker = Worker(env, tmp_path / f"worker{i}.log", extra_env=extra)
@@ -359,6 +362,9 @@ def test_a_chain_head_lost_from_the_offsets_is_rebuilt_and_the_chain_verifies(st
             env.drain(timeout_s=120)
         finally:
             assert worker.stop() == 0, worker.log()[-2000:]
+            logs.append(worker.log())
+    gaps = re.findall(r"audit gap: ingress partition (\d+) offsets (\d+)\.\.(\d+)", logs[2])
+    assert gaps and sum(int(b) - int(a) + 1 for _, a, b in gaps) == 150, "the unaudited run's 150 records, by offsets"
     cli_env = {**env.process_env(), "SCREENING_AUDIT_KEY_FILE": str(key_file)}
     done = subprocess.run(
         [sys.executable, "-m", "streams.cli", "audit", "verify", "--json"],

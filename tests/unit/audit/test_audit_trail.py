@@ -230,28 +230,58 @@ def test_unreadable_values_are_reported_not_raised(trail: Any, make_events: Any)
 
 def test_a_lost_chain_head_is_rebuilt_from_the_audit_partitions_tail(trail: Any, make_events: Any) -> None:
     """Offsets committed without the head (a reset, expiry, a worker without the audit secret):
-    the sink continues the chain from the partition's last committed record, so the next batch
+    the sink continues the chain from the partition's last verifying record, so the next batch
     verifies as one unbroken chain instead of restarting at seq 0 (a false "reordered")."""
     from streams.kafka.audit_io import AuditSink, head_metadata
 
     values, head, _ = trail.audit_values(make_events(30, seed=5), ChainHead())
     tails: list[int] = []
 
-    def tail(partition: int) -> bytes | None:
+    def tail(partition: int) -> list[bytes]:
         tails.append(partition)
-        return values[-1]
+        return values[-5:]
 
     sink = AuditSink(trail.writer, "audit", tail)
-    sink.adopt(0, "")  # committed offset without metadata
-    assert sink.heads_for([0]) == {0: head} and tails == [0] and sink.rebuilt == 1
+    sink.adopt(0, "", committed=30)  # committed offset without metadata, right after the audited ones
+    assert sink.heads_for([0]) == {0: head} and tails == [0] and sink.rebuilt == 1 and sink.gaps == 0
     more, _, _ = trail.audit_values(make_events(10, seed=6), sink.heads_for([0])[0])
     _, problems = verify_chain(trail.writer, 0, list(enumerate([*values, *more])))
     assert problems == []
     sink.adopt(1, "smallcell1:whatever " + head_metadata(head))  # a committed head is used as is
     assert sink.heads_for([1]) == {1: head} and tails == [0]
-    empty = AuditSink(trail.writer, "audit", lambda p: None)
+    empty = AuditSink(trail.writer, "audit", lambda p: [])
     empty.adopt(2, None)  # nothing committed anywhere: genesis
     assert empty.heads_for([2]) == {2: ChainHead()}
-    broken = AuditSink(trail.writer, "audit", lambda p: b"\x00garbage")
+    broken = AuditSink(trail.writer, "audit", lambda p: [b"\x00garbage"])
     broken.adopt(3, None)  # an unreadable tail: restart (verify names it), never stall the partition
     assert broken.heads_for([3]) == {3: ChainHead()}
+
+
+def test_a_forged_tail_record_cannot_set_the_head(trail: Any, make_events: Any) -> None:
+    """A decodable record with a huge seq but no valid MAC at the tail is skipped: the head comes
+    from the last record whose MAC verifies (otherwise every later record would look 'removed')."""
+    from streams.kafka.audit_io import AuditSink
+
+    values, head, _ = trail.audit_values(make_events(20, seed=7), ChainHead())
+    forged = dict(trail.writer.decode(values[-1]))
+    forged["seq"] = 10**9
+    fake, _ = trail.writer.chain([forged], ChainHead(10**9, b"\x00" * 32))
+    tampered = fake[0][:-1] + bytes([fake[0][-1] ^ 1])  # a MAC under some other key
+    sink = AuditSink(trail.writer, "audit", lambda p: [*values[-3:], tampered])
+    sink.adopt(0, None, committed=20)
+    assert sink.heads_for([0]) == {0: head}
+
+
+def test_offsets_committed_past_the_last_audit_record_are_reported_as_a_gap(
+    trail: Any, make_events: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The rebuilt head's record audits ingress offset 19; the group committed 50: offsets 20..49
+    went through without audit records (a worker without the secret): one gap, logged by offsets."""
+    from streams.kafka.audit_io import AuditSink
+
+    values, _, _ = trail.audit_values(make_events(20, seed=8), ChainHead())
+    sink = AuditSink(trail.writer, "audit", lambda p: values[-2:])
+    with caplog.at_level("WARNING"):
+        sink.adopt(0, None, committed=50)
+    assert sink.gaps == 1
+    assert "offsets 20..49 were committed without audit records" in caplog.text

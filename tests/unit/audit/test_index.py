@@ -161,12 +161,18 @@ def test_two_refreshes_of_one_file_never_add_a_record_twice(indexed: dict[str, A
     assert rows == expected
 
 
-def test_an_index_built_with_another_secret_refuses_to_open(tmp_path: Path) -> None:
-    """The index remembers its secret's fingerprint: another secret's queries would answer
-    "nothing" (other pseudonyms), so opening it with that secret fails, naming both."""
+def test_an_index_built_with_another_secret_refuses_to_open(indexed: dict[str, Any], tmp_path: Path) -> None:
+    """The first chunk whose MACs verified binds the index to its secret's fingerprint: another
+    secret's queries would answer "nothing" (other pseudonyms), so opening it with that secret
+    fails, naming both. Opening alone binds nothing (a wrong secret cannot lock the right one out)."""
     path = tmp_path / "index.sqlite"
-    AuditIndex(path, "aaaa0000aaaa0000").close()
-    AuditIndex(path, "aaaa0000aaaa0000").close()  # the same secret opens it again
+    AuditIndex(path, "bbbb1111bbbb1111").close()  # a wrong secret first: refused later by refresh, binds nothing
+    index = AuditIndex(path, "aaaa0000aaaa0000")
+    assert not index.bound
+    index.ingest(0, indexed["records"][:3], verified=True)
+    assert index.bound
+    index.close()
+    assert AuditIndex(path, "aaaa0000aaaa0000").bound  # the same secret opens it again
     with pytest.raises(AuditIndexError, match=r"another audit secret.*aaaa0000aaaa0000.*bbbb1111bbbb1111"):
         AuditIndex(path, "bbbb1111bbbb1111")
 
@@ -179,3 +185,23 @@ def test_an_unreadable_record_only_moves_the_read_position(indexed: dict[str, An
     assert index.positions() == {0: 5}
     (rows,) = index._db.execute("SELECT COUNT(*) FROM records").fetchone()
     assert rows == 4
+
+
+def test_an_index_with_duplicate_rows_from_an_older_version_says_to_rebuild(tmp_path: Path) -> None:
+    """An index an older version wrote with duplicate decision rows cannot take the unique index:
+    opening it names the cure (``audit index --rebuild``) instead of a bare SQLite error."""
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE decisions (partition INTEGER NOT NULL, offset INTEGER NOT NULL, recipient TEXT NOT NULL, "
+        "agency TEXT, delivered INTEGER NOT NULL, reason TEXT NOT NULL, fields TEXT NOT NULL, key_id TEXT, "
+        "policy_version TEXT NOT NULL, sealed_location BLOB, person TEXT, hour INTEGER NOT NULL)"
+    )
+    row = (0, 1, "cnam", "cnam", 1, "delivered", "nir", None, "v1", None, "p", 0)
+    db.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", [row, row])
+    db.commit()
+    db.close()
+    with pytest.raises(AuditIndexError, match="--rebuild"):
+        AuditIndex(path)

@@ -21,11 +21,18 @@ def test_each_agency_reads_exactly_its_own_topic(policy_set: PolicySet) -> None:
         assert all(r.operation == "READ" for r in mine)
 
 
-def test_the_audit_is_read_by_the_operators_only_and_written_by_the_processor_only(policy_set: PolicySet) -> None:
-    """Audit topic: READ for operators alone, WRITE for the processor alone."""
+def test_the_audit_is_read_by_operators_and_the_processor_and_written_by_the_processor_only(
+    policy_set: PolicySet,
+) -> None:
+    """Audit topic: READ for operators and the processor (which rebuilds lost chain heads from its
+    tail), WRITE for the processor alone; no agency reads it."""
     settings = Settings()
     rules = [r for r in acl_plan(settings, policy_set) if r.name == settings.audit_topic]
-    assert {(r.principal, r.operation) for r in rules} == {(OPERATOR, "READ"), (PROCESSOR, "WRITE")}
+    assert {(r.principal, r.operation) for r in rules} == {
+        (OPERATOR, "READ"),
+        (PROCESSOR, "READ"),
+        (PROCESSOR, "WRITE"),
+    }
 
 
 def test_only_processor_and_operator_read_raw_data(policy_set: PolicySet) -> None:
