@@ -9,9 +9,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,29 +191,38 @@ class BoundedCalls:
 
     ``send_offsets_to_transaction`` can block far past its timeout when the group coordinator
     went away (librdkafka issues #5456 and #5511; seen here: stuck 10 min after a broker
-    restart). A call still running ``grace_s`` after its own deadline raises a *fatal*
-    ``_TIMED_OUT`` error: the runner then drops that producer unused (its stuck thread keeps
-    it) and a new one, initialised with the same ``transactional.id``, fences it and aborts
-    its open transaction.
+    restart). A call still running ``grace_s`` after its own deadline is abandoned (its
+    ``abandoned`` event set, so it commits nothing more) and a *fatal* ``_TIMED_OUT`` is
+    raised: the runner drops that producer unused and a new one with the same
+    ``transactional.id`` fences it. Each call gets its own daemon thread, so a stuck one never
+    holds up the process's exit.
     """
 
     def __init__(self, grace_s: float = 10.0) -> None:
         """Calls get their deadline plus ``grace_s``."""
         self._grace_s = grace_s
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="txn-call")
 
-    def run(self, call: Callable[[], None], deadline_s: float) -> None:
-        """Run ``call``; re-raise what it raises; raise a fatal KafkaException if it is still running."""
-        future = self._pool.submit(call)
-        try:
-            future.result(timeout=deadline_s + self._grace_s)
-        except FuturesTimeout:
-            self._pool.shutdown(wait=False)  # the stuck thread is left behind with its producer
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="txn-call")
+    def run(self, call: Callable[[threading.Event], None], deadline_s: float) -> None:
+        """Run ``call(abandoned)``; re-raise what it raises; raise a fatal KafkaException if it is still running."""
+        abandoned, outcome = threading.Event(), []
+
+        def target() -> None:
+            try:
+                call(abandoned)
+            except BaseException as exc:  # handed to the caller's thread
+                outcome.append(exc)
+
+        thread = threading.Thread(target=target, name="txn-call", daemon=True)
+        thread.start()
+        thread.join(deadline_s + self._grace_s)
+        if thread.is_alive():
+            abandoned.set()
             seconds = deadline_s + self._grace_s
             raise KafkaException(
                 KafkaError(KafkaError._TIMED_OUT, f"transaction call still blocked after {seconds:.0f} s", fatal=True)
-            ) from None
+            )
+        if outcome:
+            raise outcome[0]
 
 
 def consumer_error(error: KafkaError | None) -> None:

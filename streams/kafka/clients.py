@@ -123,7 +123,7 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
-def producer_config(settings: Settings, *, transactional: bool) -> dict[str, Any]:
+def producer_config(settings: Settings, *, transactional: bool, txn_id: str | None = None) -> dict[str, Any]:
     """The output producer: idempotent, acks=all, transactional in exactly-once mode.
 
     Only failed deliveries are reported (``delivery.report.only.error``): success costs no
@@ -143,7 +143,7 @@ def producer_config(settings: Settings, *, transactional: bool) -> dict[str, Any
         "logger": librdkafka_logger(),
     }
     if transactional:
-        config["transactional.id"] = transactional_id(settings)
+        config["transactional.id"] = txn_id or transactional_id(settings)
         config["transaction.timeout.ms"] = settings.transaction_timeout_ms
     return config
 

@@ -53,7 +53,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from streams.audit.chain import ChainHead
 from streams.errors import ConfigError, RegistryError
@@ -97,7 +97,9 @@ from streams.kafka.clients import (
     group_generation,
     is_permanent,
     producer_config,
+    transactional_id,
 )
+from streams.kafka.rebalance import RebalanceTracking
 from streams.kafka.smallcell_io import SmallCellStage
 from streams.pipeline import InputRecord, OutputRecord, Pipeline
 from streams.settings import Settings
@@ -105,7 +107,7 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 
-class Runner:
+class Runner(RebalanceTracking):
     """Runs the pipeline over the ingress topic, one transaction per batch (see module doc)."""
 
     def __init__(
@@ -155,6 +157,7 @@ class Runner:
         self._revoked_in_poll, self._needs_reset = set[TP](), set[TP]()
         self._backoff_s, self._failed_in_row = 0.0, 0
         self._calls = BoundedCalls()
+        self._txn_id = transactional_id(settings)  # one per runner: each new producer fences the last
         self._held: dict[TP, list[InputRecord]] = {}  # partitions paused while their writer schemas are looked up
 
     # ------------------------------------------------------------------ lifecycle
@@ -239,7 +242,7 @@ class Runner:
     def _open_producer(self) -> ProducerLike | None:
         """A new producer, its transactions initialised (aborting what its id left open)."""
         while not self.stopping:
-            config = producer_config(self.settings, transactional=self.exactly_once)
+            config = producer_config(self.settings, transactional=self.exactly_once, txn_id=self._txn_id)
             if self.audit is not None:  # the audit seals where each output landed: report every delivery
                 config["delivery.report.only.error"] = False
             producer = self._producer_factory(config)
@@ -265,37 +268,6 @@ class Runner:
         if lags is not None:
             self.listener.lagged(lags)
 
-    # ------------------------------------------------------------------ rebalances
-    def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        self.stats.rebalances += 1
-        self._owned.update((tp.topic, tp.partition) for tp in partitions)
-        log.info("assigned %d ingress partitions (%d owned)", len(partitions), len(self._owned))
-        self.listener.assigned(sorted(p for _, p in self._owned))
-
-    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        self._release(partitions, "revoked", consumer)
-
-    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        self._release(partitions, "lost", consumer)
-
-    def _release(self, partitions: list[TopicPartition], how: str, consumer: Any = None) -> None:
-        # No transaction is open here (callbacks run inside consume()), so nothing to finish.
-        self.stats.rebalances += 1
-        tps = {(tp.topic, tp.partition) for tp in partitions}
-        self._owned -= tps
-        self._revoked_in_poll |= tps
-        held = sorted(tp for tp in tps if self._held.pop(tp, None) is not None)
-        if held and consumer is not None:
-            # librdkafka keeps an application pause across unassign and assign: lift it now, or a
-            # partition set aside here and later assigned here again would never be fetched.
-            pausing(consumer, held, pause=False)
-        if self.audit is not None:
-            self.audit.forget(p for _, p in tps)
-        if self.small_cells is not None:
-            self.small_cells.forget(p for _, p in tps)
-        log.info("%s %d ingress partitions (%d owned)", how, len(tps), len(self._owned))
-        self.listener.assigned(sorted(p for _, p in self._owned), member=how != "lost")
-
     # ------------------------------------------------------------------ consume
     def _poll(self, consumer: ConsumerLike) -> Batch | None:
         """The next batch: wait for one record, then take what is already fetched."""
@@ -304,6 +276,9 @@ class Runner:
             messages = list(consumer.consume(1, self._poll_timeout_s))
             if messages and self._max_batch > 1:
                 messages += consumer.consume(self._max_batch - 1, 0)
+            # Fenced by the generation the records were read in (librdkafka rejoins in its own thread;
+            # a later generation's metadata could commit them after their partitions moved).
+            group = consumer.consumer_group_metadata()
         except KafkaException as exc:
             consumer_error(error_of(exc) or KafkaError(KafkaError._FATAL, str(exc)))
             return None
@@ -333,27 +308,8 @@ class Runner:
             batch.first.setdefault(tp, offset)
             batch.next[tp] = offset + 1
         self._reset_reassigned(consumer)
-        # Fenced by the generation the records were read in (librdkafka rejoins in its own thread;
-        # a later generation's metadata could commit them after their partitions moved).
-        batch.group_metadata = consumer.consumer_group_metadata()
+        batch.group_metadata = group
         return batch if batch.records else None
-
-    def _reset_reassigned(self, consumer: ConsumerLike) -> None:
-        """Partitions revoked and assigned again within one poll restart from their committed offsets
-        (their records of this poll may predate the revocation: dropped above)."""
-        self._needs_reset = (self._needs_reset | self._revoked_in_poll) & self._owned
-        if not self._needs_reset:
-            return
-        again = sorted(self._needs_reset)
-        try:
-            committed = consumer.committed([TopicPartition(t, p) for t, p in again], self._txn_timeout_s)
-            for tp in committed:
-                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-                consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
-        except KafkaException as exc:  # their records stay skipped; tried again after the next poll
-            log.warning("resetting %d reassigned partitions failed: %s", len(again), describe(error_of(exc)))
-            return
-        self._needs_reset = set()
 
     # ------------------------------------------------------------------ process and produce
     def _handle(self, consumer: ConsumerLike, batch: Batch) -> None:
@@ -466,9 +422,10 @@ class Runner:
                 positions = batch.positions({**self.audit.heads_for(p for _, p in batch.next), **heads}, extra)
 
             # send_offsets never repeated (librdkafka cannot resume it); both bounded (BoundedCalls)
-            def finish() -> None:
+            def finish(abandoned: threading.Event) -> None:
                 producer.send_offsets_to_transaction(positions, group, self._txn_timeout_s)
-                retrying(lambda: producer.commit_transaction(self._txn_timeout_s))
+                if not abandoned.is_set():  # given up on meanwhile: never commit behind the new producer
+                    retrying(lambda: producer.commit_transaction(self._txn_timeout_s))
 
             self._calls.run(finish, 2 * self._txn_timeout_s)
         except KafkaException as exc:
@@ -506,7 +463,8 @@ class Runner:
         error: KafkaError | None,
         failures: list[Failure],
     ) -> None:
-        """A transaction failed: abort or drop the producer, rewind, back off; stop on permanent errors."""
+        """A transaction failed: abort and rewind, or drop the producer and restart the batch's partitions
+        from their committed offsets (the outcome is unknown); back off; stop on permanent errors."""
         if self.small_cells is not None:
             self.small_cells.aborted()
         self.stats.aborts += 1
@@ -535,7 +493,14 @@ class Runner:
                 describe(error),
                 len(batch.records),
             )
-            self._producer = None  # never used again; the loop initialises a new one
+            self._producer, self._failed_in_row = None, 0  # never used again; the loop initialises a new one
+            # Its transaction may still commit (a commit timed out, a call left blocked): these
+            # partitions restart from the committed offsets, read once that transaction has ended.
+            unknown = {tp for tp in batch.first if tp in self._owned}
+            self._needs_reset |= unknown
+            self._forget_state(unknown)
+            self._back_off()
+            return
         else:
             log.warning(
                 "transaction aborted (%s); the batch of %d records is processed again",

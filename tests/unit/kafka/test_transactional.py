@@ -592,8 +592,119 @@ def test_bounded_calls_pass_results_and_errors_through() -> None:
     """A call that returns or raises in time behaves as if called directly."""
     calls = BoundedCalls(grace_s=1.0)
     seen: list[int] = []
-    calls.run(lambda: seen.append(1), 1.0)
+    calls.run(lambda abandoned: seen.append(1), 1.0)
     assert seen == [1]
     with pytest.raises(KafkaException) as raised:
-        calls.run(lambda: (_ for _ in ()).throw(abortable()), 1.0)
+        calls.run(lambda abandoned: (_ for _ in ()).throw(abortable()), 1.0)
     assert raised.value.args[0].txn_requires_abort()
+
+
+def test_a_commit_that_reached_the_broker_then_hung_is_not_redone() -> None:
+    """EndTxn(commit) reached the coordinator, then the call hangs (broker restart, librdkafka
+    #5511): the outcome is unknown, so the batch is not rewound and produced again; its partitions
+    restart from the committed offsets (the commit's), and every output is there once."""
+    import threading
+
+    h = Harness(records=3, batch_size=2)
+    release = threading.Event()
+    h.runner._txn_timeout_s = 0.05
+    h.runner._calls = BoundedCalls(grace_s=0.05)
+    created = h._producer
+
+    def producer(config: dict[str, Any]) -> FakeProducer:
+        made = created(config)
+        if len(h.producers) == 1:
+            real = made.commit_transaction
+
+            def commit(timeout: float = -1) -> None:
+                real(timeout)  # the coordinator committed it ...
+                release.wait(30)  # ... but the answer never comes
+
+            made.commit_transaction = commit  # type: ignore[method-assign]
+        return made
+
+    h.runner._producer_factory = producer
+    try:
+        h.run_until_drained()
+    finally:
+        release.set()
+    assert len(h.producers) == 2
+    assert max(h.delivered().values()) == 1, h.delivered().most_common(3)
+    assert len(h.delivered()) == 2 * 6
+
+
+def test_commit_timeouts_that_did_commit_are_not_redone() -> None:
+    """commit_transaction times out (retriable) three times although the coordinator committed;
+    librdkafka then refuses abort_transaction (the commit is in progress): the producer goes and
+    the partitions restart from the committed offsets, so nothing is delivered twice."""
+    h = Harness(records=3, batch_size=2)
+    created = h._producer
+
+    def producer(config: dict[str, Any]) -> FakeProducer:
+        made = created(config)
+        if len(h.producers) == 1:
+            real, calls = made.commit_transaction, [0]
+
+            def commit(timeout: float = -1) -> None:
+                calls[0] += 1
+                if calls[0] == 1:
+                    real(timeout)
+                raise retriable()
+
+            def abort(timeout: float = -1) -> None:
+                raise KafkaException(KafkaError(KafkaError._STATE, "commit in progress"))
+
+            made.commit_transaction = commit  # type: ignore[method-assign]
+            made.abort_transaction = abort  # type: ignore[method-assign]
+        return made
+
+    h.runner._producer_factory = producer
+    h.run_until_drained()
+    assert len(h.producers) == 2
+    assert max(h.delivered().values()) == 1, h.delivered().most_common(3)
+    assert len(h.delivered()) == 2 * 6
+
+
+def test_without_an_instance_id_each_new_producer_of_a_runner_fences_the_last() -> None:
+    """Dynamic membership: the transactional.id is drawn once per runner, so a producer replaced
+    after a timeout is fenced by its successor (a fresh id per producer would fence nothing and
+    let the old transaction commit after its batch was redone); another runner draws another."""
+    h = Harness()
+    settings = Settings(app_id="g", processing_guarantee="exactly_once")
+
+    def runner() -> Runner:
+        return Runner(
+            settings,
+            cast(Pipeline, h.pipeline),
+            PARTITIONS,
+            consumer_factory=h._consumer,
+            producer_factory=h._producer,
+            sleep=h.sleeps.append,
+        )
+
+    first = runner()
+    first._open_producer()
+    first._open_producer()
+    runner()._open_producer()
+    ids = [p.config["transactional.id"] for p in h.producers]
+    assert ids[0] == ids[1] != ids[2] and ids[0].startswith("g-dynamic-")
+
+
+def test_an_abandoned_transaction_call_does_not_hold_up_the_process_exit() -> None:
+    """The stuck call's thread is a daemon: after giving up on it, the process still exits at once
+    (a SIGTERMed worker must not hang on a call librdkafka never returns from)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import threading\n"
+        "from confluent_kafka import KafkaException\n"
+        "from streams.kafka.batches import BoundedCalls\n"
+        "try:\n"
+        "    BoundedCalls(grace_s=0.05).run(lambda abandoned: threading.Event().wait(), 0.05)\n"
+        "except KafkaException as exc:\n"
+        "    assert exc.args[0].fatal()\n"
+        "    print('gave up')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and done.stdout.strip() == "gave up", done.stderr

@@ -152,7 +152,8 @@ class FakeConsumer:
 
     def seek(self, partition: TopicPartition) -> None:
         self.seeks.append((partition.topic, partition.partition, partition.offset))
-        self.positions[(partition.topic, partition.partition)] = partition.offset
+        # OFFSET_BEGINNING (-2) is the log's start, as librdkafka resolves it
+        self.positions[(partition.topic, partition.partition)] = 0 if partition.offset == -2 else partition.offset
 
     def committed(self, partitions: list[TopicPartition], timeout: float = -1) -> list[TopicPartition]:
         return [
