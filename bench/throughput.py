@@ -7,9 +7,9 @@ fresh topics under a new prefix (``bench<unix time>.``) and throw-away keys, and
   starts ``--workers`` processes (``python -m streams.cli worker``, one state dir each) and
   samples the group's committed lag every ~0.5 s (``streams.kafka.offsets.wait_for_lag_zero``) until zero.
   Reports the steady drain rate (consumed 10 % → 90 % of the backlog, start-up excluded), the
-  rates from worker start and from the first output to lag zero, and outputs/s. Latencies of a
-  backlog are queueing time, not processing time. Lag zero is seen up to ~1.5 s late (faust
-  commits every second), which the "→ lag zero" rates include.
+  rate from worker start to lag zero (the first-output and outputs/s rates need output arrival
+  times: live mode only). Latencies of a backlog are queueing time, not processing time. Lag
+  zero is seen up to ~1.5 s late (faust commits every second), which the "→ lag zero" rates include.
 * ``--mode live``: starts the workers, drains a 500-event warm-up, waits until every worker has
   joined the group, then publishes at a fixed ``--rate`` for ``--duration`` seconds: the
   latency percentiles are then the real end-to-end processing latency.
@@ -32,9 +32,23 @@ held == production-mode events, from the hold topic's records); ``off`` runs a c
 without the ``k_anonymity`` option; ``both`` runs the same backlog without, then with, in one
 invocation and prints the two drain rates side by side. ``--verify full`` needs ``off``.
 
+With the option on, an INDEPENDENT k-check (``bench/_kcheck.py``: its own ``read_committed``
+consumer over the SPF and hold topics, not the worker's counters) runs after the workers stop:
+every released SPF record must lie in a class of at least k within its window at its released
+detail; it prints the classes checked, violations, duplicates, released per ladder step (0 = full
+detail), suppressed, still held, and lost = production views − released − suppressed − still held
+(0), and records no event explains (the SPF ``event_ref`` of every event, computed in-process with
+the same keys). ``--kanon-window-s N`` shortens the window to N seconds for the workers
+(``SCREENING_KANON_WINDOW_S``, grace ``--kanon-grace-s``, default 2), so windows close during the
+run; after lag zero the bench then keeps the workers running until every window has closed (the
+workers' ``small cells:`` lines, every 10 s, count every SPF view released or suppressed) before
+the check, which then also needs still held = 0. The drain rates stop at lag zero either way.
+
 Run: ``python bench/throughput.py [--events 100000] [--workers 1] [--mode backlog|live]
-[--rate 2000] [--duration 30] [--verify full|spf] [--guarantee G] [--small-cells on|off|both] [--keep-topics]``;
-the 1.4 M backlog benchmark: ``python bench/throughput.py --events 1400000 --verify spf``.
+[--rate 2000] [--duration 30] [--verify full|spf] [--guarantee G] [--small-cells on|off|both]
+[--kanon-window-s N] [--kanon-grace-s S] [--keep-topics]``; the 1.4 M backlog benchmark with the
+issue-12 check: ``python bench/throughput.py --events 1400000 --verify spf --small-cells both
+--kanon-window-s 60``.
 """
 
 from __future__ import annotations
@@ -51,6 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from _common import framed_stream, percentiles, table
+from _kcheck import KReport, k_check
 from _stack import (
     MASK,
     Expected,
@@ -77,16 +92,28 @@ from streams.assembly import (
 from streams.contracts.registry import HttpSchemaRegistry
 from streams.crypto.keys import generate_key_pair, write_key_pair
 from streams.crypto.ring import import_public_key
+from streams.domain.geography import DEFAULT_GEOGRAPHY
 from streams.kafka.offsets import wait_for_lag_zero
 from streams.kafka.publish import publish_raw
 from streams.kafka.topics import admin_client, create_topics
 from streams.pipeline import H_CODE, InputRecord
+from streams.policy.engine import Minimiser
 from streams.policy.pseudonyms import StaticKeyRing, generate_keys, write_key_file
 from streams.settings import Settings, settings_from_env
 from streams.stack import lifecycle
 from streams.stack.settings import StackSettings
 
 WARMUP = 500  # live mode: events drained before timing, so workers have joined and warmed up
+STATS = re.compile(r"small cells: held=\d+ released_by_step=\{([^}]*)\} suppressed=(\d+)")
+
+
+@dataclass
+class Result:
+    """One run's drain rates (events/s) and, under small-cell protection, the independent k-check."""
+
+    steady: float
+    to_lag_zero: float
+    kcheck: KReport | None = None
 
 
 @dataclass
@@ -198,6 +225,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=30.0, help="seconds of publishing (live mode)")
     p.add_argument("--v2-share", type=float, default=0.0, help="share of events written as v2")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--days", type=int, default=60, help="days the samples spread over (the generator's 60)")
     p.add_argument("--verify", choices=("full", "spf"), default="full")
     p.add_argument("--timeout", type=float, default=3600.0, help="max seconds to wait for lag zero")
     p.add_argument(
@@ -206,8 +234,18 @@ def parse_args() -> argparse.Namespace:
         help="SCREENING_PROCESSING_GUARANTEE for the workers (default: theirs)",
     )
     p.add_argument("--small-cells", choices=("on", "off", "both"), default="on", help="SPF small-cell protection")
+    p.add_argument(
+        "--kanon-window-s",
+        type=int,
+        help="small-cell window in seconds for the workers (SCREENING_KANON_WINDOW_S): windows close during the run",
+    )
+    p.add_argument("--kanon-grace-s", type=int, default=2, help="with --kanon-window-s: SCREENING_KANON_GRACE_S")
     p.add_argument("--keep-topics", action="store_true")
     args = p.parse_args()
+    if args.kanon_window_s is not None and args.small_cells == "off":
+        p.error("--kanon-window-s needs --small-cells on or both")
+    if args.kanon_window_s is not None and args.mode != "backlog":
+        p.error("--kanon-window-s: backlog mode only")
     if args.verify == "full" and args.small_cells != "off":
         p.error("--verify full compares every view with the in-process pipeline: it needs --small-cells off")
     return args
@@ -230,24 +268,56 @@ def without_small_cells(target: Path) -> Path:
 def main() -> None:
     """Run the benchmark once per small-cell setting asked for; with ``both``, compare the drain rates."""
     args = parse_args()
-    rates = {}
+    results: dict[str, Result] = {}
     for state in ("off", "on") if args.small_cells == "both" else (args.small_cells,):
         print(f"\n===== small-cell protection {state} =====")
-        rates[state] = run(args, small_cells=state == "on")
-    if len(rates) == 2:
+        results[state] = run(args, small_cells=state == "on")
+    if len(results) == 2:
+        window = f"{args.kanon_window_s} s window" if args.kanon_window_s else "the policy's window"
         print(
             "\n"
             + table(
                 ("small-cell protection", "events/s, steady", "events/s, start → lag zero"),
-                [(state, r[0], r[1]) for state, r in rates.items()],
-                title=f"one invocation, {args.events:,} events, {args.workers} worker(s):",
+                [(state, r.steady, r.to_lag_zero) for state, r in results.items()],
+                title=f"one invocation, {args.events:,} events, {args.workers} worker(s), {window}:",
             )
         )
+    checked = [r.kcheck for r in results.values() if r.kcheck is not None]
+    if checked and not (checked[0].ok and not (args.kanon_window_s and checked[0].still_held)):
+        raise SystemExit("the independent small-cell check FAILED (see its table)")
 
 
-def run(args: argparse.Namespace, *, small_cells: bool) -> tuple[float, float]:
-    """Set up, run the workers, read back, report, clean up; return (steady, start → lag zero) events/s."""
+def wait_all_closed(logs: list[Path], views: int, timeout_s: float) -> int:
+    """Block until the workers' last ``small cells:`` lines (every 10 s, one per worker log) count ``views``
+    views released or suppressed, or ``timeout_s`` passed; return the count seen last."""
+    deadline = time.monotonic() + timeout_s
+    seen = 0
+    while True:
+        seen = 0
+        for path in logs:
+            lines = STATS.findall(path.read_text(encoding="utf-8", errors="replace")) if path.exists() else []
+            if lines:
+                steps, suppressed = lines[-1]
+                seen += sum(int(pair.split(":")[1]) for pair in steps.split(",") if pair) + int(suppressed)
+        if seen >= views or time.monotonic() > deadline:
+            return seen
+        time.sleep(2)
+
+
+def run(args: argparse.Namespace, *, small_cells: bool) -> Result:
+    """Set up, run the workers, read back, report, clean up; return the drain rates and the k-check."""
     os.environ.pop("SCREENING_POLICY_DIR", None)  # the shipped policies, or the copy set below
+    window = args.kanon_window_s if small_cells else None
+    if args.kanon_window_s:  # both runs alike: the wait for the windows reads the workers' info lines
+        os.environ["SCREENING_LOG_LEVEL"] = "info"
+    for name, value in (
+        ("SCREENING_KANON_WINDOW_S", window),
+        ("SCREENING_KANON_GRACE_S", window and args.kanon_grace_s),
+    ):
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = str(value)  # inherited by the workers
     if args.guarantee:
         os.environ["SCREENING_PROCESSING_GUARANTEE"] = args.guarantee  # inherited by the workers
     stack = StackSettings.from_env(os.environ)
@@ -281,6 +351,12 @@ def run(args: argparse.Namespace, *, small_cells: bool) -> tuple[float, float]:
         settings, registry, StaticKeyRing(keys), policy_set=policy_set, public_keys=load_public_keys(settings)
     )
     live = args.mode == "live"
+    guarded = next((p for p in policy_set.policies if p.k_anonymity is not None), None)
+    # The k-check's reference: the guarded recipient's event_ref of every event, in-process, same keys.
+    checker = (
+        Minimiser((guarded,), policy_set.input_schema, StaticKeyRing(keys), DEFAULT_GEOGRAPHY) if guarded else None
+    )
+    refs: set[bytes] = set()
     # Encrypted views differ run to run (random nonces): their topics are matched on keys only.
     agencies = reference.minimiser.agencies
     sealed = {prefix + a.topic for a in agencies if any(r.op == "encrypt" for r in a.policy.emitted)}
@@ -294,9 +370,11 @@ def run(args: argparse.Namespace, *, small_cells: bool) -> tuple[float, float]:
     )
 
     def feed() -> Iterator[Raw]:
-        stream = framed_stream(count, settings, registry, seed=args.seed, v2_share=args.v2_share)
+        stream = framed_stream(count, settings, registry, seed=args.seed, v2_share=args.v2_share, days=args.days)
         for i, (key, value, event) in enumerate(stream):
             expected.production += event["processing_mode"] == "P"
+            if checker is not None:
+                refs.update(v.record["event_ref"].encode() for v in checker.apply(dict(event)))
             if args.verify == "full" or (live and i >= WARMUP):
                 outputs = reference.process(InputRecord(settings.ingress_topic, 0, i, key, value))
                 if args.verify == "full":
@@ -360,17 +438,33 @@ def run(args: argparse.Namespace, *, small_cells: bool) -> tuple[float, float]:
         timing.cpu["this bench process"] = time.process_time() - cpu0[1]
         if live:
             reader.stop()
+        print(f"lag zero {timing.done - timing.started:.1f} s after {'publishing started' if live else 'worker start'}")
+        if guarded is not None and window:
+            wait_s = window + args.kanon_grace_s + 300.0
+            logs = [run_dir / f"worker{i}" / "worker.log" for i in range(len(workers))]
+            seen = wait_all_closed(logs, len(refs), wait_s)
+            print(
+                f"windows closed: the workers count {seen:,} of {len(refs):,} SPF views released or suppressed, "
+                f"{time.monotonic() - timing.done:.1f} s after lag zero"
+            )
         codes = stop_workers(workers)
-        print(
-            f"lag zero {timing.done - timing.started:.1f} s after "
-            f"{'publishing started' if live else 'worker start'}; "
-            f"workers stopped, exit codes {codes}"
-        )
+        print(f"workers stopped, exit codes {codes}")
         topics = [prefix + t for t in output_topics(policy_set)]
         outputs = collect(settings, topics, timing.sent_ms, keys_of, reader.arrived if live else {}, sealed, holds)
-        guarded = next((p for p in policy_set.policies if p.k_anonymity is not None), None)
-        k = guarded.k_anonymity.k if guarded is not None and guarded.k_anonymity is not None else 0
-        return report(args, settings, count - WARMUP if live else count, timing, outputs, expected, k)
+        kreport = None
+        if guarded is not None:
+            t1 = time.monotonic()
+            kreport = k_check(
+                settings.bootstrap_servers,
+                guarded,
+                policy_set.input_schema,
+                prefix + guarded.topic,
+                settings.hold_topic(guarded.recipient),
+                expected_keys=refs,
+            )
+            print(f"independent k-check read the SPF and hold topics in {time.monotonic() - t1:.1f} s")
+        steady, to_zero = report(args, settings, count - WARMUP if live else count, timing, outputs, expected, kreport)
+        return Result(steady, to_zero, kreport)
     finally:
         stop_workers(workers)
         if not args.keep_topics:
@@ -378,12 +472,18 @@ def run(args: argparse.Namespace, *, small_cells: bool) -> tuple[float, float]:
 
 
 def report(
-    args: argparse.Namespace, settings: Settings, n: int, timing: Timing, out: Outputs, expected: Expected, k: int = 0
+    args: argparse.Namespace,
+    settings: Settings,
+    n: int,
+    timing: Timing,
+    out: Outputs,
+    expected: Expected,
+    kreport: KReport | None = None,
 ) -> tuple[float, float]:
     """Print rates, latency, CPU and the verification tables; return (steady, start → lag zero) events/s.
 
-    With small-cell protection (``k``), SPF released + still held (hold records minus the k - 1 each
-    open record released) must equal the production-mode events (no window closes during a run).
+    With small-cell protection (``kreport``), SPF released + suppressed + still held (from the hold
+    topic, see ``_kcheck.HoldSummary.still_held``) must equal the production-mode events.
     """
     wall = timing.done - timing.started
     n_out = len(out.latencies)
@@ -394,13 +494,16 @@ def report(
         if args.mode == "backlog"
         else ("events: offered rate", args.rate, f"for {args.duration:.0f} s"),
         ("events: start → lag zero", n / wall, f"{wall:.1f} s"),
-        (
-            "events: first output → lag zero",
-            n / max(timing.done_wall - out.first_ms / 1000, 1e-3),
-            f"first output {first:+.1f} s after start",
-        ),
-        ("outputs: first → last output", n_out / span, f"{n_out:,} outputs in {span:.1f} s"),
     ]
+    if n_out:  # output arrival times: only timed (live) events have them
+        rows += [
+            (
+                "events: first output → lag zero",
+                n / max(timing.done_wall - out.first_ms / 1000, 1e-3),
+                f"first output {first:+.1f} s after start",
+            ),
+            ("outputs: first → last output", n_out / span, f"{n_out:,} outputs in {span:.1f} s"),
+        ]
     print()
     print(table(("rate", "per second", "note"), rows))
     pct = percentiles(out.latencies)
@@ -434,13 +537,23 @@ def report(
     total = n + (WARMUP if args.mode == "live" else 0)
     n_out = sum(out.got.values())
     spf = sum(c for t, c in out.got.items() if t.endswith("surveillance.spf.results.v1"))
-    held = out.hold_kinds["hold"] - out.hold_kinds["open"] * max(k - 1, 0) if k else 0
-    released = f"SPF records {spf:,}" + (f" + held by small-cell protection {held:,}" if k else "")
+    held = kreport.still_held + kreport.hold.suppressed if kreport else 0
+    released = f"SPF records {spf:,}" + (
+        f" + suppressed {kreport.hold.suppressed:,} + still held {kreport.still_held:,}" if kreport else ""
+    )
     print(
         f"\noutputs per event {n_out / total:.3f}; {released} == production-mode events "
         f"{expected.production:,}: {'yes' if spf + held == expected.production else 'NO'}"
-        + (f" (hold topic: {dict(out.hold_kinds)}; no window closed during the run)" if k else "")
+        + (f" (hold topic: {dict(out.hold_kinds)})" if kreport else "")
     )
+    if kreport is not None:
+        print()
+        title = "independent k-check over the SPF topic (read_committed, bench/_kcheck.py): "
+        checks, ok = (
+            kreport.rows(bool(args.kanon_window_s)),
+            kreport.ok and not (args.kanon_window_s and kreport.still_held),
+        )
+        print(table(("check", "count", "verdict"), checks, title=title + ("PASS" if ok else "FAIL")))
     steady = steady_rate(timing.samples, n) if args.mode == "backlog" else float("nan")
     return steady, n / wall
 

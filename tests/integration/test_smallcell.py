@@ -2,34 +2,30 @@
 department → region, day → ISO week, housing → any) with a 20-second window, checked by an independent
 read_committed count over the SPF topic; and a kill -9 mid-window followed by a restart.
 
-The independent count does not use the guard's code: it groups the SPF records by their window header
-and the values of every counted field (null where a step withheld it), so a class is a set of records
-released at the same detail in the same window; each must have at least k members. It also checks that
-no event_ref appears twice, that every released record is one the policies derive from the events, and
-that released + suppressed (the counts in the hold topic's close records) = every SPF view.
+The independent count (bench/_kcheck.py, shared with bench/throughput.py) does not use the guard's
+code: it groups the SPF records by their window header and the values of every counted field (null
+where a step withheld it), so a class is a set of records released at the same detail in the same
+window; each must have at least k members. It also checks that no event_ref appears twice, that every
+released record is one the policies derive from the events, that the withheld fields match each
+record's step, and that released + suppressed (the counts in the hold topic's close records) = every
+SPF view.
 """
 
 from __future__ import annotations
 
-import io
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import time
-import uuid
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-import fastavro
 import pytest
 
 from streams.assembly import load_policy_set
-from streams.contracts.schemas import strip_logical_types
-from streams.policy.outputs import output_schema
 from streams.stack.settings import Endpoints
 
 from .conftest import Env, Worker, expected_pairs, lag_retrying, make_env
@@ -49,112 +45,62 @@ SMALL_CELL_ENV = {
 }
 
 
-@dataclass(frozen=True)
-class Released:
-    """One SPF record as an agency reads it."""
-
-    key: bytes
-    window: int
-    step: int
-    view: dict[str, Any]
-
-
-def _read(env: Env, topic: str) -> Iterator[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
-    """Every committed record of ``topic`` (an independent read_committed consumer, to the end)."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-
-    consumer = Consumer(
-        {
-            "bootstrap.servers": env.settings.bootstrap_servers,
-            "group.id": f"check-{uuid.uuid4().hex}",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
-    pending = set(range(env.partitions[topic]))
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in pending])
-    idle = time.monotonic()
-    try:
-        while pending and time.monotonic() - idle < 30:
-            for message in consumer.consume(10_000, 0.5):
-                idle = time.monotonic()
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(message.partition())
-                    continue
-                headers = {k: v for k, v in message.headers() or [] if isinstance(v, bytes)}
-                yield message.key(), message.value(), headers
-    finally:
-        consumer.close()
-    assert not pending, f"{topic}: partitions not read to their end: {sorted(pending)}"
+def _load_kcheck() -> ModuleType:
+    """bench/_kcheck.py, the independent count shared with bench/throughput.py (bench/ is no package)."""
+    path = Path(__file__).resolve().parents[2] / "bench" / "_kcheck.py"
+    spec = importlib.util.spec_from_file_location("bench_kcheck", path)
+    assert spec is not None and spec.loader is not None
+    module = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
+    if not hasattr(module, "k_check"):
+        spec.loader.exec_module(module)
+    return module
 
 
-def _released(env: Env) -> list[Released]:
+kcheck = _load_kcheck()
+
+
+def _spf(env: Env) -> tuple[Any, Any]:
     policy_set = load_policy_set(env.settings)
-    spf = next(p for p in policy_set.policies if p.recipient == "spf")
-    parsed = fastavro.parse_schema(strip_logical_types(output_schema(spf, policy_set.input_schema)))
-    out = []
-    for key, value, headers in _read(env, env.settings.topic_prefix + spf.topic):
-        assert key is not None and value is not None
-        view = fastavro.schemaless_reader(io.BytesIO(value[5:]), parsed, None)
-        assert isinstance(view, dict)
-        out.append(Released(key, int(headers["smallcell.window"]), int(headers["smallcell.step"]), view))
-    return out
+    return next(p for p in policy_set.policies if p.recipient == "spf"), policy_set.input_schema
+
+
+def _decided(env: Env) -> int:
+    """SPF views released or suppressed, read from the topics."""
+    spf, _ = _spf(env)
+    return int(
+        kcheck.decided(
+            env.settings.bootstrap_servers, env.settings.topic_prefix + spf.topic, env.settings.hold_topic("spf")
+        )
+    )
 
 
 def _hold_counts(env: Env) -> dict[str, Any]:
     """From the hold topic: entries by kind, and the close records' released-by-step and suppressed sums."""
-    kinds: Counter[str] = Counter()
-    by_step: Counter[int] = Counter()
-    suppressed = 0
-    for _, value, headers in _read(env, env.settings.hold_topic("spf")):
-        kind = headers["smallcell.entry"].decode()
-        kinds[kind] += 1
-        if kind == "close":
-            body = json.loads(value or b"")
-            by_step.update({step + 1: n for step, n in enumerate(body["released"])})
-            suppressed += body["suppressed"]
-    return {"kinds": dict(kinds), "released_by_step": dict(by_step), "suppressed": suppressed}
+    hold = kcheck.hold_summary(kcheck.read_committed(env.settings.bootstrap_servers, env.settings.hold_topic("spf")))
+    return {"kinds": dict(hold.kinds), "released_by_step": dict(hold.released_by_step), "suppressed": hold.suppressed}
 
 
 def _check(env: Env, events: list[dict[str, Any]]) -> dict[str, Any]:
     """The independent count (module docstring); returns the figures for the report."""
-    policy_set = load_policy_set(env.settings)
-    spf = next(p for p in policy_set.policies if p.recipient == "spf")
-    option = spf.k_anonymity
-    assert option is not None
+    spf, input_schema = _spf(env)
     spf_topic = env.settings.topic_prefix + spf.topic
     expected = {ref for topic, ref in expected_pairs(env, events) if topic == spf_topic}
-    released = _released(env)
-    counted = option.columns
-    classes = Counter((r.window, tuple(r.view[f] for f in counted)) for r in released)
-    small = {key: n for key, n in classes.items() if n < option.k}
-    keys = Counter(r.key for r in released)
-    hold = _hold_counts(env)
-    by_step = Counter(r.step for r in released)
-    for r in released:  # what each step withholds is null, and only that
-        withheld = [s.field for s in option.ladder[: r.step]]
-        assert all(r.view[f] is None for f in withheld), r.step
-        assert all(r.view[f] is not None for f in counted if f not in withheld), r.step
-    figures = {
-        "spf_views": len(expected),
-        "released": len(released),
-        "released_by_step": dict(sorted(by_step.items())),
-        "suppressed": hold["suppressed"],
-        "classes": len(classes),
-        "smallest_class": min(classes.values(), default=0),
-        "classes_below_k": len(small),
-        "duplicates": sum(n - 1 for n in keys.values() if n > 1),
-        "unexpected": len(set(keys) - expected),
-        "hold_entries": hold["kinds"],
-    }
+    report = kcheck.k_check(
+        env.settings.bootstrap_servers,
+        spf,
+        input_schema,
+        spf_topic,
+        env.settings.hold_topic("spf"),
+        expected_keys=expected,
+    )
+    figures: dict[str, Any] = report.as_dict()
     print(f"\n[smallcell] {json.dumps(figures)}", file=sys.stderr)
-    assert not small, f"released classes below k={option.k}: {list(small.items())[:5]}"
-    assert figures["duplicates"] == 0 and figures["unexpected"] == 0
-    assert len(released) + hold["suppressed"] == len(expected), "a view was lost (neither released nor suppressed)"
-    assert {s: n for s, n in by_step.items() if s > 0} == {s: n for s, n in hold["released_by_step"].items() if n}
+    assert not report.below_k, f"released classes below k={report.k}: {report.below_k[:5]}"
+    assert figures["duplicates"] == 0 and figures["unexpected"] == 0 and figures["malformed"] == 0
+    assert figures["still_held"] == 0, "a window did not close"
+    assert figures["lost"] == 0, "a view was lost (neither released nor suppressed)"
+    assert {s: n for s, n in figures["released_by_step"].items() if s > 0} == figures["hold_released_by_step"]
+    assert report.ok
     return figures
 
 
@@ -193,7 +139,7 @@ def _wait_all_closed(
     def decided() -> int:
         if worker is not None:
             return _worker_decided(worker)
-        return len(_released(env)) + _hold_counts(env)["suppressed"] if lag_retrying(env) == 0 else 0
+        return _decided(env) if lag_retrying(env) == 0 else 0
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
