@@ -292,7 +292,8 @@ def test_verify_finds_the_chain_intact_and_names_a_removed_and_an_altered_record
 
 
 def test_the_audit_segments_hold_no_identifying_value_and_no_agency_event_ref(run: dict[str, Any]) -> None:
-    """Scan the audit topic's log segments for the events' identifying values and every agency record key."""
+    """Scan the audit topic's log segments for the events' identifying values and every agency record key
+    (all of them at the CI scale; a seeded sample of 2 000 of each in the 100 000-event run)."""
     env: Env = run["env"]
     stack = StackSettings.from_env(os.environ)
     if stack.external_bootstrap:
@@ -308,6 +309,10 @@ def test_the_audit_segments_hold_no_identifying_value_and_no_agency_event_ref(ru
     assert len(refs) > EVENTS // 2
     segments = list((stack.state_dir / "kafka-data").glob(f"{env.settings.audit_topic}-*/*.log"))
     assert segments and sum(s.stat().st_size for s in segments) > EVENTS * 100
+    if len(needles) + len(refs) > 20_000:  # the 100 000-event run: a seeded sample (each search scans every byte)
+        rng = random.Random(9)
+        needles = set(rng.sample(sorted(needles), 2_000))
+        refs = set(rng.sample(sorted(refs), 2_000))
     for segment in segments:
         data = segment.read_bytes()
         assert not [n for n in needles if n in data], segment.name
