@@ -445,6 +445,8 @@ class Runner(RebalanceTracking):
             why = heads_problem(self.audit, consumer, self.settings.ingress_topic, batch, self._txn_timeout_s)
         if why is not None:
             log.warning("batch of %d records not begun (%s); read again", len(batch.records), why)
+            if self.small_cells is not None:  # the guard admitted this batch already: undo it
+                self.small_cells.aborted()
             self._rewind(consumer, batch)
             self._back_off()
         return why is None

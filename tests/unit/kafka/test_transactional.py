@@ -708,3 +708,46 @@ def test_an_abandoned_transaction_call_does_not_hold_up_the_process_exit() -> No
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and done.stdout.strip() == "gave up", done.stderr
+
+
+class _RecordingCells:
+    """The small-cell stage's runner interface, recording what the runner asks of it."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def guard_batch(self, consumer: Any, owned: Any, batch: Any, work: Any, timeout: float) -> Any:
+        self.calls.append("guard")
+        return work
+
+    def metadata(self, partition: int) -> str:
+        return "smallcell1:0"
+
+    def committed(self, batch: Any) -> None:
+        self.calls.append("committed")
+
+    def aborted(self) -> None:
+        self.calls.append("aborted")
+
+    def forget(self, partitions: Any) -> None:
+        self.calls.append("forget")
+
+    def due(self, partitions: Any) -> bool:
+        return False
+
+
+def test_a_guarded_batch_that_is_not_begun_rolls_the_guard_back() -> None:
+    """The guard admits a batch before the runner decides it may commit; a batch refused then
+    (read outside any generation, or chain heads unreadable) must roll the guard back, or its
+    re-read views are counted twice and its entry numbers leave a gap no owner can rebuild."""
+    h = Harness(records=3)
+    cells = _RecordingCells()
+    h.runner.small_cells = cells  # type: ignore[assignment]
+    unjoined = b"CGMDv2:\xff\xff\xff\xffscreening-streams\x00\x00\x01"
+    answers = [unjoined]
+    original_metadata = h.consumer.consumer_group_metadata
+    h.consumer.consumer_group_metadata = lambda: answers.pop(0) if answers else original_metadata()  # type: ignore[method-assign]
+    h.run_until_drained()
+    assert cells.calls[:3] == ["guard", "aborted", "guard"], cells.calls
+    assert cells.calls.count("committed") == 1
+    assert max(h.delivered().values()) == 1
