@@ -157,6 +157,7 @@ class Runner(RebalanceTracking):
         self._revoked_in_poll, self._needs_reset = set[TP](), set[TP]()
         self._backoff_s, self._failed_in_row = 0.0, 0
         self._calls = BoundedCalls()
+        self._last_group: Any = None  # the group metadata of the last poll
         self._txn_id = transactional_id(settings)  # one per runner: each new producer fences the last
         self._held: dict[TP, list[InputRecord]] = {}  # partitions paused while their writer schemas are looked up
 
@@ -278,7 +279,7 @@ class Runner(RebalanceTracking):
                 messages += consumer.consume(self._max_batch - 1, 0)
             # Fenced by the generation the records were read in (librdkafka rejoins in its own thread;
             # a later generation's metadata could commit them after their partitions moved).
-            group = consumer.consumer_group_metadata()
+            group = self._last_group = consumer.consumer_group_metadata()
         except KafkaException as exc:
             consumer_error(error_of(exc) or KafkaError(KafkaError._FATAL, str(exc)))
             return None
@@ -388,7 +389,7 @@ class Runner(RebalanceTracking):
     def _close_idle(self, consumer: ConsumerLike) -> None:
         """No record came: close the due windows in a transaction sending their partitions' offsets."""
         assert self.small_cells is not None
-        batch = Batch()
+        batch = Batch(group_metadata=self._last_group)  # fenced by the empty poll's generation
         work = self._guarded(consumer, batch, [])
         if work:
             self._transact(consumer, batch, work)
