@@ -65,21 +65,29 @@ class RebalanceTracking:
         self.listener.assigned(sorted(p for _, p in self._owned), member=how != "lost")
 
     def _reset_reassigned(self, consumer: ConsumerLike) -> None:
-        """Partitions revoked and assigned again within one poll restart from their committed offsets
-        (their records of this poll may predate the revocation: dropped above)."""
+        """Partitions revoked and assigned again within one poll, or whose last transaction's outcome is
+        unknown, restart from their committed offsets (their records of this poll are dropped); one
+        whose committed offset could not be read stays set aside until it can."""
         self._needs_reset = (self._needs_reset | self._revoked_in_poll) & self._owned
         if not self._needs_reset:
             return
         again = sorted(self._needs_reset)
         try:
             committed = consumer.committed([TopicPartition(t, p) for t, p in again], self._txn_timeout_s)
-            for tp in committed:
-                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-                consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
         except KafkaException as exc:  # their records stay skipped; tried again after the next poll
-            log.warning("resetting %d reassigned partitions failed: %s", len(again), describe(error_of(exc)))
+            log.warning("resetting %d partitions failed: %s", len(again), describe(error_of(exc)))
             return
-        self._needs_reset = set()
+        for tp in committed:
+            if tp.error is not None:  # never restart a partition from its beginning on a failed read
+                log.warning("resetting %s[%d] failed: %s; retried", tp.topic, tp.partition, describe(tp.error))
+                continue
+            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING  # nothing committed yet: the start
+            try:
+                consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+            except KafkaException as exc:
+                log.warning("seek of %s[%d] failed: %s; retried", tp.topic, tp.partition, describe(error_of(exc)))
+                continue
+            self._needs_reset.discard((tp.topic, tp.partition))
 
     def _forget_state(self, partitions: set[TP]) -> None:
         """Drop the audit heads and small-cell state of ``partitions`` (read again from the group)."""

@@ -231,6 +231,8 @@ class SmallCellStage:
             return
         committed = consumer.committed([TopicPartition(self.ingress_topic, p) for p in missing], timeout_s)
         for tp in committed:
+            if tp.error is not None:  # never rebuild without the checkpoint: the batch is read again
+                raise KafkaException(tp.error)
             self.rebuild(tp.partition, tp.offset, tp.metadata)
 
     def guard_batch(self, consumer: Any, owned: Iterable[int], batch: Batch, work: Work, timeout_s: float) -> Work:

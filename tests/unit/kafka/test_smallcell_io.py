@@ -355,3 +355,24 @@ def test_one_window_closes_per_transaction(policy_set: PolicySet) -> None:
     stage.apply(second, [])
     stage.committed(second)
     assert second.next == {(INGRESS, 1): 1} and not stage.due([0, 1]) and stage.stats.suppressed == 2
+
+
+def test_a_failed_checkpoint_read_never_rebuilds_a_partition_empty(policy_set: PolicySet) -> None:
+    """sync() on a per-partition error from committed(): raise (the runner rewinds and retries)
+    instead of rebuilding without the checkpoint, which would lose the open windows' held views."""
+    from types import SimpleNamespace
+
+    from confluent_kafka import KafkaError, KafkaException
+
+    stage = _stage(policy_set, Clock(10 * DAY))
+
+    class FailingConsumer:
+        def committed(self, partitions: list[TopicPartition], timeout: float = -1) -> list[Any]:
+            error = KafkaError(KafkaError.COORDINATOR_LOAD_IN_PROGRESS)
+            return [
+                SimpleNamespace(topic=p.topic, partition=p.partition, offset=-1001, error=error) for p in partitions
+            ]
+
+    with pytest.raises(KafkaException):
+        stage.sync(FailingConsumer(), [0], 1.0)
+    assert stage.missing([0]) == [0], "not rebuilt: still to do"

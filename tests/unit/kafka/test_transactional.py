@@ -751,3 +751,49 @@ def test_a_guarded_batch_that_is_not_begun_rolls_the_guard_back() -> None:
     assert cells.calls[:3] == ["guard", "aborted", "guard"], cells.calls
     assert cells.calls.count("committed") == 1
     assert max(h.delivered().values()) == 1
+
+
+def test_a_failed_committed_read_never_restarts_a_partition_from_its_beginning() -> None:
+    """After an unknown outcome the partitions restart from their committed offsets; a per-partition
+    error in that read (offset -1001: unknown, not "nothing committed") keeps them set aside and
+    retried, instead of seeking to the log start and committing the partition a second time."""
+    from types import SimpleNamespace
+
+    h = Harness(records=3, batch_size=2)
+    created = h._producer
+
+    def producer(config: dict[str, Any]) -> FakeProducer:
+        made = created(config)
+        if len(h.producers) == 1:
+            real, calls = made.commit_transaction, [0]
+
+            def commit(timeout: float = -1) -> None:
+                calls[0] += 1
+                if calls[0] == 1:
+                    real(timeout)
+                raise retriable()
+
+            def abort(timeout: float = -1) -> None:
+                raise KafkaException(KafkaError(KafkaError._STATE, "commit in progress"))
+
+            made.commit_transaction = commit  # type: ignore[method-assign]
+            made.abort_transaction = abort  # type: ignore[method-assign]
+        return made
+
+    h.runner._producer_factory = producer
+    real_committed, failures = h.consumer.committed, [1]
+
+    def committed(partitions: list[Any], timeout: float = -1) -> list[Any]:
+        if failures:
+            failures.pop()
+            error = KafkaError(KafkaError.COORDINATOR_LOAD_IN_PROGRESS)
+            return [
+                SimpleNamespace(topic=p.topic, partition=p.partition, offset=-1001, error=error) for p in partitions
+            ]
+        return real_committed(partitions, timeout)
+
+    h.consumer.committed = committed  # type: ignore[method-assign]
+    h.run_until_drained()
+    assert not failures, "the failing read happened"
+    assert max(h.delivered().values()) == 1, h.delivered().most_common(3)
+    assert len(h.delivered()) == 2 * 6
