@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -17,6 +21,18 @@ from streams.settings import Settings
 
 #: 2026-01-01T00:00Z: "now" for every unit test (synthetic events are from 2020).
 FIXED_NOW_MS = 1_767_225_600_000
+
+
+def bench_module(name: str) -> ModuleType:
+    """``bench/<name>.py`` loaded once (bench/ is no package): e.g. the independent small-cell check."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name.lstrip('_')}", path)
+    assert spec is not None and spec.loader is not None
+    if spec.name not in sys.modules:
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[spec.name]
 
 
 def all_agencies() -> list[str]:

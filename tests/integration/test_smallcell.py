@@ -13,20 +13,19 @@ SPF view.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from streams.assembly import load_policy_set
 from streams.stack.settings import Endpoints
+from tests.conftest import bench_module
 
 from .conftest import Env, Worker, expected_pairs, lag_retrying, make_env
 
@@ -45,18 +44,7 @@ SMALL_CELL_ENV = {
 }
 
 
-def _load_kcheck() -> ModuleType:
-    """bench/_kcheck.py, the independent count shared with bench/throughput.py (bench/ is no package)."""
-    path = Path(__file__).resolve().parents[2] / "bench" / "_kcheck.py"
-    spec = importlib.util.spec_from_file_location("bench_kcheck", path)
-    assert spec is not None and spec.loader is not None
-    module = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
-    if not hasattr(module, "k_check"):
-        spec.loader.exec_module(module)
-    return module
-
-
-kcheck = _load_kcheck()
+kcheck = bench_module("_kcheck")
 
 
 def _spf(env: Env) -> tuple[Any, Any]:

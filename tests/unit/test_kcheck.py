@@ -3,10 +3,6 @@ test) finds what it must: a class below k, a duplicate, withheld fields not matc
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from streams.assembly import load_policy_set
@@ -17,19 +13,9 @@ from streams.policy.engine import Minimiser
 from streams.policy.outputs import output_schema
 from streams.policy.pseudonyms import StaticKeyRing, generate_keys
 from streams.settings import Settings
+from tests.conftest import bench_module
 
-
-def _load() -> ModuleType:
-    path = Path(__file__).resolve().parents[2] / "bench" / "_kcheck.py"
-    spec = importlib.util.spec_from_file_location("bench_kcheck", path)
-    assert spec is not None and spec.loader is not None
-    module = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
-    if not hasattr(module, "k_check"):
-        spec.loader.exec_module(module)
-    return module
-
-
-kcheck = _load()
+kcheck = bench_module("_kcheck")
 POLICIES = load_policy_set(Settings())
 SPF = next(p for p in POLICIES.policies if p.recipient == "spf")
 ENCODER = ViewEncoder(output_schema(SPF, POLICIES.input_schema), 1)

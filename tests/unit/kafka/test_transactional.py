@@ -8,6 +8,7 @@ broker ends up holding. No sleeps: the runner's sleep is injected and records it
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
@@ -85,6 +86,40 @@ class Harness:
 
         self.consumer.consume = consume  # type: ignore[method-assign]
         self.runner.run()
+
+    def run_polls(self, polls: int) -> None:
+        """Run the loop for ``polls`` consumes, then stop it."""
+        done = 0
+        original = self.consumer.consume
+
+        def consume(num_messages: int = 1, timeout: float = -1) -> list[Any]:
+            nonlocal done
+            done += 1
+            if done > polls:
+                self.runner.stop()
+                return []
+            return original(num_messages, timeout)
+
+        self.consumer.consume = consume  # type: ignore[method-assign]
+        self.runner.run()
+
+    def change_first_producer(self, change: Callable[[FakeProducer], None]) -> None:
+        """The runner's first producer gets ``change`` applied (a fault of that producer only)."""
+        created = self._producer
+
+        def producer(config: dict[str, Any]) -> FakeProducer:
+            made = created(config)
+            if len(self.producers) == 1:
+                change(made)
+            return made
+
+        self.runner._producer_factory = producer
+
+    def first_poll_unjoined(self) -> None:
+        """The first poll's group metadata says generation -1 (librdkafka's form: not a member)."""
+        answers = [b"CGMDv2:\xff\xff\xff\xffscreening-streams\x00\x00\x01"]
+        original = self.consumer.consumer_group_metadata
+        self.consumer.consumer_group_metadata = lambda: answers.pop(0) if answers else original()  # type: ignore[method-assign]
 
     def delivered(self) -> Counter[tuple[str, bytes | None]]:
         """Committed outputs counted by (topic, value)."""
@@ -170,37 +205,34 @@ def test_unflagged_error_is_treated_as_fatal_for_the_producer() -> None:
     assert max(h.delivered().values()) == 1
 
 
-def test_zombie_offsets_refused_by_generation_abort_and_leave_the_partition() -> None:
-    """A zombie: its partitions moved to a newer generation while it processed; its offsets are
-    refused (KIP-447), it aborts, commits nothing, and processes nothing more once the loss is served."""
-    h = Harness(records=4)
+def _lose_everything_mid_batch(h: Harness, *, client_rejoined: bool) -> None:
+    """While the first batch is processed, its partitions go to another member in generation 2
+    (``client_rejoined``: this client's background thread already joined that generation too);
+    the loss is served by the next consume."""
 
-    def lose_everything_mid_batch(c: FakeConsumer) -> None:
+    def arm(c: FakeConsumer) -> None:
         original = h.pipeline.process
 
         def process(record: Any) -> Any:
             if h.broker.generation == 1:
-                h.broker.generation = 2  # the group rebalanced while this worker was stopped
+                h.broker.generation = 2
+                if client_rejoined:
+                    c.generation = 2
                 c.pending_assign = []
                 c.before_consume.append(lambda c2: c2.revoke_now([(IN, 0), (IN, 1)], lost=True))
             return original(record)
 
         h.pipeline.process = process  # type: ignore[method-assign]
 
-    h.consumer.before_consume.append(lose_everything_mid_batch)
-    polls = 0
-    original = h.consumer.consume
+    h.consumer.before_consume.append(arm)
 
-    def consume(num_messages: int = 1, timeout: float = -1) -> list[Any]:
-        nonlocal polls
-        polls += 1
-        if polls > 4:
-            h.runner.stop()
-            return []
-        return original(num_messages, timeout)
 
-    h.consumer.consume = consume  # type: ignore[method-assign]
-    h.runner.run()
+def test_zombie_offsets_refused_by_generation_abort_and_leave_the_partition() -> None:
+    """A zombie: its partitions moved to a newer generation while it processed; its offsets are
+    refused (KIP-447), it aborts, commits nothing, and processes nothing more once the loss is served."""
+    h = Harness(records=4)
+    _lose_everything_mid_batch(h, client_rejoined=False)
+    h.run_polls(4)
     assert h.broker.committed_outputs == [] and h.broker.offsets == {}
     assert "abort_transaction" in h.producers[0].calls
     assert len(h.pipeline.processed) == 8, "after the loss (served by the next consume) nothing is reprocessed"
@@ -465,34 +497,8 @@ def test_offsets_are_fenced_by_the_generation_the_batch_was_read_in() -> None:
     generation of the poll that returned the records, so the coordinator refuses them; with
     the commit-time generation they would be accepted and the batch committed twice."""
     h = Harness(records=4)
-
-    def rejoined_in_the_background(c: FakeConsumer) -> None:
-        original = h.pipeline.process
-
-        def process(record: Any) -> Any:
-            if h.broker.generation == 1:
-                h.broker.generation = 2  # the partitions went to another member in generation 2 ...
-                c.generation = 2  # ... and this client already joined it, before its loop saw the loss
-                c.pending_assign = []
-                c.before_consume.append(lambda c2: c2.revoke_now([(IN, 0), (IN, 1)], lost=True))
-            return original(record)
-
-        h.pipeline.process = process  # type: ignore[method-assign]
-
-    h.consumer.before_consume.append(rejoined_in_the_background)
-    polls = 0
-    original = h.consumer.consume
-
-    def consume(num_messages: int = 1, timeout: float = -1) -> list[Any]:
-        nonlocal polls
-        polls += 1
-        if polls > 4:
-            h.runner.stop()
-            return []
-        return original(num_messages, timeout)
-
-    h.consumer.consume = consume  # type: ignore[method-assign]
-    h.runner.run()
+    _lose_everything_mid_batch(h, client_rejoined=True)
+    h.run_polls(4)
     assert h.broker.committed_outputs == [] and h.broker.offsets == {}
     assert "abort_transaction" in h.producers[0].calls
     assert h.runner.stats.aborts == 1
@@ -502,10 +508,7 @@ def test_a_batch_read_outside_any_generation_is_never_produced() -> None:
     """Metadata with generation -1 (no member of any generation) would not be fenced by the
     coordinator: such a batch begins no transaction; it is sought back and read again later."""
     h = Harness(records=3)
-    unjoined = b"CGMDv2:\xff\xff\xff\xffscreening-streams\x00\x00\x01"
-    answers = [unjoined]
-    original_metadata = h.consumer.consumer_group_metadata
-    h.consumer.consumer_group_metadata = lambda: answers.pop(0) if answers else original_metadata()  # type: ignore[method-assign]
+    h.first_poll_unjoined()
     h.run_until_drained()
     assert h.producers[0].calls.count("begin_transaction") == 1, "only the batch read in a generation is begun"
     assert (IN, 0, 0) in h.consumer.seeks or (IN, 1, 0) in h.consumer.seeks
@@ -571,15 +574,11 @@ def test_a_transaction_call_blocked_past_its_deadline_retires_the_producer() -> 
     release = threading.Event()
     h.runner._txn_timeout_s = 0.05
     h.runner._calls = BoundedCalls(grace_s=0.05)
-    created = h._producer
 
-    def producer(config: dict[str, Any]) -> FakeProducer:
-        made = created(config)
-        if len(h.producers) == 1:  # the first producer's send_offsets never returns
-            made.send_offsets_to_transaction = lambda *a, **k: release.wait(30)  # type: ignore[method-assign]
-        return made
+    def never_returns(made: FakeProducer) -> None:  # the first producer's send_offsets never returns
+        made.send_offsets_to_transaction = lambda *a, **k: release.wait(30)  # type: ignore[method-assign]
 
-    h.runner._producer_factory = producer
+    h.change_first_producer(never_returns)
     try:
         h.run_until_drained()
     finally:
@@ -609,21 +608,17 @@ def test_a_commit_that_reached_the_broker_then_hung_is_not_redone() -> None:
     release = threading.Event()
     h.runner._txn_timeout_s = 0.05
     h.runner._calls = BoundedCalls(grace_s=0.05)
-    created = h._producer
 
-    def producer(config: dict[str, Any]) -> FakeProducer:
-        made = created(config)
-        if len(h.producers) == 1:
-            real = made.commit_transaction
+    def commit_then_hang(made: FakeProducer) -> None:
+        real = made.commit_transaction
 
-            def commit(timeout: float = -1) -> None:
-                real(timeout)  # the coordinator committed it ...
-                release.wait(30)  # ... but the answer never comes
+        def commit(timeout: float = -1) -> None:
+            real(timeout)  # the coordinator committed it ...
+            release.wait(30)  # ... but the answer never comes
 
-            made.commit_transaction = commit  # type: ignore[method-assign]
-        return made
+        made.commit_transaction = commit  # type: ignore[method-assign]
 
-    h.runner._producer_factory = producer
+    h.change_first_producer(commit_then_hang)
     try:
         h.run_until_drained()
     finally:
@@ -633,32 +628,30 @@ def test_a_commit_that_reached_the_broker_then_hung_is_not_redone() -> None:
     assert len(h.delivered()) == 2 * 6
 
 
+def _commits_then_times_out(made: FakeProducer) -> None:
+    """The first commit lands at the coordinator yet every call reports a retriable timeout, and
+    librdkafka refuses to abort a transaction whose commit is in progress."""
+    real, calls = made.commit_transaction, [0]
+
+    def commit(timeout: float = -1) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            real(timeout)
+        raise retriable()
+
+    def abort(timeout: float = -1) -> None:
+        raise KafkaException(KafkaError(KafkaError._STATE, "commit in progress"))
+
+    made.commit_transaction = commit  # type: ignore[method-assign]
+    made.abort_transaction = abort  # type: ignore[method-assign]
+
+
 def test_commit_timeouts_that_did_commit_are_not_redone() -> None:
     """commit_transaction times out (retriable) three times although the coordinator committed;
     librdkafka then refuses abort_transaction (the commit is in progress): the producer goes and
     the partitions restart from the committed offsets, so nothing is delivered twice."""
     h = Harness(records=3, batch_size=2)
-    created = h._producer
-
-    def producer(config: dict[str, Any]) -> FakeProducer:
-        made = created(config)
-        if len(h.producers) == 1:
-            real, calls = made.commit_transaction, [0]
-
-            def commit(timeout: float = -1) -> None:
-                calls[0] += 1
-                if calls[0] == 1:
-                    real(timeout)
-                raise retriable()
-
-            def abort(timeout: float = -1) -> None:
-                raise KafkaException(KafkaError(KafkaError._STATE, "commit in progress"))
-
-            made.commit_transaction = commit  # type: ignore[method-assign]
-            made.abort_transaction = abort  # type: ignore[method-assign]
-        return made
-
-    h.runner._producer_factory = producer
+    h.change_first_producer(_commits_then_times_out)
     h.run_until_drained()
     assert len(h.producers) == 2
     assert max(h.delivered().values()) == 1, h.delivered().most_common(3)
@@ -743,10 +736,7 @@ def test_a_guarded_batch_that_is_not_begun_rolls_the_guard_back() -> None:
     h = Harness(records=3)
     cells = _RecordingCells()
     h.runner.small_cells = cells  # type: ignore[assignment]
-    unjoined = b"CGMDv2:\xff\xff\xff\xffscreening-streams\x00\x00\x01"
-    answers = [unjoined]
-    original_metadata = h.consumer.consumer_group_metadata
-    h.consumer.consumer_group_metadata = lambda: answers.pop(0) if answers else original_metadata()  # type: ignore[method-assign]
+    h.first_poll_unjoined()
     h.run_until_drained()
     assert cells.calls[:3] == ["guard", "aborted", "guard"], cells.calls
     assert cells.calls.count("committed") == 1
@@ -760,27 +750,7 @@ def test_a_failed_committed_read_never_restarts_a_partition_from_its_beginning()
     from types import SimpleNamespace
 
     h = Harness(records=3, batch_size=2)
-    created = h._producer
-
-    def producer(config: dict[str, Any]) -> FakeProducer:
-        made = created(config)
-        if len(h.producers) == 1:
-            real, calls = made.commit_transaction, [0]
-
-            def commit(timeout: float = -1) -> None:
-                calls[0] += 1
-                if calls[0] == 1:
-                    real(timeout)
-                raise retriable()
-
-            def abort(timeout: float = -1) -> None:
-                raise KafkaException(KafkaError(KafkaError._STATE, "commit in progress"))
-
-            made.commit_transaction = commit  # type: ignore[method-assign]
-            made.abort_transaction = abort  # type: ignore[method-assign]
-        return made
-
-    h.runner._producer_factory = producer
+    h.change_first_producer(_commits_then_times_out)
     real_committed, failures = h.consumer.committed, [1]
 
     def committed(partitions: list[Any], timeout: float = -1) -> list[Any]:
