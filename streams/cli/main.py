@@ -290,10 +290,10 @@ def worker(
     from streams.contracts.registry import HttpSchemaRegistry
     from streams.domain.geography import DEFAULT_GEOGRAPHY
     from streams.domain.geography_file import load_geography_file
-    from streams.kafka.audit_io import AuditSink, check_audit_partitions, tail_reader
+    from streams.kafka.audit_io import AuditSink, tail_reader
     from streams.kafka.clients import consumer_config
     from streams.kafka.smallcell_io import build_small_cells, check_hold_partitions
-    from streams.kafka.topics import create_topics
+    from streams.kafka.topics import check_one_partition_per_ingress, create_topics
     from streams.policy.pseudonyms import StaticKeyRing
     from streams.worker import build_app, run_worker
 
@@ -333,7 +333,7 @@ def worker(
     if small_cells is not None:
         check_hold_partitions(small_cells, partitions)
     if audit is not None:
-        check_audit_partitions(settings.audit_topic, settings.ingress_topic, partitions)
+        check_one_partition_per_ingress(settings.audit_topic, "audit", settings.ingress_topic, partitions)
     # Sizes end to end: fail fast unless every accepted ingress record can be dead-lettered whole.
     from streams.kafka.clients import producer_max_message_bytes
     from streams.kafka.topics import check_record_limits, topic_limits

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from streams.audit.chain import MAC_BYTES, AuditWriter, ChainHead, mac_matches
 from streams.audit.decisions import Location, PendingAudit
-from streams.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +38,6 @@ META_PREFIX = "audit1:"
 def head_metadata(head: ChainHead) -> str:
     """The offset metadata text of ``head`` (``audit1:<seq>:<mac hex>``, 80 bytes)."""
     return f"{META_PREFIX}{head.next_seq}:{head.mac.hex()}"
-
-
-def parse_head(metadata: str | None) -> ChainHead:
-    """The chain head in committed offset metadata (its ``audit1:`` part); genesis when there is none."""
-    return committed_head(metadata) or ChainHead()
 
 
 def committed_head(metadata: str | None) -> ChainHead | None:
@@ -110,17 +104,6 @@ def _values_to_end(consumer: Consumer, timeout_s: float) -> list[bytes]:
         value = message.value()
         if value is not None:
             values.append(value)
-
-
-def check_audit_partitions(topic: str, ingress_topic: str, partitions: Mapping[str, int]) -> None:
-    """Fail fast unless the audit topic has a partition for every ingress partition (audit
-    partition ``p`` chains ingress partition ``p``'s records)."""
-    audit, ingress = partitions.get(topic, 0), partitions.get(ingress_topic, 0)
-    if audit < ingress:
-        raise ConfigError(
-            f"topic {topic} has {audit} partitions, {ingress_topic} has {ingress}: the audit topic needs "
-            "one partition per ingress partition (add partitions to it first)"
-        )
 
 
 class AuditSink:

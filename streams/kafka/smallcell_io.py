@@ -48,6 +48,7 @@ from streams.contracts.wire import HEADER_SIZE
 from streams.domain.validation import wall_clock_ms
 from streams.errors import ConfigError
 from streams.kafka.batches import Batch, Work
+from streams.kafka.topics import check_one_partition_per_ingress
 from streams.pipeline import InputRecord, OutputRecord, remapped
 from streams.policy.model import Policy
 from streams.policy.outputs import output_schema
@@ -534,9 +535,4 @@ def build_small_cells(
 
 def check_hold_partitions(stage: SmallCellStage, partitions: Mapping[str, int]) -> None:
     """Fail fast unless the hold topic has a partition for every ingress partition."""
-    hold, ingress = partitions.get(stage.hold_topic, 0), partitions.get(stage.ingress_topic, 0)
-    if hold < ingress:
-        raise ConfigError(
-            f"topic {stage.hold_topic} has {hold} partitions, {stage.ingress_topic} has {ingress}: "
-            "the hold topic needs one partition per ingress partition"
-        )
+    check_one_partition_per_ingress(stage.hold_topic, "hold", stage.ingress_topic, partitions)

@@ -16,7 +16,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from streams.crypto.views import key_topic
-from streams.errors import ScreeningStreamsError
+from streams.errors import ConfigError, ScreeningStreamsError
 from streams.settings import Settings
 
 DAY_MS = 86_400_000
@@ -158,4 +158,15 @@ def check_record_limits(settings: Settings, limits: Mapping[str, int], producer_
         raise TopicError(
             f"the worker's producer limit ({producer_limit} bytes) is below {needed}, the largest dead letter "
             f"of {settings.ingress_topic}: raise SCREENING_INGRESS_MAX_MESSAGE_BYTES to at least {ingress}"
+        )
+
+
+def check_one_partition_per_ingress(topic: str, role: str, ingress_topic: str, partitions: Mapping[str, int]) -> None:
+    """Fail fast unless ``topic`` (the ``role`` topic: partition ``p`` serves ingress partition
+    ``p``) has at least as many partitions as the ingress; ``partitions`` as :func:`create_topics` gives."""
+    have, ingress = partitions.get(topic, 0), partitions.get(ingress_topic, 0)
+    if have < ingress:
+        raise ConfigError(
+            f"topic {topic} has {have} partitions, {ingress_topic} has {ingress}: the {role} topic needs "
+            "one partition per ingress partition (add partitions to it first)"
         )

@@ -68,8 +68,8 @@ def test_unreadable_chain_heads_are_retried_and_unauthorised_ones_stop_the_worke
 
 def test_an_audit_topic_with_fewer_partitions_than_the_ingress_is_refused_at_start() -> None:
     """Audit partition p chains ingress partition p: fewer audit partitions fail fast, naming both topics."""
-    from streams.kafka.audit_io import check_audit_partitions
+    from streams.kafka.topics import check_one_partition_per_ingress
 
-    check_audit_partitions("audit", "in", {"audit": 6, "in": 6})
-    with pytest.raises(ConfigError, match="audit has 3 partitions, in has 6"):
-        check_audit_partitions("audit", "in", {"audit": 3, "in": 6})
+    check_one_partition_per_ingress("audit", "audit", "in", {"audit": 6, "in": 6})
+    with pytest.raises(ConfigError, match="audit has 3 partitions, in has 6: the audit topic needs"):
+        check_one_partition_per_ingress("audit", "audit", "in", {"audit": 3, "in": 6})

@@ -16,7 +16,7 @@ from streams.audit.decisions import PendingAudit, PendingDecision
 from streams.contracts.registry import InMemorySchemaRegistry
 from streams.errors import ConfigError
 from streams.kafka.acl import PROCESSOR, acl_plan
-from streams.kafka.audit_io import head_metadata, parse_head
+from streams.kafka.audit_io import committed_head, head_metadata
 from streams.kafka.batches import Batch, Work
 from streams.kafka.smallcell_io import (
     H_ENTRY,
@@ -301,9 +301,9 @@ def test_the_checkpoint_and_the_audit_head_share_the_offset_metadata() -> None:
         {0: head}, {0: Checkpoint(3, None, DAY).render(), 1: Checkpoint(0, None, None).render()}
     )
     by_partition = {tp.partition: tp for tp in positions}
-    assert parse_head(by_partition[0].metadata) == head
+    assert committed_head(by_partition[0].metadata) == head
     assert Checkpoint.parse(metadata_part(by_partition[0].metadata, "kanon1:")) == Checkpoint(3, None, DAY)
-    assert by_partition[1].metadata == "kanon1:0::" and parse_head(by_partition[1].metadata) == ChainHead()
+    assert by_partition[1].metadata == "kanon1:0::" and committed_head(by_partition[1].metadata) is None
     assert batch.positions()[0].metadata is None or batch.positions()[0].metadata == ""
     assert isinstance(positions[0], TopicPartition)
 
