@@ -27,7 +27,7 @@ from pathlib import Path
 
 from _common import framed_stream, percentiles, table
 
-from streams.assembly import agency_names, build_audit_writer, build_pipeline, encrypting_agencies, load_policy_set
+from streams.assembly import agency_names, build_audit_writer, build_pipeline, key_holders, load_policy_set
 from streams.audit.chain import ChainHead
 from streams.audit.decisions import Location, PendingAudit
 from streams.audit.index import AuditIndex
@@ -48,7 +48,7 @@ def build(settings: Settings, registry: InMemorySchemaRegistry, audit: AuditKeys
     keys = StaticKeyRing(generate_keys(agency_names(policy_set)))
     now = time.time_ns() // 1_000_000
     ring = PublicKeyRing(
-        [generate_key_pair(a, now - 86_400_000, now + 365 * 86_400_000).public for a in encrypting_agencies(policy_set)]
+        [generate_key_pair(a, now - 86_400_000, now + 365 * 86_400_000).public for a in key_holders(policy_set)]
     )
     return build_pipeline(settings, registry, keys, policy_set=policy_set, public_keys=ring, audit_keys=audit)
 

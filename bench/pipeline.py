@@ -42,7 +42,7 @@ from streams.assembly import (
     agency_names,
     build_pipeline,
     build_sealers,
-    encrypting_agencies,
+    key_holders,
     load_policy_set,
     subject_for,
 )
@@ -85,7 +85,7 @@ def build(
     keys = StaticKeyRing(generate_keys(agency_names(policy_set)))
     now = time.time_ns() // 1_000_000
     ring = PublicKeyRing(
-        [generate_key_pair(a, now - 86_400_000, now + 365 * 86_400_000).public for a in encrypting_agencies(policy_set)]
+        [generate_key_pair(a, now - 86_400_000, now + 365 * 86_400_000).public for a in key_holders(policy_set)]
     )
     pipeline = build_pipeline(settings, registry, keys, policy_set=policy_set, public_keys=ring)
     schemas = {p.recipient: output_schema(p, policy_set.input_schema) for p in policy_set.policies}

@@ -83,8 +83,8 @@ from _stack import (
 from streams.assembly import (
     agency_names,
     build_pipeline,
-    encrypting_agencies,
     hold_topics,
+    key_holders,
     load_policy_set,
     load_public_keys,
     output_topics,
@@ -339,7 +339,7 @@ def run(args: argparse.Namespace, *, small_cells: bool) -> Result:
     # Throw-away agency key pairs: the workers seal encrypted fields to the public halves.
     public_dir = run_dir / "public-keys"
     now = int(time.time() * 1000)
-    for agency in encrypting_agencies(policy_set):
+    for agency in key_holders(policy_set):
         pair = generate_key_pair(agency, now - 86_400_000, now + 30 * 86_400_000)
         _, public = write_key_pair(run_dir / "agency-keys", pair)
         import_public_key(public_dir, public)

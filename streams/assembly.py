@@ -17,6 +17,7 @@ from streams.contracts.registry import SchemaRegistryClient, SchemaResolver
 from streams.contracts.schemas import Schema, canonical_json, input_schema, load_schema, schema_dir
 from streams.contracts.wire import frame
 from streams.crypto.envelope import FieldEncryptor
+from streams.crypto.letters import OPERATORS, LetterSealer, check_operators_key
 from streams.crypto.ring import KeyDirectory, PublicKeyRing
 from streams.crypto.views import ViewSealer, encrypted_fields
 from streams.domain.geography import DEFAULT_GEOGRAPHY, Geography
@@ -83,6 +84,11 @@ def encrypting_agencies(policy_set: PolicySet, geography: Geography = DEFAULT_GE
     return agency_names(encrypting, geography)
 
 
+def key_holders(policy_set: PolicySet, geography: Geography = DEFAULT_GEOGRAPHY) -> list[str]:
+    """Everyone the processor seals to: the encrypting agencies, and the operators (dead letters)."""
+    return [*encrypting_agencies(policy_set, geography), OPERATORS]
+
+
 def load_public_keys(settings: Settings) -> KeyDirectory | None:
     """The agencies' public keys from ``SCREENING_PUBLIC_KEYS_DIR`` (None when unset), re-read when it changes."""
     if settings.public_keys_dir is None:
@@ -96,12 +102,14 @@ def build_sealers(
     schemas: dict[str, Schema],
     public_keys: PublicKeyRing | KeyDirectory,
     now_ms: int,
+    encryptor: FieldEncryptor | None = None,
 ) -> dict[str, ViewSealer]:
     """One :class:`ViewSealer` per agency whose contract (``schemas`` by recipient) encrypts fields.
 
     Fails when such a policy has no ``event_ref`` field, or an agency has no key in force at ``now_ms``.
+    ``encryptor`` (one per key directory: it follows the directory's reloads) is made when not given.
     """
-    encryptor = FieldEncryptor(public_keys, settings.key_epoch_s * 1000)
+    encryptor = encryptor or FieldEncryptor(public_keys, settings.key_epoch_s * 1000)
     sealers = {}
     for agency in minimiser.agencies:
         fields = encrypted_fields(schemas[agency.recipient])
@@ -115,6 +123,15 @@ def build_sealers(
         sealers[agency.agency] = ViewSealer(agency.agency, settings.topic_prefix + agency.topic, fields, encryptor)
     (public_keys.ring if isinstance(public_keys, KeyDirectory) else public_keys).check_in_force(sealers, now_ms)
     return sealers
+
+
+def build_letter_sealer(
+    settings: Settings, public_keys: PublicKeyRing | KeyDirectory, now_ms: int, encryptor: FieldEncryptor | None = None
+) -> LetterSealer:
+    """The sealer of dead letters; fails (:class:`~streams.crypto.errors.KeyUnavailable`) unless the
+    operators have a public key in force at ``now_ms`` (a dead letter is never written in clear)."""
+    check_operators_key(public_keys, now_ms)
+    return LetterSealer(encryptor or FieldEncryptor(public_keys, settings.key_epoch_s * 1000), settings.dlq_topic)
 
 
 def subject_for(topic: str) -> str:
@@ -138,7 +155,8 @@ def build_pipeline(
     With ``audit_keys``, the pipeline drafts one audit decision record per input (see
     :func:`build_audit_writer` for the writer that completes and chains them). Fields the
     policies encrypt are sealed to the agencies' ``public_keys``: without a ring, or without a
-    key in force now for every encrypting agency, building fails (nothing is sent in clear).
+    key in force now for every encrypting agency, building fails (nothing is sent in clear); so
+    does it without an operators' key in force (dead letters are sealed to it).
     """
     policy_set = policy_set or load_policy_set(settings, geography)
     # The decoder's registry front: negative cache, single flight, lookups ahead of the pass.
@@ -152,7 +170,12 @@ def build_pipeline(
     for agency in minimiser.agencies:
         topic = settings.topic_prefix + agency.topic
         encoders[agency.agency] = register_encoder(registry, subject_for(topic), schemas[agency.recipient])
-    sealers = build_sealers(settings, minimiser, schemas, public_keys, clock_ms()) if public_keys is not None else None
+    sealers, letters = None, None
+    if public_keys is not None:
+        now = clock_ms()
+        encryptor = FieldEncryptor(public_keys, settings.key_epoch_s * 1000)
+        letters = build_letter_sealer(settings, public_keys, now, encryptor)
+        sealers = build_sealers(settings, minimiser, schemas, public_keys, now, encryptor)
     return Pipeline(
         EventDecoder(resolver, policy_set.input_schema),
         EventValidator(geography, clock_ms),
@@ -164,6 +187,7 @@ def build_pipeline(
         Auditor(audit_keys, minimiser) if audit_keys is not None else None,
         sealers,
         schemas=resolver,
+        letters=letters,
     )
 
 

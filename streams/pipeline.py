@@ -30,6 +30,7 @@ from streams.contracts.registry import SchemaResolver
 from streams.contracts.wire import HEADER_SIZE, MAGIC
 from streams.crypto.envelope import DataKey
 from streams.crypto.errors import KeyUnavailable
+from streams.crypto.letters import H_SEALED, OPERATORS, LetterSealer, RawLetter
 from streams.crypto.views import ViewSealer
 from streams.domain.validation import EventValidator, wall_clock_ms
 from streams.errors import ConfigError, RecordRejected, RegistryError, RegistryUnavailable
@@ -50,7 +51,26 @@ H_PARTITION = "dlq.source.partition"
 H_OFFSET = "dlq.source.offset"
 H_TIME = "dlq.time"
 H_VERSION = "dlq.processor.version"
-DLQ_HEADERS = (H_CODE, H_REASON, H_STAGE, H_TOPIC, H_PARTITION, H_OFFSET, H_TIME, H_VERSION)
+# Sizes and framing of the sealed raw record (readable without the operators' key).
+H_KEY_BYTES = "dlq.key.bytes"
+H_VALUE_BYTES = "dlq.value.bytes"
+H_FRAMING = "dlq.value.framing"
+H_HEADER_COUNT = "dlq.headers"
+DLQ_HEADERS = (
+    H_CODE,
+    H_REASON,
+    H_STAGE,
+    H_TOPIC,
+    H_PARTITION,
+    H_OFFSET,
+    H_TIME,
+    H_VERSION,
+    H_KEY_BYTES,
+    H_VALUE_BYTES,
+    H_FRAMING,
+    H_HEADER_COUNT,
+    H_SEALED,
+)
 #: The dead-letter machinery's header namespace: an ingress record's headers under it are dropped.
 DLQ_PREFIX = "dlq."
 
@@ -137,6 +157,7 @@ class Pipeline:
         auditor: Auditor | None = None,
         sealers: Mapping[str, ViewSealer] | None = None,
         schemas: SchemaResolver | None = None,
+        letters: LetterSealer | None = None,
     ) -> None:
         """Wire the stages; ``encoders`` maps each agency name to its output encoder.
 
@@ -145,6 +166,8 @@ class Pipeline:
         agency that encrypts without one is a :class:`ConfigError` (nothing is sent in clear).
         ``schemas`` (the decoder's registry front) lets :meth:`prefetch` look writer schemas up
         before the CPU-bound pass, and keeps records that are not framed from costing a lookup.
+        ``letters`` seals dead letters to the operators' public key; without it the pipeline is
+        refused (:class:`ConfigError`): a dead letter holds raw input and is never written in clear.
         """
         sealers = dict(sealers or {})
         unsealed = sorted(
@@ -156,8 +179,15 @@ class Pipeline:
                 f"the policies encrypt fields for {named} but no public key ring was given "
                 "(SCREENING_PUBLIC_KEYS_DIR): nothing would be sent in clear, so nothing is sent"
             )
+        if letters is None:
+            raise ConfigError(
+                "no operators' public key ring was given (SCREENING_PUBLIC_KEYS_DIR): dead letters hold raw "
+                "input and are sealed to the operators' key, never written in clear"
+            )
+        self.letters = letters
         self._sealers = {a.agency: sealers.get(a.agency) for a in minimiser.agencies}
-        self.key_topics = sorted({s.key_topic for s in sealers.values()})
+        self.key_topics = sorted({s.key_topic for s in sealers.values()} | {letters.key_topic})
+        self._key_topic_of = {agency: s.key_topic for agency, s in sealers.items()} | {OPERATORS: letters.key_topic}
         self.auditor = auditor
         self.schemas = schemas
         self.decoder = decoder
@@ -245,11 +275,10 @@ class Pipeline:
         """
         outputs = []
         for key in keys:
-            sealer = self._sealers[key.agency]
-            assert sealer is not None
+            topic = self._key_topic_of[key.agency]  # an agency's key topic, or the DLQ's (operators)
             record, headers = key.record, ((H_AGENCY, key.agency.encode()),)
-            outputs.append(OutputRecord(sealer.key_topic, record.key, record.value(), headers, record.key))
-            self.stats.produced[sealer.key_topic] += 1
+            outputs.append(OutputRecord(topic, record.key, record.value(), headers, record.key))
+            self.stats.produced[topic] += 1
         return outputs
 
     def _audit(self, record: InputRecord, result: _Result, first_output: int) -> PendingAudit:
@@ -307,8 +336,8 @@ class Pipeline:
                 raise
             raise RegistryUnavailable(f"schema registry failed at stage {stage}: {type(exc).__name__}") from exc
         except RecordRejected as rejection:
-            letter = self._dead_letter(record, rejection.code, str(rejection), rejection.stage)
-            return _Result([letter], event, (), rejection.code)
+            letter, letter_key = self._dead_letter(record, rejection.code, str(rejection), rejection.stage)
+            return _Result([letter], event, (), rejection.code, (letter_key,))
         except Exception as exc:  # a bug must not lose or skip the record: dead-letter it
             # The exception text may quote data: log and dead-letter only its type.
             log.error(
@@ -319,10 +348,10 @@ class Pipeline:
                 record.offset,
                 type(exc).__name__,
             )
-            letter = self._dead_letter(
+            letter, letter_key = self._dead_letter(
                 record, "internal_error", f"unexpected {type(exc).__name__} while processing", stage
             )
-            return _Result([letter], event, (), "internal_error")
+            return _Result([letter], event, (), "internal_error", (letter_key,))
         for out in outputs:
             self.stats.produced[out.topic] += 1
         return _Result(outputs, event, views, None, tuple(used))
@@ -371,10 +400,12 @@ class Pipeline:
             work[-1][1].extend(self._key_records(keys.values()))
         return work
 
-    def _dead_letter(self, record: InputRecord, code: str, reason: str, stage: str) -> OutputRecord:
+    def _dead_letter(self, record: InputRecord, code: str, reason: str, stage: str) -> tuple[OutputRecord, DataKey]:
+        # Sealed first: with no operators' key in force, KeyUnavailable propagates (nothing in clear).
+        letter = dead_letter(record, code, reason, stage, self.dlq_topic, self.clock_ms(), self.letters)
         self.stats.dead_letters[code] += 1
         log.warning("dead-lettered %s[%d]@%d: %s (%s)", record.topic, record.partition, record.offset, code, stage)
-        return dead_letter(record, code, reason, stage, self.dlq_topic, self.clock_ms())
+        return letter
 
 
 def _encrypts(rules: Iterable[Any]) -> bool:
@@ -431,17 +462,22 @@ def transaction_order(outputs: Sequence[OutputRecord]) -> list[int]:
     )
 
 
-def dead_letter(record: InputRecord, code: str, reason: str, stage: str, dlq_topic: str, now_ms: int) -> OutputRecord:
-    """Build the dead-letter record of ``record``: its raw key and value, and why it failed.
+def dead_letter(
+    record: InputRecord, code: str, reason: str, stage: str, dlq_topic: str, now_ms: int, sealer: LetterSealer
+) -> tuple[OutputRecord, DataKey]:
+    """Build the sealed dead-letter record of ``record`` and the operators' data key it is sealed under.
 
-    The original headers are kept, except any under ``dlq.``: a producer could forge them (e.g.
-    a replay count), so only the pipeline's own are written. Whether the record was a replay
-    is the replay ledger's to say (``streams.dlq.ledger``), from the source coordinates.
+    Its value seals the raw key, raw value and original headers (:mod:`streams.crypto.letters`);
+    its own key is null and its headers are the pipeline's ``dlq.*`` ones only: why it failed,
+    where from, sizes, framing and the operators' public key id, all readable without the key and
+    all bound to the sealed value. Incoming ``dlq.`` headers are dropped (a producer could forge
+    them, e.g. a replay count): whether the record was a replay is the replay ledger's to say
+    (``streams.dlq.ledger``), from the source coordinates.
     """
-    kept = [(k, v) for k, v in record.headers if not k.startswith(DLQ_PREFIX)]
+    kept = tuple((k, v) for k, v in record.headers if not k.startswith(DLQ_PREFIX))
+    key = sealer.data_key(now_ms)
     when = dt.datetime.fromtimestamp(now_ms / 1000, tz=dt.UTC).isoformat(timespec="milliseconds")
-    headers = [
-        *kept,
+    headers: list[tuple[str, bytes]] = [
         (H_CODE, code.encode()),
         (H_REASON, reason.encode()),
         (H_STAGE, stage.encode()),
@@ -450,6 +486,27 @@ def dead_letter(record: InputRecord, code: str, reason: str, stage: str, dlq_top
         (H_OFFSET, str(record.offset).encode()),
         (H_TIME, when.encode()),
         (H_VERSION, __version__.encode()),
+        (H_KEY_BYTES, _size(record.key)),
+        (H_VALUE_BYTES, _size(record.value)),
+        (H_FRAMING, framing(record.value).encode()),
+        (H_HEADER_COUNT, str(len(kept)).encode()),
+        (H_SEALED, key.public_key_id.encode()),
     ]
+    value = sealer.seal(key, RawLetter(record.key, record.value, kept), headers)
     route = f"{record.topic}:{record.partition}".encode()
-    return OutputRecord(dlq_topic, record.key, record.value, headers, route, dead_letter=True)
+    return OutputRecord(dlq_topic, None, value, headers, route, dead_letter=True), key
+
+
+def _size(value: bytes | None) -> bytes:
+    return b"null" if value is None else str(len(value)).encode()
+
+
+def framing(value: bytes | None) -> str:
+    """What the first bytes of a raw value say (no data): Confluent framing and schema id, or the first byte."""
+    if value is None:
+        return "null"
+    if len(value) < HEADER_SIZE:
+        return "none (shorter than a Confluent header)" if value else "none (empty)"
+    if value[0] != MAGIC:
+        return f"none (first byte 0x{value[0]:02x})"
+    return f"Confluent, schema id {int.from_bytes(value[1:HEADER_SIZE], 'big')}"

@@ -8,11 +8,13 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
-from streams.assembly import PolicySet, agency_names, encrypting_agencies, load_policy_set
+from streams.assembly import PolicySet, agency_names, key_holders, load_policy_set
 from streams.crypto.keys import AgencyPrivateKey, generate_key_pair, parse_instant
+from streams.crypto.letters import OPERATORS, LetterOpener, RawLetter
 from streams.crypto.ring import PrivateKeyRing, PublicKeyRing
 from streams.domain.geography import DEFAULT_GEOGRAPHY
 from streams.policy.engine import Minimiser
@@ -49,9 +51,9 @@ def deterministic_keys() -> StaticKeyRing:
 
 @functools.cache
 def agency_key_pairs() -> dict[str, AgencyPrivateKey]:
-    """One X25519 key pair per agency whose policy encrypts, valid 2000-2100 (tests only)."""
+    """One X25519 key pair per agency whose policy encrypts, and the operators', valid 2000-2100 (tests only)."""
     valid = parse_instant("2000-01-01"), parse_instant("2100-01-01")
-    return {a: generate_key_pair(a, *valid) for a in encrypting_agencies(load_policy_set(Settings()))}
+    return {a: generate_key_pair(a, *valid) for a in key_holders(load_policy_set(Settings()))}
 
 
 def public_key_ring() -> PublicKeyRing:
@@ -62,6 +64,16 @@ def public_key_ring() -> PublicKeyRing:
 def private_key_ring(agency: str) -> PrivateKeyRing:
     """One agency's side of :func:`agency_key_pairs`: its private key."""
     return PrivateKeyRing([agency_key_pairs()[agency]], agency)
+
+
+def open_letter(pipeline: Any, out: Any) -> RawLetter:
+    """The raw record sealed in dead letter ``out`` of ``pipeline``, opened with the operators' test key
+    (the key record is the pipeline's current operators' data key: ``process`` returns no key records)."""
+    opener = LetterOpener(private_key_ring(OPERATORS))
+    key = pipeline.letters.encryptor.current_key(OPERATORS)
+    if key is not None:
+        opener.add_key_record(key.record.value())
+    return opener.open(out.topic, 0, 0, out.value, out.headers)
 
 
 @pytest.fixture(scope="session")

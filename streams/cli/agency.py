@@ -26,7 +26,7 @@ _recipient = click.option(
     "agency",
     envvar="SCREENING_AGENCY",
     required=True,
-    help="The agency: cnam, spf, or ars.<region> (e.g. ars.11).",
+    help="The agency: cnam, spf, or ars.<region> (e.g. ars.11); keygen also takes operators (dead letters).",
 )
 _keys_dir = click.option(
     "--public-keys-dir",
@@ -84,16 +84,18 @@ def _agencies_and_topics(settings: Settings) -> dict[str, str]:
 @_keys_dir
 @click.option("--days", type=int, default=365, show_default=True, envvar="SCREENING_AGENCY_DAYS")
 def throwaway(out: Path, public_keys_dir: Path, days: int) -> None:
-    """(Demos and tests) a key pair for every agency whose policy encrypts; public halves imported."""
+    """(Demos and tests) a key pair for every agency whose policy encrypts and for the operators (dead
+    letters); public halves imported."""
     import time
 
-    from streams.assembly import encrypting_agencies, load_policy_set
+    from streams.assembly import key_holders, load_policy_set
     from streams.crypto.ring import throwaway_key_pairs
 
-    agencies = encrypting_agencies(load_policy_set(_settings()))
-    made = throwaway_key_pairs(agencies, out, public_keys_dir, int(time.time() * 1000), days)
+    holders = key_holders(load_policy_set(_settings()))
+    made = throwaway_key_pairs(holders, out, public_keys_dir, int(time.time() * 1000), days)
     click.echo(
-        f"throw-away key pairs for {len(made)} agencies: private keys in {out}, public keys in {public_keys_dir}"
+        f"throw-away key pairs for {len(made) - 1} agencies and the operators: private keys in {out}, "
+        f"public keys in {public_keys_dir}"
     )
 
 
@@ -103,10 +105,12 @@ def throwaway(out: Path, public_keys_dir: Path, days: int) -> None:
 )
 @_keys_dir
 def import_key(file: Path, public_keys_dir: Path) -> None:
-    """(Processor side) add an agency's public key file to the public key directory (validated first)."""
+    """(Processor side) add an agency's (or the operators') public key file to the key directory (validated first)."""
+    from streams.crypto.letters import OPERATORS
     from streams.crypto.ring import PublicKeyRing, import_public_key
 
-    key, added = import_public_key(public_keys_dir, file, known_agencies=_agencies_and_topics(_settings()))
+    known = [*_agencies_and_topics(_settings()), OPERATORS]  # the operators: dead letters are sealed to them
+    key, added = import_public_key(public_keys_dir, file, known_agencies=known)
     if not added:
         click.echo(f"key {key.key_id} of agency {key.agency} is already imported; nothing changed")
         return

@@ -25,7 +25,7 @@ from typing import Any, cast
 import fastavro
 from kafka import TopicPartition
 
-from streams.assembly import agency_names, encrypting_agencies, hold_topics, load_policy_set, output_topics
+from streams.assembly import agency_names, hold_topics, key_holders, load_policy_set, output_topics
 from streams.contracts.registry import HttpSchemaRegistry
 from streams.contracts.schemas import load_schema, schema_dir, strip_logical_types, to_readable
 from streams.contracts.wire import frame
@@ -101,9 +101,9 @@ def run_demo(count: int, seed: int, keep_running: bool, echo: Echo = print) -> N
     echo(f"throw-away pseudonymisation keys for {len(agencies)} agencies: {keys_file}")
     private_keys = _agency_keys(settings, state)
     echo(
-        f"throw-away agency key pairs for {len(private_keys)} agencies that receive encrypted fields: "
-        f"private halves in {state / 'agency-keys'} (the agencies' side), public halves imported into "
-        f"{state / 'public-keys'} (the worker's)"
+        f"throw-away agency key pairs for {len(private_keys) - 1} agencies that receive encrypted fields and for "
+        f"the operators (dead letters are sealed to them): private halves in {state / 'agency-keys'} (the "
+        f"agencies' and operators' side), public halves imported into {state / 'public-keys'} (the worker's)"
     )
 
     partitions = create_topics(settings, outputs, hold_topics(settings, load_policy_set(settings)))
@@ -175,11 +175,11 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 def _agency_keys(settings: Settings, state: Path) -> dict[str, Path]:
-    """Fresh throw-away key pairs for the encrypting agencies (previous runs' keys are removed)."""
+    """Fresh throw-away key pairs for the encrypting agencies and the operators (previous runs' keys are removed)."""
     for name in ("agency-keys", "public-keys"):
         shutil.rmtree(state / name, ignore_errors=True)
-    agencies = encrypting_agencies(load_policy_set(settings))
-    return throwaway_key_pairs(agencies, state / "agency-keys", state / "public-keys", int(time.time() * 1000))
+    holders = key_holders(load_policy_set(settings))
+    return throwaway_key_pairs(holders, state / "agency-keys", state / "public-keys", int(time.time() * 1000))
 
 
 def _summary(

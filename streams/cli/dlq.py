@@ -1,6 +1,9 @@
 """``screening-streams dlq ...``: list, show and replay the dead letters of the ingress.
 
-The dead-letter topic holds raw input (identifying data): these commands print reason codes,
+The dead-letter topic holds raw input (identifying data) sealed to the operators' public key
+(:mod:`streams.crypto.letters`): ``list`` and ``show`` read the readable ``dlq.*`` headers without
+any key; ``show --private-key`` opens the letters (sizes, header names, ``--hex`` preview) and
+``replay`` needs the key to send the raw records back. These commands print reason codes,
 coordinates and sizes, never a raw value. See :mod:`streams.dlq.replay` for the rules of a replay
 and :mod:`streams.dlq.ledger` for where replay counts come from (never from record headers).
 """
@@ -12,14 +15,27 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from kafka import TopicPartition
 
 from streams.cli.options import common_options, settings
+from streams.crypto.letters import OPERATORS, LetterOpener, dlq_key_topic
+from streams.crypto.ring import PrivateKeyRing
 from streams.dlq.ledger import Ledger, coordinates, entry, ledger_topic, read_ledger
-from streams.dlq.letters import DeadLetter, Selection, parse, render, render_summary, select, summarise, within
+from streams.dlq.letters import (
+    DeadLetter,
+    Selection,
+    opened,
+    parse,
+    render,
+    render_summary,
+    select,
+    summarise,
+    within,
+)
 from streams.dlq.replay import DEFAULT_MAX_REPLAYS, ReplayPlan, ReplayRecord, plan_replay
 from streams.errors import ScreeningStreamsError
 from streams.kafka.offsets import ReadRecord, beginning_offsets, end_offsets, read_from
@@ -77,6 +93,33 @@ def _read_topic(bootstrap_servers: str, topic: str) -> list[ReadRecord]:
     return within(records, {(tp.topic, tp.partition): end for tp, end in ends.items()})
 
 
+_private_key = click.option(
+    "--private-key",
+    "private_keys",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    envvar="SCREENING_DLQ_PRIVATE_KEY",
+    help="The operators' private key file (repeatable; the env var takes several, space-separated): "
+    "dead letters are sealed to the operators' public key.",
+)
+
+
+def _opener(settings: Settings, private_keys: tuple[Path, ...]) -> LetterOpener:
+    """A :class:`~streams.crypto.letters.LetterOpener` holding the DLQ key topic's data keys."""
+    opener = LetterOpener(PrivateKeyRing.from_files(private_keys, OPERATORS))
+    for record in _read_topic(settings.bootstrap_servers, dlq_key_topic(settings.dlq_topic)):
+        opener.add_key_record(record.value)
+    return opener
+
+
+def _open_all(settings: Settings, letters: list[DeadLetter], private_keys: tuple[Path, ...]) -> list[DeadLetter]:
+    """``letters`` opened with the operators' keys; the first that does not open stops the command, named."""
+    if not letters:
+        return letters
+    opener = _opener(settings, private_keys)
+    return [opened(letter, opener) for letter in letters]
+
+
 def _ledger(settings: Settings) -> Ledger:
     """The replay ledger as it stands now (empty when nothing was ever replayed)."""
     return read_ledger(_read_topic(settings.bootstrap_servers, ledger_topic(settings.topic_prefix)))
@@ -119,17 +162,23 @@ def list_(
     is_flag=True,
     default=False,
     envvar="SCREENING_DLQ_HEX",
-    help="Also print the first 16 bytes of the raw value in hex (may hold identifying data).",
+    help="Also print the first 16 bytes of the raw value in hex (may hold identifying data; needs --private-key).",
 )
+@_private_key
 def show(
     bootstrap_servers: str | None,
     registry_url: str | None,
     topic_prefix: str | None,
     limit: int,
     hex_preview: bool,
+    private_keys: tuple[Path, ...],
     **criteria: Any,
 ) -> None:
-    """Describe dead letters: one by --partition/--offset, or the first N matching --code."""
+    """Describe dead letters: one by --partition/--offset, or the first N matching --code.
+
+    Without --private-key only the readable dlq.* headers (reason, source, sizes, framing); with
+    it, the letters are opened (authenticated) and the original header names and --hex shown.
+    """
     cfg = settings(bootstrap_servers=bootstrap_servers, registry_url=registry_url, topic_prefix=topic_prefix)
     selection = _selection(**criteria)
     if selection.partition is not None and selection.offset is not None:
@@ -143,7 +192,8 @@ def show(
         letters = select(_dead_letters(cfg, _ledger(cfg)), selection)
     if not letters:
         raise DlqError(f"no dead letter in {cfg.dlq_topic} matches the selection")
-    click.echo("\n\n".join(render(letter, hex_preview=hex_preview) for letter in letters[:limit]))
+    shown = _open_all(cfg, letters[:limit], private_keys) if private_keys else letters[:limit]
+    click.echo("\n\n".join(render(letter, hex_preview=hex_preview) for letter in shown))
     if len(letters) > limit:
         click.echo(f"\n({limit} of {len(letters)} matching dead letters shown; --limit N for more)")
 
@@ -168,6 +218,7 @@ def show(
     envvar="SCREENING_DLQ_AGAIN",
     help="Also replay dead letters an earlier replay already sent back (duplicates downstream).",
 )
+@_private_key
 def replay(
     bootstrap_servers: str | None,
     registry_url: str | None,
@@ -176,13 +227,24 @@ def replay(
     max_replays: int,
     force: bool,
     again: bool,
+    private_keys: tuple[Path, ...],
     **criteria: Any,
 ) -> None:
-    """Send matching dead letters back to the ingress topic, unchanged, up to the DLQ's current end."""
+    """Send matching dead letters back to the ingress topic, unchanged, up to the DLQ's current end.
+
+    Needs the operators' private key (--private-key): each letter is opened, authenticated, before
+    anything is sent; one that does not open stops the replay, naming it, with nothing sent.
+    """
     cfg = settings(bootstrap_servers=bootstrap_servers, registry_url=registry_url, topic_prefix=topic_prefix)
     selection = _selection(**criteria)
+    if not private_keys:
+        raise click.UsageError(
+            "dead letters are sealed to the operators' public key: replay needs --private-key "
+            "(or SCREENING_DLQ_PRIVATE_KEY), the operators' private key file"
+        )
     ledger = _ledger(cfg)
     letters = select(_dead_letters(cfg, ledger), selection)  # bounded by the end offsets taken now
+    letters = _open_all(cfg, letters, private_keys)
     plan = plan_replay(letters, max_replays=max_replays, force=force, replayed=ledger.replayed, again=again)
     if dry_run:
         for record in plan.records:

@@ -204,6 +204,10 @@ class FieldEncryptor:
         key.views += 1
         return key
 
+    def current_key(self, agency: str) -> DataKey | None:
+        """The agency's data key made last (None before the first), without making one."""
+        return self._current.get(agency)
+
     def _new_key(self, agency: str, now_ms: int) -> DataKey:
         public = self.ring.require(agency, now_ms)
         start, end = self.ring.effective_period(public)

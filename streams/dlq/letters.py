@@ -1,9 +1,12 @@
 """Dead letters that help: parse, summarise, select and show records of the dead-letter topic.
 
 Pure functions over records already read from Kafka (:class:`~streams.kafka.offsets.ReadRecord`);
-``streams.cli.dlq`` does the reading and publishing. A dead letter holds the raw input, which
-holds identifying data: nothing here ever decodes the value to fields or returns it as text.
-:func:`render` prints its size (and, only when asked, a hex preview of its first 16 bytes).
+``streams.cli.dlq`` does the reading and publishing. A dead letter seals the raw input, which
+holds identifying data, to the operators' public key (:mod:`streams.crypto.letters`): its
+``dlq.*`` headers (reason, stage, coordinates, sizes, framing) are readable by anyone who may
+read the topic, the raw key, value and headers only once :func:`opened` with the operators'
+private key. Nothing here ever decodes the value to fields or returns it as text: :func:`render`
+prints sizes (and, only when asked and opened, a hex preview of the first 16 bytes).
 
 The DLQ is read only up to the end offsets taken when a command starts (:func:`within`), so
 a replay (:mod:`streams.dlq.replay`) never sees, let alone replays, the dead letters its own
@@ -16,19 +19,24 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from streams.crypto.letters import H_SEALED, LetterOpener, RawLetter
 from streams.dlq.ledger import Ledger, coordinates
 from streams.kafka.offsets import ReadRecord
 from streams.pipeline import (
     DLQ_PREFIX,
     H_CODE,
+    H_FRAMING,
+    H_HEADER_COUNT,
+    H_KEY_BYTES,
     H_OFFSET,
     H_PARTITION,
     H_REASON,
     H_STAGE,
     H_TIME,
     H_TOPIC,
+    H_VALUE_BYTES,
     H_VERSION,
 )
 from streams.policy.explain import table
@@ -45,7 +53,8 @@ class DeadLetter:
 
     ``replay_count`` is how many times its input had been replayed when it failed, per the
     ledger (0: an original failure; None: a ledger entry of unknown rank); ``replay_of`` the
-    DLQ coordinates of the dead letter that replay came from.
+    DLQ coordinates of the dead letter that replay came from. ``raw`` is the sealed ingress
+    record (raw key, value, original headers) once :func:`opened`; None until then.
     """
 
     record: ReadRecord
@@ -59,6 +68,13 @@ class DeadLetter:
     processor_version: str
     replay_count: int | None
     replay_of: str | None
+    raw: RawLetter | None = None
+
+    @property
+    def sealed_to(self) -> str | None:
+        """The operators' public key id the raw record is sealed to (None: not a sealed letter)."""
+        value = dict(self.record.headers).get(H_SEALED)
+        return None if value is None else text(value)
 
     @property
     def coordinates(self) -> str:
@@ -100,6 +116,16 @@ def parse(record: ReadRecord, ledger: Ledger | None = None) -> DeadLetter:
         replay_count=0 if replay is None else replay.count,
         replay_of=None if replay is None else replay.of,
     )
+
+
+def opened(letter: DeadLetter, opener: LetterOpener) -> DeadLetter:
+    """``letter`` with its raw record unsealed by ``opener``.
+
+    Raises :class:`~streams.crypto.errors.DecryptionError` naming the DLQ record
+    (``topic[partition]@offset``) when it does not open: wrong or missing key, altered or moved.
+    """
+    r = letter.record
+    return replace(letter, raw=opener.open(r.topic, r.partition, r.offset, r.value, r.headers))
 
 
 def within(records: Iterable[ReadRecord], ends: Mapping[tuple[str, int], int]) -> list[ReadRecord]:
@@ -235,10 +261,11 @@ def select(letters: Iterable[DeadLetter], selection: Selection) -> list[DeadLett
 def render(letter: DeadLetter, *, hex_preview: bool = False) -> str:
     """Describe one dead letter for ``dlq show`` without ever printing its raw value.
 
-    Shows every ``dlq.*`` header decoded, the source coordinates, the replay rank (from the
-    ledger), the sizes of the key and value, the Confluent framing (magic byte, schema id) when
-    present, and only the *names* and sizes of other headers. ``hex_preview`` adds the first 16
-    bytes of the value in hex.
+    Shows every ``dlq.*`` header decoded (sizes and framing of the raw record among them), the
+    source coordinates and the replay rank (from the ledger); once :func:`opened`, the sizes of
+    the raw key and value and only the *names* and sizes of the original headers, and with
+    ``hex_preview`` the first 16 bytes of the raw value in hex. Unopened, it says the raw record
+    is sealed and to which key.
     """
     record = letter.record
     lines = [f"dead letter {letter.coordinates}"]
@@ -252,15 +279,39 @@ def render(letter: DeadLetter, *, hex_preview: bool = False) -> str:
     else:
         replay = f"{_or_q(letter.replay_count)} (a replay of {letter.replay_of}, per the replay ledger)"
     lines.append(f"  {'replay'.ljust(width)}  {replay}")
-    lines.append(f"  {'key'.ljust(width)}  {_size(record.key)}")
-    lines.append(f"  {'value'.ljust(width)}  {_size(record.value)}{_framing(record.value)} (not shown: raw input)")
-    others = [f"{k} ({len(v or b'')} B)" for k, v in record.headers if not k.startswith(DLQ_PREFIX)]
+    raw = letter.raw
+    if raw is None:
+        headers = dict(record.headers)
+        sealed = f"sealed to the operators' key {letter.sealed_to}" if letter.sealed_to else "not sealed"
+        lines.append(f"  {'key'.ljust(width)}  {_declared(headers.get(H_KEY_BYTES))} ({sealed})")
+        framing = text(headers.get(H_FRAMING))
+        lines.append(
+            f"  {'value'.ljust(width)}  {_declared(headers.get(H_VALUE_BYTES))}"
+            + (f", framing {framing}" if framing else "")
+            + f" ({sealed})"
+        )
+        count = text(headers.get(H_HEADER_COUNT))
+        if count and count != "0":
+            lines.append(f"  {'headers'.ljust(width)}  {count} original headers ({sealed})")
+        if hex_preview:
+            lines.append(f"  {'hex'.ljust(width)}  (sealed: give the operators' private key, --private-key)")
+        return "\n".join(lines)
+    lines.append(f"  {'key'.ljust(width)}  {_size(raw.key)} (unsealed, not shown)")
+    lines.append(f"  {'value'.ljust(width)}  {_size(raw.value)}{_framing(raw.value)} (unsealed, not shown: raw input)")
+    others = [f"{k} ({len(v or b'')} B)" for k, v in raw.headers]
     if others:
         lines.append(f"  {'headers'.ljust(width)}  " + ", ".join(others))
     if hex_preview:
-        head = (record.value or b"")[:HEX_PREVIEW_BYTES]
+        head = (raw.value or b"")[:HEX_PREVIEW_BYTES]
         lines.append(f"  {'hex'.ljust(width)}  {head.hex(' ')}  (first {len(head)} bytes)")
     return "\n".join(lines)
+
+
+def _declared(value: bytes | None) -> str:
+    size = text(value)
+    if not size:
+        return "? bytes"
+    return "null" if size == "null" else f"{size} bytes"
 
 
 def _or_q(value: int | None) -> str:

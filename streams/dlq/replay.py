@@ -1,6 +1,7 @@
 """Bounded, traceable replays of dead letters, planned from the replay ledger.
 
-A replay record carries the raw key and value unchanged and the original non-``dlq.*`` headers
+A replay record carries the raw key and value unchanged and the original non-``dlq.*`` headers,
+unsealed with the operators' private key (:mod:`streams.crypto.letters`)
 (nothing a producer could imitate: the pipeline drops ``dlq.*`` headers anyway). Its rank and
 origin are written to the ledger (:mod:`streams.dlq.ledger`) under the ingress coordinates the
 broker gives it, which is how a replay that fails again is recognised. :func:`plan_replay`
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence, Set
 from dataclasses import dataclass
 
-from streams.dlq.letters import DeadLetter, Header
+from streams.dlq.letters import DeadLetter
 from streams.pipeline import DLQ_PREFIX
 
 #: Default bound on how often one input may be replayed.
@@ -26,7 +27,7 @@ class ReplayRecord:
 
     key: bytes | None
     value: bytes | None
-    headers: tuple[Header, ...]
+    headers: tuple[tuple[str, bytes | None], ...]
     of: str
     count: int
 
@@ -48,11 +49,15 @@ class ReplayPlan:
 def replay_record(letter: DeadLetter) -> ReplayRecord:
     """The ingress record replaying ``letter``: raw key/value, original non-``dlq.*`` headers, count + 1.
 
-    The count is the ledger's count for ``letter`` plus one (an unknown count restarts at 1).
+    ``letter`` must be opened (:func:`~streams.dlq.letters.opened`): its raw record is sealed to
+    the operators' key. The count is the ledger's count for ``letter`` plus one (an unknown count
+    restarts at 1).
     """
+    if letter.raw is None:
+        raise ValueError(f"dead letter {letter.coordinates} is not opened: replaying needs the operators' key")
     count = (letter.replay_count or 0) + 1
-    kept = tuple((k, v) for k, v in letter.record.headers if not k.startswith(DLQ_PREFIX))
-    return ReplayRecord(letter.record.key, letter.record.value, kept, letter.coordinates, count)
+    kept = tuple((k, v) for k, v in letter.raw.headers if not k.startswith(DLQ_PREFIX))
+    return ReplayRecord(letter.raw.key, letter.raw.value, kept, letter.coordinates, count)
 
 
 def plan_replay(

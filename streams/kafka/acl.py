@@ -3,7 +3,8 @@
 Pure: produces :class:`AclBinding` values and ``kafka-acls.sh`` command lines; applying them
 (with kafka-python's admin client on a SASL-enabled cluster) is the next step of the roadmap.
 Principals: the screening system writes the ingress; the processor reads it and writes agency
-topics, dead letters and the audit; operators read dead letters and replay to the ingress, and
+topics, dead letters (sealed to the operators' key) with their data keys and the audit; operators
+read dead letters and their data keys and replay to the ingress, and
 alone read, write (and create) the replay ledger, where replay counts come from (so nobody else
 can make a dead letter look replayed, or not); each agency (``ars.11``, ``cnam``, ``spf``...)
 reads exactly its topic. The small-cell hold topics are the processor's alone (read and write).
@@ -14,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from streams.assembly import PolicySet, agency_names, hold_topics, output_topics
+from streams.crypto.letters import dlq_key_topic
 from streams.crypto.views import key_topic
 from streams.domain.geography import DEFAULT_GEOGRAPHY, Geography
 from streams.settings import Settings
@@ -58,6 +60,9 @@ def acl_plan(settings: Settings, policy_set: PolicySet, geography: Geography = D
         AclBinding(PROCESSOR, "GROUP", settings.group_id, "READ"),
         AclBinding(PROCESSOR, "TRANSACTIONAL_ID", f"{settings.group_id}-", "WRITE", "PREFIXED"),
         AclBinding(PROCESSOR, "TOPIC", settings.dlq_topic, "WRITE"),
+        # Dead letters are sealed to the operators' key; their data keys go to the DLQ key topic.
+        AclBinding(PROCESSOR, "TOPIC", dlq_key_topic(settings.dlq_topic), "WRITE"),
+        AclBinding(OPERATOR, "TOPIC", dlq_key_topic(settings.dlq_topic), "READ"),
         AclBinding(PROCESSOR, "TOPIC", settings.audit_topic, "WRITE"),
         # The processor reads an audit partition's tail only to rebuild a chain head its
         # committed offsets lost (streams.kafka.audit_io); the records hold no identifier.

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka import TopicPartition
 
-from streams.assembly import agency_names, encrypting_agencies, hold_topics, load_policy_set, output_topics
+from streams.assembly import agency_names, hold_topics, key_holders, load_policy_set, output_topics
 from streams.crypto.ring import PrivateKeyRing
-from streams.kafka.offsets import wait_for_lag_zero
+from streams.kafka.offsets import ReadRecord, wait_for_lag_zero
 from streams.kafka.publish import publish_raw
 from streams.kafka.topics import create_topics
 from streams.policy.pseudonyms import StaticKeyRing
@@ -54,15 +55,19 @@ class Env:
     partitions: dict[str, int]
     keys_file: Path
     keys: StaticKeyRing
-    #: Agency side: each encrypting agency's private key file (the processor only has the public ones).
+    #: Agency side: each encrypting agency's private key file (the processor only has the public ones),
+    #: and the operators' (``operators``: dead letters are sealed to them).
     private_keys: dict[str, Path] = field(default_factory=dict)
 
     def process_env(self) -> dict[str, str]:
         """Environment variables for a worker or CLI subprocess of this environment."""
         policies = {"SCREENING_POLICY_DIR": str(self.settings.policy_dir)} if self.settings.policy_dir else {}
+        operators = self.private_keys.get("operators")
+        dlq_key = {"SCREENING_DLQ_PRIVATE_KEY": str(operators)} if operators else {}
         return {
             **os.environ,
             **policies,
+            **dlq_key,
             "KAFKA_BOOTSTRAP_SERVERS": self.settings.bootstrap_servers,
             "SCHEMA_REGISTRY_URL": self.settings.registry_url,
             "SCREENING_TOPIC_PREFIX": self.settings.topic_prefix,
@@ -75,6 +80,27 @@ class Env:
     def private_ring(self, agency: str) -> PrivateKeyRing:
         """An agency's private key ring (what its reference client is given)."""
         return PrivateKeyRing.from_files([self.private_keys[agency]], agency)
+
+    def dead_letters(self) -> list[ReadRecord]:
+        """The DLQ's records with their sealed raw key, value and original headers opened (the operators' key),
+        the ``dlq.*`` headers after them: what a dead letter held before sealing."""
+        from streams.crypto.letters import LetterOpener, dlq_key_topic
+        from streams.kafka.offsets import read_from
+
+        s = self.settings
+
+        def read(topic: str) -> list[ReadRecord]:
+            return read_from(s.bootstrap_servers, {TopicPartition(topic, p): 0 for p in range(self.partitions[topic])})
+
+        opener = LetterOpener(self.private_ring("operators"))
+        for record in read(dlq_key_topic(s.dlq_topic)):
+            opener.add_key_record(record.value)
+        out = []
+        for r in read(s.dlq_topic):
+            raw = opener.open(r.topic, r.partition, r.offset, r.value, r.headers)
+            headers = tuple((k, v or b"") for k, v in raw.headers) + r.headers
+            out.append(ReadRecord(r.topic, r.partition, r.offset, raw.key, raw.value, headers))
+        return out
 
     def publish(self, records: Iterable[tuple[bytes | None, bytes | None, Sequence[tuple[str, bytes]]]]) -> int:
         """Publish raw ``(key, value, headers)`` records to this environment's ingress topic."""
@@ -130,7 +156,7 @@ def make_env(stack: Endpoints, tmp: Path, name: str, *, small_cells: bool = Fals
     keys = generate_keys(agency_names(policy_set))
     keys_file = tmp / "keys.json"
     write_key_file(keys_file, keys)
-    private_keys = agency_key_files(tmp, encrypting_agencies(policy_set))
+    private_keys = agency_key_files(tmp, key_holders(policy_set))
     settings = settings.with_(public_keys_dir=tmp / "public-keys")
     partitions = create_topics(settings, output_topics(policy_set), hold_topics(settings, policy_set))
     return Env(settings, partitions, keys_file, StaticKeyRing(keys), private_keys)

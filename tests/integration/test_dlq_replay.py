@@ -24,6 +24,7 @@ from kafka import TopicPartition
 
 from streams.assembly import load_policy_set
 from streams.contracts.registry import HttpSchemaRegistry
+from streams.crypto.keys import generate_key_pair, write_key_pair
 from streams.dlq.ledger import Ledger, ledger_topic, read_ledger
 from streams.dlq.letters import DeadLetter, parse
 from streams.domain.generate import GeneratorSettings, generate_events
@@ -58,6 +59,14 @@ def _cli(env: Env, *args: str) -> str:
     return done.stdout
 
 
+def _cli_without_key(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
+    """``screening-streams dlq ARGS`` without the operators' private key in the environment (any exit code)."""
+    environ = {k: v for k, v in env.process_env().items() if k != "SCREENING_DLQ_PRIVATE_KEY"}
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", "dlq", *args], env=environ, capture_output=True, text=True, timeout=120
+    )
+
+
 def _drain(env: Env) -> None:
     s = env.settings
     wait_for_lag_zero(s.bootstrap_servers, s.group_id, s.ingress_topic, timeout_s=180)
@@ -86,13 +95,13 @@ def round_trip(stack: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> It
     before_fix = Worker(env, tmp / "worker-1.log")
     try:
         _drain(env)
-        seen["dlq_initial"] = _read_all(env, env.settings.dlq_topic)
+        seen["dlq_initial"] = env.dead_letters()
         seen["replay_before_fix"] = _cli(env, "replay", "--code", "unknown_commune")
         _drain(env)
-        seen["dlq_after_failed_replay"] = _read_all(env, env.settings.dlq_topic)
+        seen["dlq_after_failed_replay"] = env.dead_letters()
         seen["replay_forged"] = _cli(env, "replay", "--code", "invalid_nir")
         _drain(env)
-        seen["dlq_after_forged_replay"] = _read_all(env, env.settings.dlq_topic)
+        seen["dlq_after_forged_replay"] = env.dead_letters()
     finally:
         seen["exit_1"] = before_fix.stop()
         seen["log_1"] = before_fix.log()
@@ -110,11 +119,16 @@ def round_trip(stack: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> It
             env, "replay", "--code", "unknown_commune", "--again", "--dry-run", "--max-replays", "1"
         )
         _drain(env)
-        seen["dlq_final"] = _read_all(env, env.settings.dlq_topic)
+        seen["dlq_final"] = env.dead_letters()
         ledger = TopicPartition(ledger_topic(env.settings.topic_prefix), 0)  # one partition
         seen["ledger"] = read_ledger(read_from(env.settings.bootstrap_servers, {ledger: 0}))
         seen["list"] = _cli(env, "list")
         seen["show"] = _cli(env, "show", "--code", "unknown_commune", "--limit", "5", "--hex")
+        seen["list_without_key"] = _cli_without_key(env, "list")
+        seen["show_without_key"] = _cli_without_key(env, "show", "--code", "invalid_nir", "--hex")
+        seen["replay_without_key"] = _cli_without_key(env, "replay", "--code", "invalid_nir")
+        stranger, _ = write_key_pair(tmp / "stranger", generate_key_pair("operators", 0, 4_102_444_800_000))
+        seen["show_wrong_key"] = _cli_without_key(env, "show", "--code", "invalid_nir", "--private-key", str(stranger))
     finally:
         seen["exit_2"] = fixed.stop()
         seen["log_2"] = fixed.log()
@@ -209,3 +223,20 @@ def test_list_and_show_describe_without_identifying_data(round_trip: dict[str, A
         if isinstance(value, str) and len(value) >= 4:
             assert value not in shown, field
     assert STRAY_ID not in shown
+
+
+def test_without_the_operators_key_list_and_show_read_headers_and_replay_is_refused(round_trip: dict[str, Any]) -> None:
+    """dlq list and show need no key (dlq.* headers: code, source, sizes, framing; the raw record stays sealed);
+    replay without the key is refused before anything is sent; a wrong key stops show naming the DLQ record."""
+    listing = round_trip["list_without_key"]
+    assert listing.returncode == 0 and "unknown_commune" in listing.stdout and "invalid_nir" in listing.stdout
+    shown = round_trip["show_without_key"]
+    assert shown.returncode == 0, shown.stderr
+    assert "sealed to the operators' key" in shown.stdout and "give the operators' private key" in shown.stdout
+    assert "Confluent, schema id" in shown.stdout and FORGED_ID not in shown.stdout
+    refused = round_trip["replay_without_key"]
+    assert refused.returncode != 0 and "--private-key" in refused.stderr
+    wrong = round_trip["show_wrong_key"]
+    dlq = round_trip["env"].settings.dlq_topic
+    assert wrong.returncode == 2 and f"dead letter {dlq}[" in wrong.stderr and "does not open" in wrong.stderr
+    assert "not among those supplied" in wrong.stderr and not wrong.stdout

@@ -11,7 +11,8 @@ keeps running (no restart). Then, with ``screening-streams agency consume`` as t
 * a wrong key, a tampered ciphertext, a value moved from another record and a record whose data
   key is missing each stop the client with a clear error naming the record, never garbage;
 * the broker's log segments hold the events' NIRs, names, phones, emails and address lines in the
-  ingress topic only, never in agency or key topics.
+  ingress topic only, never in agency or key topics, the dead-letter topic (events rejected late,
+  after decoding, are dead-lettered sealed to the operators' key) or the audit topic.
 
 The forging test appends records to the CNAM topic: it runs last.
 """
@@ -35,12 +36,14 @@ import pytest
 from kafka import KafkaProducer, TopicPartition
 
 from streams.assembly import load_policy_set
+from streams.audit.keys import generate_secret, write_secret
 from streams.contracts.registry import HttpSchemaRegistry
 from streams.contracts.schemas import load_schema, schema_dir, strip_logical_types, to_readable
 from streams.contracts.wire import frame
 from streams.crypto.envelope import DATA_KEY_ID_BYTES, DataKeyStore, parse_key_record
 from streams.crypto.errors import DecryptionError
 from streams.crypto.keys import generate_key_pair, load_private_key_file, write_key_pair
+from streams.crypto.letters import dlq_key_topic
 from streams.crypto.reader import AgencyRecordReader
 from streams.crypto.ring import PrivateKeyRing
 from streams.crypto.views import encrypted_fields, key_topic, plaintext_schema
@@ -80,16 +83,31 @@ def _events(seed: int) -> list[dict[str, Any]]:
     return [dict(e) for e in generate_events(PHASE, GeneratorSettings(seed=seed, positive_share=0.6))]
 
 
+def _rejected_late(count: int) -> list[dict[str, Any]]:
+    """Events that decode but fail validation (their raw value holds real-looking NIRs, names, phones...):
+    half with a wrong NIR key (invalid_nir), half from commune 97501, in no region (unknown_commune)."""
+    events = _events(63)[:count]
+    for i, event in enumerate(events):
+        if i % 2:
+            event["nir"] = event["nir"][:13] + "00"  # a NIR key is 01..97
+        else:
+            event.update(commune_code="97501", result="POSITIVE", processing_mode="P")
+    return events
+
+
 @pytest.fixture(scope="module")
 def run(stack: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Phase 1 under CNAM's first key; CNAM's next key imported while the worker runs; phase 2 under it."""
     tmp = tmp_path_factory.mktemp("encryption")
     env = make_env(stack, tmp, "crypto")
     encoder = event_encoder(HttpSchemaRegistry(env.settings.registry_url), env.settings.ingress_topic, 1)
-    worker = Worker(env, tmp / "worker.log", extra_env={"SCREENING_PUBLIC_KEYS_RELOAD_S": "1"})
-    phase1, phase2 = _events(61), _events(62)
+    audit_key = tmp / "audit.key"
+    write_secret(audit_key, generate_secret())
+    extra = {"SCREENING_PUBLIC_KEYS_RELOAD_S": "1", "SCREENING_AUDIT_KEY_FILE": str(audit_key)}
+    worker = Worker(env, tmp / "worker.log", extra_env=extra)
+    phase1, phase2, rejected = _events(61), _events(62), _rejected_late(60)
     try:
-        env.publish(framed_events(phase1, encoder))
+        env.publish(framed_events(phase1 + rejected, encoder))
         env.drain(timeout_s=240)
         first = load_private_key_file(env.private_keys["cnam"]).public
         rotation_ms = int(time.time() * 1000) + 3000
@@ -118,6 +136,7 @@ def run(stack: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         "env": env,
         "phase1": phase1,
         "phase2": phase2,
+        "rejected": rejected,
         "old_private": env.private_keys["cnam"],
         "new_private": next_private,
         "rotation_ms": rotation_ms,
@@ -257,15 +276,28 @@ def test_destroying_the_old_private_key_shreds_exactly_its_period(run: dict[str,
     assert unreadable == len(phase1) > 0
 
 
-def test_agency_and_key_topics_hold_no_identifying_bytes_on_disk(run: dict[str, Any]) -> None:
-    """Every log segment of this run's topics, scanned for NIRs, names, phones, emails, address lines:
-    hits in the ingress topic only (which proves the scan finds them), none in agency or key topics."""
+def test_late_rejections_are_dead_lettered_sealed_and_open_to_their_raw_input(run: dict[str, Any]) -> None:
+    """Each late rejection is one dead letter (invalid_nir / unknown_commune) whose readable headers say why,
+    and whose raw value, once opened with the operators' key, is the event as published, NIR and names in it."""
+    env: Env = run["env"]
+    letters = env.dead_letters()
+    assert len(letters) == len(run["rejected"])
+    codes = sorted(dict(r.headers)["dlq.reason.code"].decode() for r in letters)
+    assert codes == sorted(["invalid_nir", "unknown_commune"] * (len(run["rejected"]) // 2))
+    nirs = {str(e["nir"]).encode() for e in run["rejected"]}
+    assert {n for n in nirs if any(n in (r.value or b"") for r in letters)} == nirs
+
+
+def test_no_topic_but_the_ingress_holds_identifying_bytes_on_disk(run: dict[str, Any]) -> None:
+    """Every log segment of this run's topics, scanned for NIRs, names, phones, emails, address lines (of the
+    delivered and of the dead-lettered events): hits in the ingress topic only (which proves the scan finds
+    them), none in agency or key topics, the DLQ, the DLQ's key topic or the audit topic."""
     env: Env = run["env"]
     stack = StackSettings.from_env(os.environ)
     if stack.external_bootstrap:
         pytest.skip("an external cluster's disks are not visible here")
     needles = set()
-    for event in run["phase1"] + run["phase2"]:
+    for event in run["phase1"] + run["phase2"] + run["rejected"]:
         for name in IDENTIFYING:
             value = event.get(name)
             if isinstance(value, str) and len(value) >= 6:
@@ -285,6 +317,8 @@ def test_agency_and_key_topics_hold_no_identifying_bytes_on_disk(run: dict[str, 
     assert (
         f"{env.settings.topic_prefix}{CNAM}" in scanned and f"{env.settings.topic_prefix}{key_topic(CNAM)}" in scanned
     )
+    dlq, audit = env.settings.dlq_topic, env.settings.audit_topic
+    assert {dlq, dlq_key_topic(dlq), audit} <= set(hits)  # their segments were scanned
     assert {t: n for t, n in hits.items() if n} == {}
 
 

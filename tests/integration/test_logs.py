@@ -49,7 +49,7 @@ def test_worker_debug_log_holds_no_identifying_value(
     """A DEBUG worker's whole log, over valid and invalid events, contains no NIR, name, phone, email or address."""
     tmp = tmp_path_factory.mktemp("logs")
     base = make_env(stack, tmp, "logs")
-    env = DebugEnv(base.settings, base.partitions, base.keys_file, base.keys)
+    env = DebugEnv(base.settings, base.partitions, base.keys_file, base.keys, base.private_keys)
     encoder = event_encoder(HttpSchemaRegistry(env.settings.registry_url), env.settings.ingress_topic, 1)
     events = list(generate_events(EVENTS, GeneratorSettings(seed=77, positive_share=0.3)))
     published: list[dict[str, Any]] = []

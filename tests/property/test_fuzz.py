@@ -49,7 +49,7 @@ from streams.kafka.publish import event_encoder
 from streams.pipeline import MAX_PAYLOAD, InputRecord, OutputRecord, Pipeline
 from streams.policy.pseudonyms import StaticKeyRing
 from streams.settings import Settings
-from tests.conftest import public_key_ring
+from tests.conftest import open_letter, public_key_ring
 
 NOW_MS = 1_767_225_600_000  # 2026-01-01T00:00Z, the pipeline's clock (generated events are from 2020)
 PER_CATEGORY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -526,7 +526,8 @@ def check_outcome(pipeline: Pipeline, case: Case, offset: int = 7) -> list[Outpu
         return outputs
     assert len(dead_letters) == 1, "an invalid record must give exactly one dead letter"
     (letter,) = dead_letters
-    assert letter.value == case.value and letter.key == KEY  # raw input, unchanged, for replay
+    raw = open_letter(pipeline, letter)  # sealed to the operators: raw input, unchanged, for replay
+    assert raw.value == case.value and raw.key == KEY and letter.key is None
     code = dict(letter.headers)["dlq.reason.code"].decode()
     assert code in DOCUMENTED_CODES
     assert code in case.codes, f"got {code}, expected {sorted(case.codes)}"
@@ -901,7 +902,7 @@ def test_large_but_honest_records_within_the_budgets_are_delivered(fuzz: Fuzz) -
 
 _SUBPROCESS = """
 import json, sys
-from streams.assembly import agency_names, build_pipeline, encrypting_agencies, load_policy_set
+from streams.assembly import agency_names, build_pipeline, key_holders, load_policy_set
 from streams.contracts.registry import InMemorySchemaRegistry
 from streams.contracts.wire import frame
 from streams.crypto.keys import generate_key_pair
@@ -915,7 +916,7 @@ settings = Settings()
 registry = InMemorySchemaRegistry()
 policy_set = load_policy_set(settings)
 keys = StaticKeyRing(generate_keys(agency_names(policy_set)))
-ring = PublicKeyRing([generate_key_pair(a, 0, 4_102_444_800_000).public for a in encrypting_agencies(policy_set)])
+ring = PublicKeyRing([generate_key_pair(a, 0, 4_102_444_800_000).public for a in key_holders(policy_set)])
 pipeline = build_pipeline(settings, registry, keys, public_keys=ring)
 codes = []
 for offset, (schema, body) in enumerate(cases):

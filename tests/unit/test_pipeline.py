@@ -12,7 +12,7 @@ import fastavro
 import pytest
 
 from streams import __version__
-from streams.assembly import build_pipeline, build_sealers, load_policy_set, subject_for
+from streams.assembly import build_letter_sealer, build_pipeline, build_sealers, load_policy_set, subject_for
 from streams.contracts.codec import EventDecoder, ViewEncoder, register_encoder
 from streams.contracts.registry import InMemorySchemaRegistry
 from streams.contracts.schemas import strip_logical_types
@@ -34,7 +34,7 @@ from streams.policy.engine import Minimiser
 from streams.policy.outputs import output_schema
 from streams.policy.pseudonyms import StaticKeyRing, generate_keys
 from streams.settings import DLQ_TOPIC, INGRESS_TOPIC, Settings
-from tests.conftest import public_key_ring
+from tests.conftest import open_letter, public_key_ring
 
 FIXED = 1_601_510_400_000  # 2020-10-01T00:00Z, after every generated event (July-August 2020)
 FIXED_ISO = b"2020-10-01T00:00:00.000+00:00"
@@ -222,7 +222,8 @@ BAD_CASES = list(_bad_inputs(Harness()))
 
 @pytest.mark.parametrize("case", BAD_CASES)
 def test_bad_input_yields_one_complete_dead_letter(case: str) -> None:
-    """Each bad input gives exactly one DLQ record: raw value, exact code and every dlq header."""
+    """Each bad input gives exactly one DLQ record: exact code and every dlq header readable, the raw key,
+    value and original headers sealed to the operators (not in the record), and exactly them once opened."""
     harness = Harness()
     value, code = _bad_inputs(harness)[case]
     record = harness.record(value, (("trace-id", b"abc"),))
@@ -231,8 +232,9 @@ def test_bad_input_yields_one_complete_dead_letter(case: str) -> None:
     (out,) = outputs
     assert out.dead_letter
     assert out.topic == DLQ_TOPIC
-    assert out.value == value
-    assert out.key == record.key
+    assert out.key is None and "trace-id" not in _headers(out)
+    raw = open_letter(harness.pipeline, out)
+    assert (raw.key, raw.value, raw.headers) == (record.key, value, (("trace-id", b"abc"),))
     headers = _headers(out)
     assert headers["dlq.reason.code"] == code.encode()
     assert headers["dlq.reason"]
@@ -243,7 +245,8 @@ def test_bad_input_yields_one_complete_dead_letter(case: str) -> None:
     assert headers["dlq.time"] == FIXED_ISO
     assert headers["dlq.processor.version"] == __version__.encode()
     assert "dlq.replay.count" not in headers  # the replay ledger says which dead letters are replays
-    assert headers["trace-id"] == b"abc"
+    assert headers["dlq.value.bytes"] == (b"null" if value is None else str(len(value)).encode())
+    assert headers["dlq.headers"] == b"1" and headers["dlq.sealed.key_id"]
     assert harness.pipeline.stats.dead_letters == {code: 1}
     assert harness.pipeline.stats.produced == {}
 
@@ -280,7 +283,7 @@ def test_producer_set_dlq_headers_are_dropped_and_the_pipeline_writes_its_own_on
     got = _headers(out)
     assert got["dlq.reason.code"] == b"not_framed"
     assert got["dlq.time"] == FIXED_ISO
-    assert got["trace-id"] == b"abc"
+    assert open_letter(harness.pipeline, out).headers == (("trace-id", b"abc"),)
     assert b"old" not in got.values()
     assert not {"dlq.replay.count", "dlq.replay.of", "dlq.x"} & set(got)
     assert [k for k, _ in out.headers if k.startswith("dlq.")] == list(DLQ_HEADERS)
@@ -326,6 +329,7 @@ def test_internal_error_is_dead_lettered_without_the_exception_text() -> None:
         settings.dlq_topic,
         lambda: FIXED,
         sealers=build_sealers(settings, minimiser, schemas, public_key_ring(), FIXED),
+        letters=build_letter_sealer(settings, public_key_ring(), FIXED),
     )
     event = _event()
     value = event_encoder(registry, settings.ingress_topic).encode(event)
@@ -335,12 +339,13 @@ def test_internal_error_is_dead_lettered_without_the_exception_text() -> None:
     assert headers["dlq.stage"] == b"minimise"
     assert b"ValueError" in headers["dlq.reason"]
     assert b"pseudonymise" not in headers["dlq.reason"]
-    assert out.value == value
+    assert open_letter(pipeline, out).value == value
     assert _leaks(out, event) == []
 
 
 def test_process_many_returns_every_output_grouped_by_topic() -> None:
-    """process_many returns every record's outputs, grouped by topic, and counts every input."""
+    """process_many returns every record's outputs, grouped by topic, then the key record of the operators'
+    data key its dead letter is sealed under, and counts every input."""
     harness = Harness()
     records = [
         harness.record(b"\x05bad"),
@@ -348,9 +353,9 @@ def test_process_many_returns_every_output_grouped_by_topic() -> None:
         harness.record(harness.encode(_event(mode="T"))),
     ]
     outputs = harness.pipeline.process_many(records)
-    assert [o.topic for o in outputs] == [DLQ_TOPIC, "surveillance.spf.results.v1"]
+    assert [o.topic for o in outputs] == [DLQ_TOPIC, "surveillance.spf.results.v1", "screening.results.dlq.keys.v1"]
     assert harness.pipeline.stats.consumed == 3
-    assert harness.pipeline.stats.produced == {"surveillance.spf.results.v1": 1}
+    assert harness.pipeline.stats.produced == {"surveillance.spf.results.v1": 1, "screening.results.dlq.keys.v1": 1}
 
 
 def test_no_source_timestamp_header_and_record_times_are_days() -> None:
@@ -450,9 +455,11 @@ def test_flood_of_unknown_ids_and_json_costs_one_lookup_per_distinct_id() -> Non
     harness.pipeline.prefetch(records)
     outputs = harness.pipeline.process_many(records)
     assert registry.lookups - before == 1
-    codes = [dict(o.headers)["dlq.reason.code"] for o in outputs]
+    codes = [dict(o.headers)["dlq.reason.code"] for o in outputs if o.dead_letter]
     assert codes.count(b"unknown_schema_id") == 2000
     assert codes.count(b"not_framed") == 2000
+    # 4 000 sealed letters, one operators' data key: one key record (one HPKE seal), not one per letter
+    assert [o.topic for o in outputs if not o.dead_letter] == ["screening.results.dlq.keys.v1"]
 
 
 def test_bad_magic_payload_costs_no_lookup_even_without_prefetch() -> None:

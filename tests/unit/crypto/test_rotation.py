@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from streams.assembly import agency_names, build_pipeline, encrypting_agencies, load_policy_set
+from streams.assembly import agency_names, build_pipeline, key_holders, load_policy_set
 from streams.contracts.registry import InMemorySchemaRegistry
 from streams.crypto.envelope import DataKeyStore, parse_key_record
 from streams.crypto.errors import DecryptionError
@@ -34,7 +34,7 @@ def run() -> dict[str, Any]:
     Every agency has an old key valid [D0, D0+20d) and a new one valid [D0+10d, D0+40d): the
     periods overlap, as a rotation is planned; from D0+10d the new one is current.
     """
-    old = {a: generate_key_pair(a, D0, D0 + 20 * DAY) for a in encrypting_agencies(POLICY_SET)}
+    old = {a: generate_key_pair(a, D0, D0 + 20 * DAY) for a in key_holders(POLICY_SET)}
     new = {a: generate_key_pair(a, ROTATION, D0 + 40 * DAY) for a in old}
     ring = PublicKeyRing([p.public for p in (*old.values(), *new.values())])
     clock = [D0 + DAY // 2]

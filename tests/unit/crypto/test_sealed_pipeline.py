@@ -9,7 +9,7 @@ from typing import Any
 import fastavro
 import pytest
 
-from streams.assembly import PolicySet, agency_names, build_pipeline, encrypting_agencies, load_policy_set
+from streams.assembly import PolicySet, agency_names, build_pipeline, key_holders, load_policy_set
 from streams.contracts.registry import InMemorySchemaRegistry
 from streams.contracts.schemas import strip_logical_types, to_readable
 from streams.contracts.wire import frame
@@ -182,7 +182,7 @@ def test_building_when_an_agency_has_no_key_in_force_names_it() -> None:
 def test_a_key_expiring_while_running_stops_the_batch_instead_of_dead_lettering_or_sending_clear() -> None:
     """When the clock passes the last key's end, process_many raises KeyUnavailable; nothing is dead-lettered."""
     end = NOW + 86_400_000
-    short = {a: generate_key_pair(a, NOW - 1, end).public for a in encrypting_agencies(POLICY_SET)}
+    short = {a: generate_key_pair(a, NOW - 1, end).public for a in key_holders(POLICY_SET)}
     clock = [NOW]
     sealed = Sealed(public_keys=PublicKeyRing(short.values()), clock=clock)
     assert sealed.pipeline.process_many(sealed.inputs(_events(3)))

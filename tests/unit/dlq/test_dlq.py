@@ -8,11 +8,24 @@ import re
 
 import pytest
 
+from streams.crypto.envelope import FieldEncryptor
+from streams.crypto.letters import LetterOpener, LetterSealer
 from streams.dlq.ledger import Ledger, Replay, entry, ledger_topic, read_ledger
-from streams.dlq.letters import DeadLetter, Selection, parse, render, render_summary, select, summarise, within
+from streams.dlq.letters import (
+    DeadLetter,
+    Selection,
+    opened,
+    parse,
+    render,
+    render_summary,
+    select,
+    summarise,
+    within,
+)
 from streams.dlq.replay import plan_replay, replay_record
 from streams.kafka.offsets import ReadRecord
-from streams.pipeline import InputRecord, dead_letter
+from streams.pipeline import InputRecord, OutputRecord, dead_letter
+from tests.conftest import private_key_ring, public_key_ring
 
 DLQ = "screening.results.dlq.v1"
 INGRESS = "screening.results.v1"
@@ -22,6 +35,20 @@ NAME = "DUPONTEL"
 # A framed record (magic 0, schema id 7) whose body holds identifying text, as a real event does.
 RAW = b"\x00\x00\x00\x00\x07" + f"{NIR}\x10{NAME}\x0c0612345678 97501 rue des Pecheurs".encode()
 KEY = b"5f0c7c52-0a8e-4d4e-9d3b-1f7c2d1e9a11"
+SEALER = LetterSealer(FieldEncryptor(public_key_ring()), DLQ)
+OPENER = LetterOpener(private_key_ring("operators"))
+
+
+def _dead(source: InputRecord, code: str, reason: str, stage: str, dlq: str, at_ms: int) -> OutputRecord:
+    """The pipeline's sealed dead letter of ``source``; its data key's record goes to the test's opener."""
+    out, key = dead_letter(source, code, reason, stage, dlq, at_ms, SEALER)
+    OPENER.add_key_record(key.record.value())
+    return out
+
+
+def _read(record: ReadRecord, ledger: Ledger | None = None) -> DeadLetter:
+    """Parse a DLQ record and open it with the operators' key (what ``dlq show --private-key`` does)."""
+    return opened(parse(record, ledger), OPENER)
 
 
 def _letter(
@@ -37,10 +64,10 @@ def _letter(
     value: bytes | None = RAW,
     ledger: Ledger | None = None,
 ) -> DeadLetter:
-    """A dead letter exactly as the pipeline writes it, read back at DLQ coordinates (partition, offset)."""
+    """A dead letter exactly as the pipeline writes it, read back at DLQ coordinates (partition, offset), opened."""
     source = InputRecord(INGRESS, source_partition, source_offset, KEY, value, headers)
-    out = dead_letter(source, code, "commune code's department maps to no region (not guessed)", stage, DLQ, at_ms)
-    return parse(ReadRecord(DLQ, partition, offset, out.key, out.value, tuple(out.headers)), ledger)
+    out = _dead(source, code, "commune code's department maps to no region (not guessed)", stage, DLQ, at_ms)
+    return _read(ReadRecord(DLQ, partition, offset, out.key, out.value, tuple(out.headers)), ledger)
 
 
 def _ledger(*replays: tuple[str, str, int | None]) -> Ledger:
@@ -75,7 +102,7 @@ def test_replay_counts_come_from_the_ledger_never_from_headers() -> None:
     forged = ((b"dlq.replay.count", b"99"), (b"dlq.replay.of", f"{DLQ}:0:1".encode()))
     headers = tuple((k.decode(), v) for k, v in forged)
     source = InputRecord(INGRESS, 2, 40, KEY, RAW, headers)
-    out = dead_letter(source, "unknown_commune", "no region", "validate", DLQ, T0)
+    out = _dead(source, "unknown_commune", "no region", "validate", DLQ, T0)
     record = ReadRecord(DLQ, 0, 7, out.key, out.value, (*out.headers, *headers))  # even if they reached the DLQ
     assert (parse(record).replay_count, parse(record).replay_of) == (0, None)
     elsewhere = _ledger((f"{INGRESS}:2:41", f"{DLQ}:0:1", 2))
@@ -89,9 +116,9 @@ def test_replay_counts_come_from_the_ledger_never_from_headers() -> None:
 def test_a_producer_forging_a_replay_count_of_99_cannot_stop_its_record_being_replayed() -> None:
     """An invalid ingress record with dlq.replay.count: 99 is dead-lettered without it and replay plans it (count 1)."""
     forged = (("dlq.replay.count", b"99"), ("dlq.replay.of", f"{DLQ}:0:0".encode()), ("trace-id", b"t"))
-    out = dead_letter(InputRecord(INGRESS, 1, 5, KEY, RAW, forged), "unknown_commune", "no region", "validate", DLQ, T0)
+    out = _dead(InputRecord(INGRESS, 1, 5, KEY, RAW, forged), "unknown_commune", "no region", "validate", DLQ, T0)
     assert [k for k, _ in out.headers if k.startswith("dlq.replay")] == []
-    letter = parse(ReadRecord(DLQ, 3, 9, out.key, out.value, tuple(out.headers)), _ledger((f"{INGRESS}:0:0", "x", 3)))
+    letter = _read(ReadRecord(DLQ, 3, 9, out.key, out.value, tuple(out.headers)), _ledger((f"{INGRESS}:0:0", "x", 3)))
     plan = plan_replay([letter], replayed=frozenset({f"{DLQ}:0:0"}))
     assert [(r.of, r.count) for r in plan.records] == [(f"{DLQ}:3:9", 1)]
     assert plan.skipped == 0
@@ -101,7 +128,7 @@ def test_a_producer_forging_a_replay_count_of_99_cannot_stop_its_record_being_re
 def test_summary_counts_per_code_stage_and_source_topic_with_time_range() -> None:
     """The summary counts per code, stage, source topic and row, counts failed replays, and spans dlq.time."""
     failed_again = replay_record(_letter(offset=9))
-    again = dead_letter(
+    again = _dead(
         InputRecord(INGRESS, 1, 99, failed_again.key, failed_again.value, failed_again.headers),
         "unknown_commune",
         "no region",
@@ -114,7 +141,7 @@ def test_summary_counts_per_code_stage_and_source_topic_with_time_range() -> Non
         _letter(offset=0),
         _letter(offset=1, at_ms=T0 + 3_600_000),
         _letter("not_framed", stage="decode", offset=2, at_ms=T0 - 60_000),
-        parse(ReadRecord(DLQ, 1, 0, again.key, again.value, tuple(again.headers)), ledger),
+        _read(ReadRecord(DLQ, 1, 0, again.key, again.value, tuple(again.headers)), ledger),
     ]
     summary = summarise(letters)
     assert summary.total == 4
@@ -186,8 +213,8 @@ def test_show_never_prints_the_raw_value_key_or_other_header_values() -> None:
     assert "unknown_commune" in text and f"{DLQ}:3:17" in text
     assert f"{INGRESS} partition 2 offset 40" in text
     fields = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in text.splitlines()[1:])
-    assert fields["value"] == f"{len(RAW)} bytes, Confluent framing, schema id 7 (not shown: raw input)"
-    assert fields["key"] == f"{len(KEY)} bytes" and fields["headers"] == "trace-id (12 B)"
+    assert fields["value"] == f"{len(RAW)} bytes, Confluent framing, schema id 7 (unsealed, not shown: raw input)"
+    assert fields["key"] == f"{len(KEY)} bytes (unsealed, not shown)" and fields["headers"] == "trace-id (12 B)"
     for secret in (NIR, NAME, "0612345678", "Pecheurs", KEY.decode(), "secret-trace", RAW.hex()):
         assert secret not in text
     assert RAW.decode(errors="replace") not in text
@@ -236,7 +263,7 @@ def test_a_replay_that_fails_again_returns_with_count_plus_one_until_refused() -
         at = f"{INGRESS}:0:{100 + round_}"  # where the broker put the replay
         key, value, _ = entry(at, replay.of, replay.count, T0)
         ledger_records.append(ReadRecord("ledger", 0, round_, key, value, ()))
-        failed = dead_letter(
+        failed = _dead(
             InputRecord(INGRESS, 0, 100 + round_, replay.key, replay.value, replay.headers),
             "unknown_commune",
             "no region",
@@ -245,9 +272,9 @@ def test_a_replay_that_fails_again_returns_with_count_plus_one_until_refused() -
             T0,
         )
         record = ReadRecord(DLQ, 0, 10 + round_, failed.key, failed.value, tuple(failed.headers))
-        letter = parse(record, read_ledger(ledger_records))
+        letter = _read(record, read_ledger(ledger_records))
         assert letter.replay_of == (f"{DLQ}:0:{10 + round_ - 1}" if round_ else f"{DLQ}:0:0")
-        assert letter.record.value == RAW
+        assert letter.raw is not None and letter.raw.value == RAW
     assert counts == [1, 2, 3]
     assert letter.replay_count == 3
     forced = plan_replay([letter], max_replays=3, force=True)

@@ -35,6 +35,13 @@ def test_the_audit_is_read_by_operators_and_the_processor_and_written_by_the_pro
     }
 
 
+def test_the_dlq_key_topic_is_written_by_the_processor_and_read_by_operators_only(policy_set: PolicySet) -> None:
+    """The sealed dead letters' data keys: the processor writes them, the operators alone read them (no agency)."""
+    settings = Settings(topic_prefix="stg.")
+    rules = [r for r in acl_plan(settings, policy_set) if r.name == "stg.screening.results.dlq.keys.v1"]
+    assert {(r.principal, r.operation) for r in rules} == {(PROCESSOR, "WRITE"), (OPERATOR, "READ")}
+
+
 def test_only_processor_and_operator_read_raw_data(policy_set: PolicySet) -> None:
     """The ingress is read only by the processor, the DLQ only by operators; the screening system only writes."""
     settings = Settings()
