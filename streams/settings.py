@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from streams.credentials import NO_AUTH, KafkaAuth, auth_from_env
 from streams.errors import ConfigError
 
 INGRESS_TOPIC = "screening.results.v1"
@@ -64,6 +65,8 @@ class Settings:
     # (tests, staging; never longer) and the grace after a window's end before it closes.
     kanon_window_s: int | None = None
     kanon_grace_s: int = 600
+    # The principal every Kafka client of this process authenticates as (streams.credentials).
+    kafka_auth: KafkaAuth = NO_AUTH
 
     @property
     def dlq_max_message_bytes(self) -> int:
@@ -136,10 +139,14 @@ _ENV: dict[str, tuple[str, type]] = {
 }
 
 
-def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
-    """Build :class:`Settings` from environment variables, failing fast on bad values."""
+def settings_from_env(environ: Mapping[str, str] | None = None, *, credentials: Path | None = None) -> Settings:
+    """Build :class:`Settings` from environment variables, failing fast on bad values.
+
+    ``credentials`` is the credentials file to use when the environment names none (the CLI
+    passes the local stack's file of the command's principal; see :mod:`streams.credentials`).
+    """
     env = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {"kafka_auth": auth_from_env(env, fallback=credentials)}
     for name, (variable, kind) in _ENV.items():
         raw = env.get(variable)
         if raw is None or raw == "":

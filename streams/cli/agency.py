@@ -18,6 +18,7 @@ import click
 
 from streams.cli.options import common_options
 from streams.cli.options import settings as _settings
+from streams.credentials import agency_user
 from streams.errors import ConfigError
 from streams.settings import Settings, env_var
 
@@ -237,14 +238,16 @@ def consume(
     from streams.crypto.views import key_topic
     from streams.kafka.agency_reader import AgencyTopicReader
 
-    settings = _settings(bootstrap_servers=bootstrap_servers, registry_url=registry_url, topic_prefix=topic_prefix)
+    settings = _settings(
+        agency_user(agency), bootstrap_servers=bootstrap_servers, registry_url=registry_url, topic_prefix=topic_prefix
+    )
     topics = _agencies_and_topics(settings)
     if agency not in topics:
         raise ConfigError(f"--recipient {agency!r} is not an agency of the policies")
     first = _start(start)
     store = DataKeyStore(agency, PrivateKeyRing.from_files(private_keys, agency))
     topic = settings.topic_prefix + topics[agency]
-    reader = AgencyTopicReader(settings.bootstrap_servers, topic, key_topic(topic))
+    reader = AgencyTopicReader(settings.bootstrap_servers, topic, key_topic(topic), auth=settings.kafka_auth)
     decoder = AgencyRecordReader(HttpSchemaRegistry(settings.registry_url), store)
 
     def load_keys() -> None:

@@ -24,6 +24,7 @@ from streams.audit.chain import AuditWriter, mac_matches, verify_chain
 from streams.audit.index import AuditIndex
 from streams.audit.keys import AuditKeys, generate_secret, load_secret, write_secret
 from streams.cli.options import common_options, settings
+from streams.credentials import OPERATOR
 from streams.domain.nir import nir_problem, normalise_nir
 from streams.errors import ConfigError
 from streams.kafka.offsets import beginning_offsets, end_offsets, iter_from
@@ -90,10 +91,10 @@ def refresh(cfg: Settings, writer: AuditWriter, index: AuditIndex, topic: str | 
     chunk binds the index to the secret's fingerprint.
     """
     topic = topic or cfg.audit_topic
-    ends = end_offsets(cfg.bootstrap_servers, [topic])
+    ends = end_offsets(cfg.bootstrap_servers, [topic], auth=cfg.kafka_auth)
     if not ends:
         raise ConfigError(f"topic {topic} does not exist: run `screening-streams topics`")
-    starts = beginning_offsets(cfg.bootstrap_servers, [topic])
+    starts = beginning_offsets(cfg.bootstrap_servers, [topic], auth=cfg.kafka_auth)
     done = index.positions()
     pending = {
         tp: max(done.get(tp.partition, 0), starts.get(tp, 0))
@@ -115,7 +116,7 @@ def refresh(cfg: Settings, writer: AuditWriter, index: AuditIndex, topic: str | 
             )
         out.added += index.ingest(partition, chunks.pop(partition, []), verified=ok)
 
-    for r in iter_from(cfg.bootstrap_servers, pending, idle_timeout_s=30.0, complete=True):
+    for r in iter_from(cfg.bootstrap_servers, pending, idle_timeout_s=30.0, complete=True, auth=cfg.kafka_auth):
         if r.value is None:
             continue
         try:
@@ -163,6 +164,7 @@ class _Query:
 
     def __init__(self, kw: dict[str, Any]) -> None:
         self.cfg = settings(
+            OPERATOR,
             bootstrap_servers=kw.pop("bootstrap_servers"),
             registry_url=kw.pop("registry_url"),
             topic_prefix=kw.pop("topic_prefix"),
@@ -209,7 +211,7 @@ def keygen(out: Path, force: bool) -> None:
 @click.option("--rebuild", is_flag=True, help="Delete the index and rebuild it from the topic.")
 def index_(rebuild: bool, **kw: Any) -> None:
     """Bring the audit index up to date with the topic (or rebuild it from scratch)."""
-    cfg = settings(bootstrap_servers=kw["bootstrap_servers"], topic_prefix=kw["topic_prefix"])
+    cfg = settings(OPERATOR, bootstrap_servers=kw["bootstrap_servers"], topic_prefix=kw["topic_prefix"])
     path = _index_path(cfg, kw["index_path"])
     if rebuild:
         path.unlink(missing_ok=True)
@@ -223,17 +225,19 @@ def index_(rebuild: bool, **kw: Any) -> None:
 @click.option("--topic", envvar="SCREENING_AUDIT_VERIFY_TOPIC", help="Verify this topic (e.g. a copy) instead.")
 def verify(topic: str | None, **kw: Any) -> None:
     """Check every partition's hash chain; name each removed, reordered or altered record."""
-    cfg = settings(bootstrap_servers=kw["bootstrap_servers"], topic_prefix=kw["topic_prefix"])
+    cfg = settings(OPERATOR, bootstrap_servers=kw["bootstrap_servers"], topic_prefix=kw["topic_prefix"])
     writer = _writer(kw["audit_key_file"])
     name = topic or cfg.audit_topic
-    ends = end_offsets(cfg.bootstrap_servers, [name])
+    ends = end_offsets(cfg.bootstrap_servers, [name], auth=cfg.kafka_auth)
     if not ends:
         raise ConfigError(f"topic {name} does not exist")
-    starts = beginning_offsets(cfg.bootstrap_servers, [name])
+    starts = beginning_offsets(cfg.bootstrap_servers, [name], auth=cfg.kafka_auth)
     pending = {tp: starts.get(tp, 0) for tp, end in ends.items() if starts.get(tp, 0) < end}
     checked, problems = 0, []
     for tp in sorted(pending, key=lambda t: t.partition):  # one partition at a time, streamed in offset order
-        records = iter_from(cfg.bootstrap_servers, {tp: pending[tp]}, idle_timeout_s=30.0, complete=True)
+        records = iter_from(
+            cfg.bootstrap_servers, {tp: pending[tp]}, idle_timeout_s=30.0, complete=True, auth=cfg.kafka_auth
+        )
         stream = ((r.offset, r.value) for r in records)
         n, found = verify_chain(writer, tp.partition, stream)
         checked += n

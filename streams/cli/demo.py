@@ -29,11 +29,14 @@ from streams.assembly import agency_names, hold_topics, key_holders, load_policy
 from streams.contracts.registry import HttpSchemaRegistry
 from streams.contracts.schemas import load_schema, schema_dir, strip_logical_types, to_readable
 from streams.contracts.wire import frame
+from streams.credentials import ADMIN, PRODUCER, stack_credentials_file
 from streams.crypto.envelope import DataKeyStore
 from streams.crypto.reader import AgencyRecordReader
 from streams.crypto.ring import PrivateKeyRing, throwaway_key_pairs
 from streams.crypto.views import encrypted_fields, key_topic
 from streams.domain.generate import GeneratorSettings, generate_events
+from streams.kafka.acl import agency_users
+from streams.kafka.acl_apply import apply_plan
 from streams.kafka.offsets import (
     KafkaIOError,
     count_records,
@@ -79,7 +82,11 @@ def still_held(settings: Settings, before: dict[TopicPartition, int]) -> dict[st
         topic = settings.hold_topic(policy.recipient)
         kinds = Counter(
             dict(r.headers).get("smallcell.entry", b"?").decode()
-            for r in read_from(settings.bootstrap_servers, {tp: o for tp, o in before.items() if tp.topic == topic})
+            for r in read_from(
+                settings.bootstrap_servers,
+                {tp: o for tp, o in before.items() if tp.topic == topic},
+                auth=settings.kafka_auth,
+            )
         )
         out[topic] = kinds["hold"] - kinds["open"] * (policy.k_anonymity.k - 1)
     return out
@@ -89,12 +96,15 @@ def run_demo(count: int, seed: int, keep_running: bool, echo: Echo = print) -> N
     """Run the whole job once and print the summary (see module docstring)."""
     started = time.monotonic()
     stack = StackSettings.from_env(os.environ)
-    endpoints = lifecycle.up(stack, echo=echo)
+    endpoints = lifecycle.up(stack, echo=echo, users=agency_users(load_policy_set(settings_from_env())))
     state = stack.state_dir / "demo"
     state.mkdir(parents=True, exist_ok=True)
-    settings = settings_from_env().with_(
+    # The demo sets up as the admin (topics, ACLs, the summary's reads), publishes as the screening
+    # system and runs the worker as the processor: each with its own credentials and ACLs.
+    settings = settings_from_env(credentials=stack_credentials_file(stack.state_dir, ADMIN)).with_(
         bootstrap_servers=endpoints.bootstrap_servers, registry_url=endpoints.registry_url, state_dir=state
     )
+    producer = settings_from_env(credentials=stack_credentials_file(stack.state_dir, PRODUCER)).kafka_auth
     agencies, outputs = _agencies_and_topics(settings)
     keys_file = state / "throwaway-keys.json"
     write_key_file(keys_file, generate_keys(agencies), force=True)  # fresh throw-away keys each run
@@ -107,8 +117,11 @@ def run_demo(count: int, seed: int, keep_running: bool, echo: Echo = print) -> N
     )
 
     partitions = create_topics(settings, outputs, hold_topics(settings, load_policy_set(settings)))
+    if settings.kafka_auth.sasl:
+        change = apply_plan(settings, load_policy_set(settings))
+        echo(f"ACLs: {len(change.added)} added, {len(change.removed)} removed, {change.kept} unchanged")
     topics = sorted(partitions)
-    before = end_offsets(settings.bootstrap_servers, topics)
+    before = end_offsets(settings.bootstrap_servers, topics, auth=settings.kafka_auth)
 
     env = {
         **os.environ,
@@ -132,6 +145,7 @@ def run_demo(count: int, seed: int, keep_running: bool, echo: Echo = print) -> N
                 settings.group_id,
                 timeout_s=120,
                 gone=lambda: None if worker.poll() is None else f"the worker exited with {worker.returncode}",
+                auth=settings.kafka_auth,
             )
         except KafkaIOError as exc:  # the worker's log holds no record contents (dead letters name offsets only)
             raise KafkaIOError(f"{exc}; the worker's log ({log_path}) ends with:\n{_tail(log_path)}") from exc
@@ -146,12 +160,23 @@ def run_demo(count: int, seed: int, keep_running: bool, echo: Echo = print) -> N
             *framed_events(events[count // 2 :], encoder),
         ]
         asyncio.run(
-            publish_raw(settings.bootstrap_servers, settings.ingress_topic, records, partitions[settings.ingress_topic])
+            publish_raw(
+                settings.bootstrap_servers,
+                settings.ingress_topic,
+                records,
+                partitions[settings.ingress_topic],
+                auth=producer,
+            )
         )
         published = time.monotonic()
         echo(f"published {count} events + {len(poison)} poison records in {published - t_publish:.1f} s")
         wait_for_lag_zero(
-            settings.bootstrap_servers, settings.group_id, settings.ingress_topic, timeout_s=600, on_progress=None
+            settings.bootstrap_servers,
+            settings.group_id,
+            settings.ingress_topic,
+            timeout_s=600,
+            on_progress=None,
+            auth=settings.kafka_auth,
         )
         done = time.monotonic()
         if worker.poll() is not None:
@@ -162,7 +187,7 @@ def run_demo(count: int, seed: int, keep_running: bool, echo: Echo = print) -> N
             worker.wait(timeout=60)
         except subprocess.TimeoutExpired:
             worker.kill()
-    delta = count_records(settings.bootstrap_servers, before)
+    delta = count_records(settings.bootstrap_servers, before, auth=settings.kafka_auth)
     _summary(settings, delta, before, count + len(poison), done - t_publish, echo, private_keys)
     echo(f"\ndemo finished in {time.monotonic() - started:.1f} s; worker stopped (exit {worker.returncode})")
     if not keep_running:
@@ -208,14 +233,19 @@ def _summary(
     )
     reasons = Counter(
         dict(r.headers).get(H_CODE, b"?").decode()
-        for r in read_from(settings.bootstrap_servers, {tp: o for tp, o in before.items() if tp.topic == dlq})
+        for r in read_from(
+            settings.bootstrap_servers, {tp: o for tp, o in before.items() if tp.topic == dlq}, auth=settings.kafka_auth
+        )
     )
     echo("dead-letter reasons: " + ", ".join(f"{code}={n}" for code, n in sorted(reasons.items())))
     policy_set = load_policy_set(settings)
     for policy in policy_set.policies:
         topic = settings.topic_prefix + policy.topic.replace("{region}", "11")
         sample = read_from(
-            settings.bootstrap_servers, {tp: o for tp, o in before.items() if tp.topic == topic}, limit=1
+            settings.bootstrap_servers,
+            {tp: o for tp, o in before.items() if tp.topic == topic},
+            limit=1,
+            auth=settings.kafka_auth,
         )
         if not sample or sample[0].value is None:
             continue
@@ -233,8 +263,10 @@ def _summary(
         agency = policy.recipient + (".11" if policy.route else "")
         if agency in private_keys and any(record.get(name) is not None for name in encrypted):
             store = DataKeyStore(agency, PrivateKeyRing.from_files([private_keys[agency]], agency))
-            keys = {tp: 0 for tp in end_offsets(settings.bootstrap_servers, [key_topic(topic)])}
-            for key_record in read_from(settings.bootstrap_servers, keys):
+            keys = {
+                tp: 0 for tp in end_offsets(settings.bootstrap_servers, [key_topic(topic)], auth=settings.kafka_auth)
+            }
+            for key_record in read_from(settings.bootstrap_servers, keys, auth=settings.kafka_auth):
                 store.add(key_record.value)
             reader = AgencyRecordReader(HttpSchemaRegistry(settings.registry_url), store)
             opened = reader.read(topic, sample[0].partition, sample[0].offset, value)

@@ -22,6 +22,7 @@ import click
 from kafka import TopicPartition
 
 from streams.cli.options import common_options, settings
+from streams.credentials import OPERATOR
 from streams.crypto.letters import OPERATORS, LetterOpener, dlq_key_topic
 from streams.crypto.ring import PrivateKeyRing
 from streams.dlq.ledger import Ledger, coordinates, entry, ledger_topic, read_ledger
@@ -84,12 +85,13 @@ def _selection(
     return Selection(frozenset(codes), source_partition, source_from, source_to, partition, offset)
 
 
-def _read_topic(bootstrap_servers: str, topic: str) -> list[ReadRecord]:
+def _read_topic(settings: Settings, topic: str) -> list[ReadRecord]:
     """Every record of ``topic`` below the end offsets taken now (nothing if it does not exist)."""
-    ends = end_offsets(bootstrap_servers, [topic])
-    starts = beginning_offsets(bootstrap_servers, [topic]) if ends else {}
+    bootstrap_servers, auth = settings.bootstrap_servers, settings.kafka_auth
+    ends = end_offsets(bootstrap_servers, [topic], auth=auth)
+    starts = beginning_offsets(bootstrap_servers, [topic], auth=auth) if ends else {}
     pending = {tp: starts.get(tp, 0) for tp, end in ends.items() if starts.get(tp, 0) < end}
-    records = read_from(bootstrap_servers, pending) if pending else []
+    records = read_from(bootstrap_servers, pending, auth=auth) if pending else []
     return within(records, {(tp.topic, tp.partition): end for tp, end in ends.items()})
 
 
@@ -107,7 +109,7 @@ _private_key = click.option(
 def _opener(settings: Settings, private_keys: tuple[Path, ...]) -> LetterOpener:
     """A :class:`~streams.crypto.letters.LetterOpener` holding the DLQ key topic's data keys."""
     opener = LetterOpener(PrivateKeyRing.from_files(private_keys, OPERATORS))
-    for record in _read_topic(settings.bootstrap_servers, dlq_key_topic(settings.dlq_topic)):
+    for record in _read_topic(settings, dlq_key_topic(settings.dlq_topic)):
         opener.add_key_record(record.value)
     return opener
 
@@ -122,13 +124,13 @@ def _open_all(settings: Settings, letters: list[DeadLetter], private_keys: tuple
 
 def _ledger(settings: Settings) -> Ledger:
     """The replay ledger as it stands now (empty when nothing was ever replayed)."""
-    return read_ledger(_read_topic(settings.bootstrap_servers, ledger_topic(settings.topic_prefix)))
+    return read_ledger(_read_topic(settings, ledger_topic(settings.topic_prefix)))
 
 
 def _dead_letters(settings: Settings, ledger: Ledger) -> list[DeadLetter]:
-    if not end_offsets(settings.bootstrap_servers, [settings.dlq_topic]):
+    if not end_offsets(settings.bootstrap_servers, [settings.dlq_topic], auth=settings.kafka_auth):
         raise DlqError(f"topic {settings.dlq_topic} does not exist: run `screening-streams topics`")
-    return [parse(r, ledger) for r in _read_topic(settings.bootstrap_servers, settings.dlq_topic)]
+    return [parse(r, ledger) for r in _read_topic(settings, settings.dlq_topic)]
 
 
 @click.group()
@@ -146,7 +148,7 @@ def list_(
     **criteria: Any,
 ) -> None:
     """Count dead letters per reason code, stage and source topic, with their time range."""
-    cfg = settings(bootstrap_servers=bootstrap_servers, registry_url=registry_url, topic_prefix=topic_prefix)
+    cfg = settings(OPERATOR, bootstrap_servers=bootstrap_servers, registry_url=registry_url, topic_prefix=topic_prefix)
     selection = _selection(**criteria)
     letters = select(_dead_letters(cfg, _ledger(cfg)), selection)
     click.echo(render_summary(summarise(letters), cfg.dlq_topic))
@@ -179,14 +181,18 @@ def show(
     Without --private-key only the readable dlq.* headers (reason, source, sizes, framing); with
     it, the letters are opened (authenticated) and the original header names and --hex shown.
     """
-    cfg = settings(bootstrap_servers=bootstrap_servers, registry_url=registry_url, topic_prefix=topic_prefix)
+    cfg = settings(OPERATOR, bootstrap_servers=bootstrap_servers, registry_url=registry_url, topic_prefix=topic_prefix)
     selection = _selection(**criteria)
     if selection.partition is not None and selection.offset is not None:
         tp = TopicPartition(cfg.dlq_topic, selection.partition)
-        ends = end_offsets(cfg.bootstrap_servers, [cfg.dlq_topic])
+        ends = end_offsets(cfg.bootstrap_servers, [cfg.dlq_topic], auth=cfg.kafka_auth)
         if tp not in ends:
             raise DlqError(f"{cfg.dlq_topic} has no partition {selection.partition}")
-        found = read_from(cfg.bootstrap_servers, {tp: selection.offset}, limit=1) if selection.offset < ends[tp] else []
+        found = (
+            read_from(cfg.bootstrap_servers, {tp: selection.offset}, limit=1, auth=cfg.kafka_auth)
+            if selection.offset < ends[tp]
+            else []
+        )
         letters = select((parse(r, _ledger(cfg)) for r in found), selection)
     else:
         letters = select(_dead_letters(cfg, _ledger(cfg)), selection)
@@ -235,7 +241,7 @@ def replay(
     Needs the operators' private key (--private-key): each letter is opened, authenticated, before
     anything is sent; one that does not open stops the replay, naming it, with nothing sent.
     """
-    cfg = settings(bootstrap_servers=bootstrap_servers, registry_url=registry_url, topic_prefix=topic_prefix)
+    cfg = settings(OPERATOR, bootstrap_servers=bootstrap_servers, registry_url=registry_url, topic_prefix=topic_prefix)
     selection = _selection(**criteria)
     if not private_keys:
         raise click.UsageError(
@@ -274,7 +280,7 @@ def _publish(cfg: Settings, plan: ReplayPlan) -> int:
 
     ledger = ledger_topic(cfg.topic_prefix)
     ledger_spec = TopicSpec(ledger, 1, {"cleanup.policy": "compact,delete", "retention.ms": str(14 * DAY_MS)})
-    admin = admin_client(cfg.bootstrap_servers)
+    admin = admin_client(cfg.bootstrap_servers, auth=cfg.kafka_auth)
     try:
         ingress_partitions = partition_counts(admin, [cfg.ingress_topic]).get(cfg.ingress_topic)
         ledger_partitions = ensure_topics(admin, [ledger_spec], cfg.replication_factor)[ledger]
@@ -288,7 +294,7 @@ def _publish(cfg: Settings, plan: ReplayPlan) -> int:
     # duplicate event_ref), never loses one; a replay not yet in the ledger counts as original.
     now_ms = time.time_ns() // 1_000_000
     entries = [entry(at, r.of, r.count, now_ms) for at, r in zip(placed, plan.records, strict=True)]
-    asyncio.run(publish_raw(cfg.bootstrap_servers, ledger, entries, ledger_partitions))
+    asyncio.run(publish_raw(cfg.bootstrap_servers, ledger, entries, ledger_partitions, auth=cfg.kafka_auth))
     return len(placed)
 
 

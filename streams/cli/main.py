@@ -13,6 +13,7 @@ import click
 
 from streams.cli.options import common_options
 from streams.cli.options import settings as _settings
+from streams.credentials import ADMIN, PROCESSOR, PRODUCER
 from streams.errors import ScreeningStreamsError
 from streams.settings import Settings, env_var
 from streams.stack import lifecycle
@@ -43,10 +44,21 @@ def broker() -> None:
 
 @broker.command("up")
 def broker_up() -> None:
-    """Fetch (once), start and wait for the local broker and registry."""
-    endpoints = lifecycle.up(StackSettings.from_env(os.environ), echo=click.echo)
+    """Fetch (once), start and wait for the local broker and registry; give every principal its credentials.
+
+    The broker authenticates every client (SASL SCRAM-SHA-512) and allows nothing without an
+    ACL; each principal's credentials file is written under the stack's state directory.
+    Apply the ACLs next: ``screening-streams topics`` then ``screening-streams acl apply``.
+    """
+    from streams.assembly import load_policy_set
+    from streams.kafka.acl import agency_users
+
+    stack = StackSettings.from_env(os.environ)
+    endpoints = lifecycle.up(stack, echo=click.echo, users=agency_users(load_policy_set(_settings())))
     click.echo(f"KAFKA_BOOTSTRAP_SERVERS={endpoints.bootstrap_servers}")
     click.echo(f"SCHEMA_REGISTRY_URL={endpoints.registry_url}")
+    if endpoints.managed:
+        click.echo(f"credentials (one file per principal, 0600): {stack.state_dir / 'credentials'}")
 
 
 @broker.command("down")
@@ -76,7 +88,7 @@ def topics_create(bootstrap_servers: str | None, registry_url: str | None, topic
     from streams.assembly import hold_topics, load_policy_set, output_topics
     from streams.kafka.topics import create_topics
 
-    settings = _settings(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
+    settings = _settings(ADMIN, bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
     policy_set = load_policy_set(settings)
     counts = create_topics(settings, output_topics(policy_set), hold_topics(settings, policy_set))
     for name, count in sorted(counts.items()):
@@ -98,6 +110,30 @@ def acl_plan_command(bootstrap_servers: str | None, registry_url: str | None, to
     settings = _settings(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
     for rule in acl_plan(settings, load_policy_set(settings)):
         click.echo(rule.command(settings.bootstrap_servers))
+
+
+@acl.command("apply")
+@common_options
+@click.option("--dry-run", is_flag=True, envvar="SCREENING_ACL_DRY_RUN", help="Print the changes without making them.")
+def acl_apply_command(
+    bootstrap_servers: str | None, registry_url: str | None, topic_prefix: str | None, dry_run: bool
+) -> None:
+    """As the admin: add the rules the policies imply, remove those they no longer imply; print both.
+
+    Only the deployment's own rules are touched (its principals, on resources of its topic
+    prefix); anything else stays as it is.
+    """
+    from streams.assembly import load_policy_set
+    from streams.kafka.acl_apply import apply_plan
+
+    settings = _settings(ADMIN, bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
+    change = apply_plan(settings, load_policy_set(settings), dry_run=dry_run)
+    verb = ("would add", "would remove") if dry_run else ("added", "removed")
+    for rule in change.added:
+        click.echo(f"{verb[0]}: {rule.principal} {rule.operation} {rule.resource_type} {rule.name} ({rule.pattern})")
+    for rule in change.removed:
+        click.echo(f"{verb[1]}: {rule.principal} {rule.operation} {rule.resource_type} {rule.name} ({rule.pattern})")
+    click.echo(f"{verb[0]} {len(change.added)}, {verb[1]} {len(change.removed)}, unchanged {change.kept}")
 
 
 @main.group()
@@ -170,7 +206,9 @@ def generate(
         _write_events(out, events, version, count)
         click.echo(f"wrote {count} events to {out}")
         return
-    settings = _settings(bootstrap_servers=bootstrap_servers, registry_url=registry_url, topic_prefix=topic_prefix)
+    settings = _settings(
+        PRODUCER, bootstrap_servers=bootstrap_servers, registry_url=registry_url, topic_prefix=topic_prefix
+    )
     sent = _publish(settings, events, version, count)
     click.echo(f"published {sent} events to {settings.ingress_topic}")
 
@@ -181,7 +219,7 @@ def _publish(settings: Settings, events: Any, version: int, count: int) -> int:
     from streams.kafka.topics import admin_client, partition_counts
 
     encoder = event_encoder(HttpSchemaRegistry(settings.registry_url), settings.ingress_topic, version)
-    admin = admin_client(settings.bootstrap_servers)
+    admin = admin_client(settings.bootstrap_servers, auth=settings.kafka_auth)
     try:
         partitions = partition_counts(admin, [settings.ingress_topic]).get(settings.ingress_topic)
     finally:
@@ -201,6 +239,7 @@ def _publish(settings: Settings, events: Any, version: int, count: int) -> int:
                 settings.ingress_topic,
                 framed_events(events, encoder),
                 partitions,
+                auth=settings.kafka_auth,
                 progress=progress,
             )
         )
@@ -293,11 +332,12 @@ def worker(
     from streams.kafka.audit_io import AuditSink, tail_reader
     from streams.kafka.clients import consumer_config
     from streams.kafka.smallcell_io import build_small_cells, check_hold_partitions
-    from streams.kafka.topics import check_one_partition_per_ingress, create_topics
+    from streams.kafka.topics import check_one_partition_per_ingress, require_topics
     from streams.policy.pseudonyms import StaticKeyRing
     from streams.worker import build_app, run_worker
 
     settings = _settings(
+        PROCESSOR,
         bootstrap_servers=bootstrap_servers,
         registry_url=registry_url,
         topic_prefix=topic_prefix,
@@ -329,7 +369,7 @@ def worker(
         tail = tail_reader(consumer_config(settings), settings.audit_topic)
         audit = AuditSink(build_audit_writer(settings, registry, audit_keys), settings.audit_topic, tail)
     small_cells = build_small_cells(settings, registry, policy_set)
-    partitions = create_topics(settings, output_topics(policy_set, geography), hold_topics(settings, policy_set))
+    partitions = require_topics(settings, output_topics(policy_set, geography), hold_topics(settings, policy_set))
     if small_cells is not None:
         check_hold_partitions(small_cells, partitions)
     if audit is not None:
@@ -338,7 +378,9 @@ def worker(
     from streams.kafka.clients import producer_max_message_bytes
     from streams.kafka.topics import check_record_limits, topic_limits
 
-    limits = topic_limits(settings.bootstrap_servers, [settings.ingress_topic, settings.dlq_topic])
+    limits = topic_limits(
+        settings.bootstrap_servers, [settings.ingress_topic, settings.dlq_topic], auth=settings.kafka_auth
+    )
     check_record_limits(settings, limits, producer_max_message_bytes(settings))
     sys.argv = [sys.argv[0]]  # faust's Worker parses argv itself
     recipients = [p.recipient for p in policy_set.policies]

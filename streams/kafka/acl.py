@@ -15,14 +15,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from streams.assembly import PolicySet, agency_names, hold_topics, output_topics
+from streams.credentials import OPERATOR as OPERATOR_USER
+from streams.credentials import PROCESSOR as PROCESSOR_USER
+from streams.credentials import PRODUCER as PRODUCER_USER
+from streams.credentials import agency_user
 from streams.crypto.letters import dlq_key_topic
 from streams.crypto.views import key_topic
 from streams.domain.geography import DEFAULT_GEOGRAPHY, Geography
 from streams.settings import Settings
 
-PROCESSOR = "User:screening-processor"
-PRODUCER = "User:screening-system"
-OPERATOR = "User:screening-operator"
+PROCESSOR = f"User:{PROCESSOR_USER}"
+PRODUCER = f"User:{PRODUCER_USER}"
+OPERATOR = f"User:{OPERATOR_USER}"
+#: Every agency principal starts so (``User:agency-cnam``, ``User:agency-ars.11``...).
+AGENCY_PREFIX = "User:agency-"
 
 
 @dataclass(frozen=True, order=True)
@@ -32,7 +38,7 @@ class AclBinding:
     principal: str
     resource_type: str  # TOPIC | GROUP | TRANSACTIONAL_ID
     name: str
-    operation: str  # READ | WRITE | CREATE | DESCRIBE
+    operation: str  # READ | WRITE | CREATE | DESCRIBE | DESCRIBE_CONFIGS
     pattern: str = "LITERAL"  # or PREFIXED
 
     def command(self, bootstrap: str) -> str:
@@ -40,14 +46,19 @@ class AclBinding:
         flag = {"TOPIC": "--topic", "GROUP": "--group", "TRANSACTIONAL_ID": "--transactional-id"}[self.resource_type]
         return (
             f"kafka-acls.sh --bootstrap-server {bootstrap} --add --allow-principal {self.principal} "
-            f"--operation {self.operation.capitalize()} {flag} {self.name} "
+            f"--operation {''.join(w.capitalize() for w in self.operation.split('_'))} {flag} {self.name} "
             f"--resource-pattern-type {self.pattern.lower()}"
         )
 
 
 def agency_principal(agency: str) -> str:
     """The SASL principal of one agency, e.g. ``User:agency-ars.11``."""
-    return f"User:agency-{agency}"
+    return f"User:{agency_user(agency)}"
+
+
+def agency_users(policy_set: PolicySet, geography: Geography = DEFAULT_GEOGRAPHY) -> list[str]:
+    """The SCRAM user name of every agency the policies deliver to."""
+    return [agency_user(agency) for agency in agency_names(policy_set, geography)]
 
 
 def acl_plan(settings: Settings, policy_set: PolicySet, geography: Geography = DEFAULT_GEOGRAPHY) -> list[AclBinding]:
@@ -60,6 +71,9 @@ def acl_plan(settings: Settings, policy_set: PolicySet, geography: Geography = D
         AclBinding(PROCESSOR, "GROUP", settings.group_id, "READ"),
         AclBinding(PROCESSOR, "TRANSACTIONAL_ID", f"{settings.group_id}-", "WRITE", "PREFIXED"),
         AclBinding(PROCESSOR, "TOPIC", settings.dlq_topic, "WRITE"),
+        # The worker checks at start that every accepted ingress record fits the DLQ (max.message.bytes).
+        AclBinding(PROCESSOR, "TOPIC", settings.ingress_topic, "DESCRIBE_CONFIGS"),
+        AclBinding(PROCESSOR, "TOPIC", settings.dlq_topic, "DESCRIBE_CONFIGS"),
         # Dead letters are sealed to the operators' key; their data keys go to the DLQ key topic.
         AclBinding(PROCESSOR, "TOPIC", dlq_key_topic(settings.dlq_topic), "WRITE"),
         AclBinding(OPERATOR, "TOPIC", dlq_key_topic(settings.dlq_topic), "READ"),
@@ -81,7 +95,7 @@ def acl_plan(settings: Settings, policy_set: PolicySet, geography: Geography = D
         rules += [
             AclBinding(principal, "TOPIC", topic, "READ"),
             AclBinding(principal, "TOPIC", key_topic(topic), "READ"),  # its sealed data keys
-            AclBinding(principal, "GROUP", f"agency-{agency}", "READ", "PREFIXED"),
+            AclBinding(principal, "GROUP", f"{prefix}agency-{agency}", "READ", "PREFIXED"),
         ]
     rules += [AclBinding(PROCESSOR, "TOPIC", key_topic(topic), "WRITE") for topic in outputs]
     # Small-cell hold topics hold views like the agency topics: the processor alone writes and reads

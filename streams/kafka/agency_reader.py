@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
+from streams.credentials import KafkaAuth
 from streams.kafka.offsets import KafkaIOError, ReadRecord
 
 
@@ -28,10 +29,11 @@ class StartAt:
     time_ms: int | None = None
 
 
-def _consumer(bootstrap_servers: str, client_id: str) -> KafkaConsumer:
+def _consumer(bootstrap_servers: str, client_id: str, auth: KafkaAuth) -> KafkaConsumer:
     try:
         return KafkaConsumer(
             bootstrap_servers=bootstrap_servers,
+            **auth.kafka_python(),
             client_id=client_id,
             group_id=None,
             enable_auto_commit=False,
@@ -55,16 +57,17 @@ class AgencyTopicReader:
         topic: str,
         key_topic: str,
         *,
+        auth: KafkaAuth,
         client_id: str = "screening-streams-agency",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """Connect two ``read_committed`` consumers (no consumer group, nothing committed)."""
+        """Connect two ``read_committed`` consumers as ``auth``'s principal (no consumer group, nothing committed)."""
         self.topic = topic
         self.key_topic = key_topic
         self._clock = clock
-        self._data = _consumer(bootstrap_servers, client_id)
+        self._data = _consumer(bootstrap_servers, client_id, auth)
         try:
-            self._keys = _consumer(bootstrap_servers, client_id + "-keys")
+            self._keys = _consumer(bootstrap_servers, client_id + "-keys", auth)
         except KafkaIOError:
             self._data.close()
             raise

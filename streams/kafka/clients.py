@@ -101,6 +101,7 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
     session = settings.session_timeout_ms
     config: dict[str, Any] = {
         "bootstrap.servers": settings.bootstrap_servers,
+        **settings.kafka_auth.librdkafka(),
         "group.id": settings.group_id,
         "client.id": f"{settings.group_id}-consumer",
         "enable.auto.commit": False,
@@ -132,6 +133,7 @@ def producer_config(settings: Settings, *, transactional: bool, txn_id: str | No
     """
     config: dict[str, Any] = {
         "bootstrap.servers": settings.bootstrap_servers,
+        **settings.kafka_auth.librdkafka(),
         "client.id": f"{settings.group_id}-producer",
         "enable.idempotence": True,
         "acks": "all",

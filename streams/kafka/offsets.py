@@ -13,6 +13,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 
+from streams.credentials import KafkaAuth
 from streams.errors import ScreeningStreamsError
 
 
@@ -32,10 +33,11 @@ class ReadRecord:
     headers: tuple[tuple[str, bytes], ...]
 
 
-def _consumer(bootstrap_servers: str, isolation: str = "read_committed") -> KafkaConsumer:
+def _consumer(bootstrap_servers: str, auth: KafkaAuth, isolation: str = "read_committed") -> KafkaConsumer:
     try:
         return KafkaConsumer(
             bootstrap_servers=bootstrap_servers,
+            **auth.kafka_python(),
             enable_auto_commit=False,
             isolation_level=isolation,
             group_id=None,
@@ -45,8 +47,8 @@ def _consumer(bootstrap_servers: str, isolation: str = "read_committed") -> Kafk
         raise KafkaIOError(f"cannot connect a consumer to {bootstrap_servers}: {exc}") from exc
 
 
-def _offsets(bootstrap_servers: str, topics: Iterable[str], which: str) -> dict[TopicPartition, int]:
-    consumer = _consumer(bootstrap_servers)
+def _offsets(bootstrap_servers: str, topics: Iterable[str], which: str, auth: KafkaAuth) -> dict[TopicPartition, int]:
+    consumer = _consumer(bootstrap_servers, auth)
     try:
         tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         return dict(getattr(consumer, f"{which}_offsets")(tps)) if tps else {}
@@ -56,20 +58,20 @@ def _offsets(bootstrap_servers: str, topics: Iterable[str], which: str) -> dict[
         consumer.close()
 
 
-def end_offsets(bootstrap_servers: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
+def end_offsets(bootstrap_servers: str, topics: Iterable[str], *, auth: KafkaAuth) -> dict[TopicPartition, int]:
     """Return the end offset of every partition of ``topics`` (existing topics only)."""
-    return _offsets(bootstrap_servers, topics, "end")
+    return _offsets(bootstrap_servers, topics, "end", auth)
 
 
-def beginning_offsets(bootstrap_servers: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
+def beginning_offsets(bootstrap_servers: str, topics: Iterable[str], *, auth: KafkaAuth) -> dict[TopicPartition, int]:
     """Return the first offset still held (after retention) of every partition of ``topics``."""
-    return _offsets(bootstrap_servers, topics, "beginning")
+    return _offsets(bootstrap_servers, topics, "beginning", auth)
 
 
-def group_lag(bootstrap_servers: str, group_id: str, topic: str) -> int:
+def group_lag(bootstrap_servers: str, group_id: str, topic: str, *, auth: KafkaAuth) -> int:
     """How many records of ``topic`` the group has not committed yet (all partitions)."""
-    ends = end_offsets(bootstrap_servers, [topic])
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    ends = end_offsets(bootstrap_servers, [topic], auth=auth)
+    admin = _admin(bootstrap_servers, auth)
     try:
         committed = admin.list_group_offsets(group_id)
         if group_id in committed:  # kafka-python 3 nests the offsets under the group id
@@ -91,6 +93,7 @@ def wait_for_lag_zero(
     group_id: str,
     topic: str,
     *,
+    auth: KafkaAuth,
     timeout_s: float,
     on_progress: Callable[[int], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
@@ -101,7 +104,7 @@ def wait_for_lag_zero(
     lag: int | str = "unknown"
     while True:
         try:
-            lag = group_lag(bootstrap_servers, group_id, topic)
+            lag = group_lag(bootstrap_servers, group_id, topic, auth=auth)
         except KafkaIOError:  # group or coordinator not there yet: the worker is joining
             lag = "unknown"
         if on_progress and isinstance(lag, int):
@@ -113,9 +116,16 @@ def wait_for_lag_zero(
         sleep(0.25)
 
 
-def group_state(bootstrap_servers: str, group_id: str) -> tuple[str, int]:
+def _admin(bootstrap_servers: str, auth: KafkaAuth) -> KafkaAdminClient:
+    try:
+        return KafkaAdminClient(bootstrap_servers=bootstrap_servers, **auth.kafka_python())
+    except KafkaError as exc:
+        raise KafkaIOError(f"cannot reach Kafka at {bootstrap_servers} as {auth.principal}: {exc}") from exc
+
+
+def group_state(bootstrap_servers: str, group_id: str, *, auth: KafkaAuth) -> tuple[str, int]:
     """The group's state (e.g. ``Stable``) and number of members."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = _admin(bootstrap_servers, auth)
     try:
         described = admin.describe_groups([group_id])
     except KafkaError as exc:
@@ -130,6 +140,7 @@ def wait_for_members(
     bootstrap_servers: str,
     group_id: str,
     *,
+    auth: KafkaAuth,
     timeout_s: float,
     count: int | None = None,
     clock: Callable[[], float] = time.monotonic,
@@ -147,7 +158,7 @@ def wait_for_members(
         if reason is not None:
             raise KafkaIOError(f"group {group_id}: stopped waiting for members: {reason}")
         try:
-            state, members = group_state(bootstrap_servers, group_id)
+            state, members = group_state(bootstrap_servers, group_id, auth=auth)
         except KafkaIOError:
             state, members = "Unknown", 0
         if state == "Stable" and (members == count if count is not None else members > 0):
@@ -158,13 +169,13 @@ def wait_for_members(
         sleep(0.2)
 
 
-def count_records(bootstrap_servers: str, start: Mapping[TopicPartition, int]) -> dict[str, int]:
+def count_records(bootstrap_servers: str, start: Mapping[TopicPartition, int], *, auth: KafkaAuth) -> dict[str, int]:
     """Count the committed records per topic from ``start`` to the current ends.
 
     Offsets over-count on transactional topics (commit markers take offsets), so this reads.
     """
     counts: dict[str, int] = {tp.topic: 0 for tp in start}
-    for record in read_from(bootstrap_servers, start):
+    for record in read_from(bootstrap_servers, start, auth=auth):
         counts[record.topic] += 1
     return counts
 
@@ -173,13 +184,14 @@ def read_from(
     bootstrap_servers: str,
     start: Mapping[TopicPartition, int],
     *,
+    auth: KafkaAuth,
     limit: int | None = None,
     idle_timeout_s: float = 2.0,
     isolation: str = "read_committed",
 ) -> list[ReadRecord]:
     """Read records from the given partitions and offsets until ``limit`` or the ends are reached."""
     out: list[ReadRecord] = []
-    for record in iter_from(bootstrap_servers, start, idle_timeout_s=idle_timeout_s, isolation=isolation):
+    for record in iter_from(bootstrap_servers, start, auth=auth, idle_timeout_s=idle_timeout_s, isolation=isolation):
         out.append(record)
         if limit is not None and len(out) >= limit:
             break
@@ -190,6 +202,7 @@ def iter_from(
     bootstrap_servers: str,
     start: Mapping[TopicPartition, int],
     *,
+    auth: KafkaAuth,
     idle_timeout_s: float = 2.0,
     isolation: str = "read_committed",
     complete: bool = False,
@@ -201,7 +214,7 @@ def iter_from(
     with ``complete`` that raises :class:`KafkaIOError` unless every end was reached (a short
     read must not pass for the whole topic).
     """
-    consumer = _consumer(bootstrap_servers, isolation)
+    consumer = _consumer(bootstrap_servers, auth, isolation)
     try:
         tps = list(start)
         consumer.assign(tps)

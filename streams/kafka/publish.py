@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError
 from streams.contracts.codec import ViewEncoder, register_encoder
 from streams.contracts.registry import SchemaRegistryClient
 from streams.contracts.schemas import input_schema
+from streams.credentials import KafkaAuth
 from streams.errors import ScreeningStreamsError
 
 Progress = Callable[[int], None]
@@ -32,17 +33,29 @@ def event_encoder(registry: SchemaRegistryClient, ingress_topic: str, schema_ver
     return register_encoder(registry, f"{ingress_topic}-value", input_schema(schema_version))
 
 
+def aiokafka_auth(auth: KafkaAuth) -> dict[str, Any]:
+    """The keyword arguments of an aiokafka client for ``auth`` (TLS settings as an SSL context)."""
+    config = auth.kafka_python()
+    if cafile := config.pop("ssl_cafile", None):
+        from aiokafka.helpers import create_ssl_context
+
+        config["ssl_context"] = create_ssl_context(cafile=cafile)
+    return config
+
+
 async def publish_raw(
     bootstrap_servers: str,
     topic: str,
     records: Iterable[tuple[bytes | None, bytes | None, Sequence[tuple[str, bytes]]]],
     partitions: int,
     *,
+    auth: KafkaAuth,
     progress: Progress | None = None,
 ) -> int:
-    """Send ``(key, value, headers)`` records, keyed partitioning by CRC-32; return the count."""
+    """Send ``(key, value, headers)`` records as ``auth``'s principal; partition by the key's CRC-32; count them."""
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers,
+        **aiokafka_auth(auth),
         acks="all",
         linger_ms=10,
         max_batch_size=512 * 1024,

@@ -45,6 +45,7 @@ from streams.contracts.codec import ViewEncoder, register_encoder
 from streams.contracts.registry import SchemaRegistryClient
 from streams.contracts.schemas import Schema, strip_logical_types
 from streams.contracts.wire import HEADER_SIZE
+from streams.credentials import NO_AUTH, KafkaAuth
 from streams.domain.validation import wall_clock_ms
 from streams.errors import ConfigError
 from streams.kafka.batches import Batch, Work
@@ -108,15 +109,17 @@ class HoldReader(Protocol):
 class ConfluentHoldReader:
     """:class:`HoldReader` with a group-less confluent-kafka consumer (``read_committed``)."""
 
-    def __init__(self, bootstrap_servers: str) -> None:
-        """Read from ``bootstrap_servers``."""
+    def __init__(self, bootstrap_servers: str, auth: KafkaAuth = NO_AUTH) -> None:
+        """Read from ``bootstrap_servers`` as ``auth``'s principal."""
         self.bootstrap_servers = bootstrap_servers
+        self.auth = auth
 
     def records(self, topic: str, partition: int, from_ms: int, timeout_s: float) -> Iterator[RawRecord]:
         """See :class:`HoldReader`; ends early when the start lies past the partition's last record."""
         consumer = Consumer(
             {
                 "bootstrap.servers": self.bootstrap_servers,
+                **self.auth.librdkafka(),
                 "group.id": "screening-streams-hold-rebuild",  # never joins nor commits: assign() only
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",
@@ -528,7 +531,7 @@ def build_small_cells(
         hold_topic=settings.hold_topic(policy.recipient),
         ingress_topic=settings.ingress_topic,
         codec=codec,
-        reader=reader or ConfluentHoldReader(settings.bootstrap_servers),
+        reader=reader or ConfluentHoldReader(settings.bootstrap_servers, settings.kafka_auth),
         clock_ms=clock_ms,
     )
 

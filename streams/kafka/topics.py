@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from streams.credentials import KafkaAuth
+from streams.crypto.letters import dlq_key_topic
 from streams.crypto.views import key_topic
 from streams.errors import ConfigError, ScreeningStreamsError
 from streams.settings import Settings
@@ -50,6 +52,9 @@ def topic_specs(settings: Settings, output_topics: Iterable[str], hold_topics: I
     specs = [
         TopicSpec(settings.ingress_topic, settings.ingress_partitions, ingress),
         TopicSpec(settings.dlq_topic, settings.ingress_partitions, dlq),
+        # The dead letters' data keys, sealed to the operators' public keys (streams.crypto.letters):
+        # compacted, like the agencies' key topics (a record is useless without its data key).
+        TopicSpec(dlq_key_topic(settings.dlq_topic), 1, {"cleanup.policy": "compact"}),
         # One audit partition per ingress partition: its owner is the only writer of that chain.
         TopicSpec(
             settings.audit_topic,
@@ -71,14 +76,17 @@ def topic_specs(settings: Settings, output_topics: Iterable[str], hold_topics: I
     return specs
 
 
-def admin_client(bootstrap_servers: str) -> KafkaAdminClient:
-    """Connect kafka-python's admin client, wrapping connection failures."""
+def admin_client(bootstrap_servers: str, *, auth: KafkaAuth) -> KafkaAdminClient:
+    """Connect kafka-python's admin client as ``auth``'s principal, wrapping connection failures."""
     try:
         return KafkaAdminClient(
-            bootstrap_servers=bootstrap_servers, client_id="screening-streams-admin", request_timeout_ms=30_000
+            bootstrap_servers=bootstrap_servers,
+            client_id="screening-streams-admin",
+            request_timeout_ms=30_000,
+            **auth.kafka_python(),
         )
     except KafkaError as exc:
-        raise TopicError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
+        raise TopicError(f"cannot reach Kafka at {bootstrap_servers} as {auth.principal}: {exc}") from exc
 
 
 def ensure_topics(admin: KafkaAdminClient, specs: Iterable[TopicSpec], replication: int = 1) -> dict[str, int]:
@@ -113,7 +121,7 @@ def partition_counts(admin: KafkaAdminClient, names: list[str]) -> dict[str, int
 
 def create_topics(settings: Settings, output_topics: Iterable[str], hold_topics: Iterable[str] = ()) -> dict[str, int]:
     """Create every topic of ``settings``, ``output_topics`` and ``hold_topics`` (idempotent); return counts."""
-    admin = admin_client(settings.bootstrap_servers)
+    admin = admin_client(settings.bootstrap_servers, auth=settings.kafka_auth)
     try:
         specs = topic_specs(settings, output_topics, hold_topics)
         return ensure_topics(admin, specs, settings.replication_factor)
@@ -121,14 +129,36 @@ def create_topics(settings: Settings, output_topics: Iterable[str], hold_topics:
         admin.close()
 
 
-def topic_limits(bootstrap_servers: str, topics: Iterable[str]) -> dict[str, int]:
+def require_topics(settings: Settings, output_topics: Iterable[str], hold_topics: Iterable[str] = ()) -> dict[str, int]:
+    """The partition count of every topic the processor uses; fail naming those it cannot see.
+
+    The worker never creates topics (its principal has no CREATE): the admin does, with
+    ``screening-streams topics``, and ``acl apply`` lets the processor see them.
+    """
+    names = [spec.name for spec in topic_specs(settings, output_topics, hold_topics)]
+    admin = admin_client(settings.bootstrap_servers, auth=settings.kafka_auth)
+    try:
+        counts = partition_counts(admin, names)
+    finally:
+        admin.close()
+    missing = sorted(set(names) - set(counts))
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise TopicError(
+            f"{settings.kafka_auth.principal} cannot see {len(missing)} topics it needs ({shown}): they do not exist "
+            "or it has no ACL on them; as the admin run `screening-streams topics` then `screening-streams acl apply`"
+        )
+    return counts
+
+
+def topic_limits(bootstrap_servers: str, topics: Iterable[str], *, auth: KafkaAuth) -> dict[str, int]:
     """Each topic's effective ``max.message.bytes`` (its own setting or the broker's default)."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.admin._config import ConfigResource
     from confluent_kafka.admin._resource import ResourceType
 
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, **auth.librdkafka()})
     resources = [ConfigResource(ResourceType.TOPIC, t) for t in topics]
     try:
         futures = admin.describe_configs(resources)

@@ -53,13 +53,15 @@ def render_pom(kafka_version: str) -> str:
     )
 
 
-def run_tool(cmd: list[str], what: str, cwd: Path | None = None) -> None:
+def run_tool(cmd: list[str], what: str, cwd: Path | None = None, redact: Callable[[str], str] | None = None) -> None:
+    """Run a tool; on failure raise with its output's tail (passed through ``redact`` first)."""
     try:
         done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
     except OSError as exc:
         raise LocalStackError(f"{what}: cannot run {cmd[0]}: {exc}") from exc
     if done.returncode != 0:
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-LOG_TAIL_LINES:])
+        output = done.stdout + done.stderr
+        tail = "\n".join((redact(output) if redact else output).splitlines()[-LOG_TAIL_LINES:])
         raise LocalStackError(f"{what} failed (exit {done.returncode}):\n{tail}")
 
 

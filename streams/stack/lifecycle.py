@@ -28,14 +28,23 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from streams.credentials import ADMIN, NO_AUTH, KafkaAuth, auth_from_env
 from streams.errors import LocalStackError
 from streams.stack.fetch import fetch_kafka, fetch_registry, run_tool
+from streams.stack.registry import (  # noqa: F401  (REGISTRY_TOPICS, render_registry_flags: re-exported)
+    REGISTRY_TOPIC_CONFIGS,
+    REGISTRY_TOPICS,
+    prepare_broker,
+    render_registry_flags,
+    write_registry_config,
+)
+from streams.stack.security import credentials, format_scram_arguments, redact_scram, sasl_server_properties
 from streams.stack.settings import LOOPBACK, Endpoints, StackSettings, endpoints_for
 
 Echo = Callable[[str], None]
@@ -44,10 +53,6 @@ STOP_TIMEOUT_S = 30.0
 LOG_TAIL_LINES = 20
 _KAFKA_MAIN = "kafka.Kafka"
 _REGISTRY_MARK = "apicurio-"  # in the cache dir name of the jar
-#: Topics of the registry's kafkasql storage (journal of every change, and its snapshots).
-REGISTRY_TOPICS = ("_apicurio-kafkasql-journal", "_apicurio-kafkasql-snapshots", "_apicurio-registry-events")
-#: Unlimited retention: the journal *is* the registry's storage.
-REGISTRY_TOPIC_CONFIGS = {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
 PRIVATE_DIR, PRIVATE_FILE, PRIVATE_UMASK = 0o700, 0o600, 0o077
 
 # Runs as ``python -c``: starts argv[3:] in its own session, logging to argv[1], in cwd
@@ -79,17 +84,15 @@ Configuration:
 """
 
 
-def render_server_properties(settings: StackSettings) -> str:
-    """Render the single-node (broker+controller) KRaft ``server.properties``."""
+def render_server_properties(settings: StackSettings, admin: KafkaAuth) -> str:
+    """Render the single-node (broker+controller) KRaft ``server.properties``: SASL only, ACLs enforced."""
     port, ctl = settings.kafka_port, settings.kafka_port + 1
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@{LOOPBACK}:{ctl}",
-        "listeners": f"PLAINTEXT://{LOOPBACK}:{port},CONTROLLER://{LOOPBACK}:{ctl}",
-        "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{port}",
         "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        **sasl_server_properties(port, ctl, LOOPBACK, admin),
         "log.dirs": str(settings.state_dir / "kafka-data"),
         "num.partitions": "1",
         "offsets.topic.replication.factor": "1",
@@ -182,6 +185,14 @@ class _Service:
         return self.state_dir / f"{self.name}.log"
 
 
+def admin_auth(settings: StackSettings) -> KafkaAuth:
+    """How this module talks to the broker: the local stack's admin, or the environment's principal."""
+    if settings.external_bootstrap:
+        return auth_from_env(os.environ)
+    path = settings.state_dir / "credentials" / f"{ADMIN}.json"
+    return credentials(settings.state_dir, ADMIN) if path.exists() else NO_AUTH
+
+
 def _services(settings: StackSettings) -> tuple[_Service, _Service]:
     ends, state = endpoints_for(settings), settings.state_dir
     local_port = None if settings.external_bootstrap else settings.kafka_port
@@ -190,7 +201,7 @@ def _services(settings: StackSettings) -> tuple[_Service, _Service]:
         f"kafka {settings.kafka_version}",
         ends.bootstrap_servers,
         _KAFKA_MAIN,
-        lambda: _kafka_answers(ends.bootstrap_servers, local_port),
+        lambda: _kafka_answers(ends.bootstrap_servers, admin_auth(settings), local_port),
         state,
         bool(settings.external_bootstrap),
     )
@@ -262,7 +273,7 @@ def _spawn(svc: _Service, cmd: list[str], cwd: Path) -> None:
     svc.pid, svc.began, svc.fresh = pid, time.monotonic(), True
 
 
-def _kafka_answers(bootstrap: str, local_port: int | None = None, timeout_s: float = 3.0) -> bool:
+def _kafka_answers(bootstrap: str, auth: KafkaAuth, local_port: int | None = None, timeout_s: float = 3.0) -> bool:
     """True when a real Kafka metadata request to ``bootstrap`` succeeds."""
     if local_port is not None and _port_open(local_port) is False:
         return False  # cheap pre-check while a local broker boots
@@ -274,6 +285,7 @@ def _kafka_answers(bootstrap: str, local_port: int | None = None, timeout_s: flo
         "bootstrap_timeout_ms": int(timeout_s * 1000),
         "api_version_auto_timeout_ms": int(timeout_s * 1000),
         "client_id": "localstack",
+        **auth.kafka_python(),
     }
     config = {k: v for k, v in wanted.items() if k in KafkaAdminClient.DEFAULT_CONFIG}
     quiet = logging.getLogger("kafka")
@@ -335,14 +347,33 @@ def _check_free(ports: tuple[int, ...], hint: str) -> None:
 def _spawn_kafka(settings: StackSettings, svc: _Service, libs: Path, echo: Echo) -> None:
     state = settings.state_dir
     props, log4j = state / "server.properties", state / "log4j2.yaml"
-    _write_private(props, render_server_properties(settings))
+    formatted = (state / "kafka-data" / "meta.properties").exists()
+    if formatted and not (state / "credentials" / f"{ADMIN}.json").exists():
+        raise LocalStackError(
+            f"{state / 'kafka-data'} was formatted without SASL credentials (an older stack): "
+            "`screening-streams broker wipe` deletes it (and its topics) so the next `broker up` starts afresh"
+        )
+    admin = credentials(state, ADMIN)
+    _write_private(props, render_server_properties(settings, admin))
     _write_private(log4j, _LOG4J2_YAML)
     classpath = f"{libs}/*"
-    if not (state / "kafka-data" / "meta.properties").exists():
-        echo("formatting kafka storage…")
+    if not formatted:
+        echo("formatting kafka storage (admin SCRAM credential bootstrapped)…")
         run_tool(
-            ["java", "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", new_cluster_id(), "-c", str(props)],
+            [
+                "java",
+                "-cp",
+                classpath,
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                new_cluster_id(),
+                "-c",
+                str(props),
+                *format_scram_arguments(admin),
+            ],
             "kafka storage format",
+            redact=redact_scram,
         )
         make_private(state)  # the format tool ran with this process's umask
     echo(f"starting kafka {settings.kafka_version}…")
@@ -363,88 +394,14 @@ def _spawn_kafka(settings: StackSettings, svc: _Service, libs: Path, echo: Echo)
     )
 
 
-def render_registry_flags(settings: StackSettings, bootstrap_servers: str) -> list[str]:
-    """The ``-D`` flags of the local Apicurio 3.0.x registry (names checked against 3.0.9).
-
-    * ``apicurio.storage.kind=kafkasql``: schemas live in the journal topic on the broker at
-      ``bootstrap_servers`` and are replayed at start, so ids survive a restart. The topics
-      are created beforehand with unlimited retention (:data:`REGISTRY_TOPICS`).
-    * ``apicurio.rules.global.compatibility=FORWARD_TRANSITIVE``: the default rule of every
-      subject (see :data:`streams.contracts.registry.COMPATIBILITY`), from configuration, so it
-      holds after a restart even though 3.0.9 loses artifact rules then.
-    * ``apicurio.rest.deletion.{group,artifact,artifact-version}.enabled``: false unless
-      ``SCREENING_REGISTRY_ALLOW_DELETE`` asks for them; their ``.dynamic.allow=false`` keeps
-      anyone from switching them on at run time through the admin API.
-    """
-    journal, snapshots, events = REGISTRY_TOPICS
-    deletion = "true" if settings.registry_allow_delete else "false"
-    props = {
-        "quarkus.http.port": str(settings.registry_port),
-        "quarkus.http.host": LOOPBACK,
-        "apicurio.storage.kind": "kafkasql",
-        "apicurio.kafkasql.bootstrap.servers": bootstrap_servers,
-        "apicurio.kafkasql.topic": journal,
-        "apicurio.kafkasql.snapshots.topic": snapshots,
-        "apicurio.events.kafka.topic": events,
-        "apicurio.storage.snapshot.location": str(settings.state_dir / "registry-snapshots"),
-        "apicurio.import.work-dir": str(settings.state_dir / "registry-import"),
-        "quarkus.http.access-log.enabled": "false",  # one log line per request: a flood fills the disk
-        # Apicurio 3.0.9's kafkasql storage does not bring artifact rules back after a restart
-        # (tests/integration/test_registry_restart.py): the default global rule, from this
-        # configuration rather than storage, keeps every subject FORWARD_TRANSITIVE regardless.
-        "apicurio.rules.global.compatibility": "FORWARD_TRANSITIVE",
-    }
-    for what in ("group", "artifact", "artifact-version"):
-        props[f"apicurio.rest.deletion.{what}.enabled"] = deletion
-        props[f"apicurio.rest.deletion.{what}.enabled.dynamic.allow"] = "false"
-    if not settings.registry_allow_delete:
-        # The Confluent-compatible API ignores the flags above (3.0.9: DELETE
-        # /subjects/<s>?permanent=true removes the schema and its id): deny DELETE outright.
-        # Configuring any HTTP permission turns Quarkus' checks on: every other request is permitted.
-        props["quarkus.http.auth.permission.nodelete.paths"] = "/*"
-        props["quarkus.http.auth.permission.nodelete.methods"] = "DELETE"
-        props["quarkus.http.auth.permission.nodelete.policy"] = "deny"
-        props["quarkus.http.auth.permission.others.paths"] = "/*"
-        props["quarkus.http.auth.permission.others.policy"] = "permit"
-    return [f"-D{key}={value}" for key, value in props.items()]
-
-
-def _create_registry_topics(bootstrap_servers: str, timeout_s: float = 30.0) -> None:
-    """Create the kafkasql topics with unlimited retention (the broker's default is 7 days)."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import KafkaError, TopicAlreadyExistsError
-
-    try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap_servers, client_id="localstack", request_timeout_ms=int(timeout_s * 1000)
-        )
-    except KafkaError as exc:
-        raise LocalStackError(
-            f"cannot reach kafka at {bootstrap_servers} to create the registry topics: {exc}"
-        ) from exc
-    try:
-        existing = set(admin.list_topics())
-        missing = [
-            NewTopic(t, 1, 1, topic_configs=dict(REGISTRY_TOPIC_CONFIGS)) for t in REGISTRY_TOPICS if t not in existing
-        ]
-        if missing:
-            with suppress(TopicAlreadyExistsError):
-                admin.create_topics(missing)
-    except KafkaError as exc:
-        raise LocalStackError(f"cannot create the registry topics {REGISTRY_TOPICS}: {exc}") from exc
-    finally:
-        admin.close()
-
-
 def _spawn_registry(settings: StackSettings, svc: _Service, jar: Path, echo: Echo) -> None:
     echo(f"starting apicurio registry {settings.registry_version}…")
     bootstrap = endpoints_for(settings).bootstrap_servers
-    _create_registry_topics(bootstrap)
     for name in ("registry-snapshots", "registry-import"):
         (settings.state_dir / name).mkdir(mode=PRIVATE_DIR, exist_ok=True)
     flags = render_registry_flags(settings, bootstrap)
-    _spawn(svc, ["java", "-Xmx384m", *flags, "-jar", str(jar)], jar.parent)
+    workdir = write_registry_config(settings.state_dir, sasl=admin_auth(settings).sasl)
+    _spawn(svc, ["java", "-Xmx384m", *flags, "-jar", str(jar)], workdir)
 
 
 def _wait_one(svc: _Service, timeout_s: float, echo: Echo, abort: threading.Event) -> None:
@@ -477,12 +434,14 @@ def _wait_all(services: list[_Service], timeout_s: float, echo: Echo) -> None:
         future.result()
 
 
-def up(settings: StackSettings, *, echo: Echo = print) -> Endpoints:
+def up(settings: StackSettings, *, echo: Echo = print, users: Iterable[str] = ()) -> Endpoints:
     """Start (or reuse) the local broker and registry; return where clients connect.
 
     Services with an external address configured are not started. Jars are fetched first
     (one mvn at a time: they share ~/.m2), then both processes are started, then both
-    awaited. On failure, processes started by this call are stopped again.
+    awaited. On failure, processes started by this call are stopped again. Once the local
+    broker answers, the admin gives every principal (the stack's own, and ``users``, e.g. one
+    per agency) its SCRAM credential, with its credentials file under ``<state>/credentials``.
     """
     ends = endpoints_for(settings)
     kafka, registry = _services(settings)
@@ -510,10 +469,11 @@ def up(settings: StackSettings, *, echo: Echo = print) -> Endpoints:
             make_private(settings.state_dir)
             if libs is not None:
                 _spawn_kafka(settings, kafka, libs, echo)
+            if kafka in local:
+                # Users, the registry's topics and ACLs first: the registry's storage is on the broker.
+                _wait_all([kafka], settings.start_timeout_s, echo)
+                prepare_broker(ends.bootstrap_servers, admin_auth(settings), settings.state_dir, users)
             if jar is not None:
-                # The registry's storage is on the broker: it starts once the broker answers.
-                if kafka in local:
-                    _wait_all([kafka], settings.start_timeout_s, echo)
                 _spawn_registry(settings, registry, jar, echo)
             _wait_all(local, settings.start_timeout_s, echo)
         except BaseException:
@@ -587,6 +547,8 @@ def wipe(settings: StackSettings) -> None:
         "registry.log",
         "registry-snapshots",
         "registry-import",
+        "registry-run",
+        "credentials",
     ):
         target = settings.state_dir / name
         try:

@@ -1,0 +1,152 @@
+"""Apply the ACL plan to a cluster: add what the policies imply, remove what they no longer imply.
+
+``acl apply`` runs as the admin (kafka-python's admin client). Its scope is the deployment's
+own rules: ALLOW rules of the deployment's principals (processor, screening system, operators,
+agencies) on resources named with the deployment's topic prefix. Rules of other principals
+(the registry, people) or of another prefix sharing the cluster are never touched. What is not
+in the plan is denied by the broker (``allow.everyone.if.no.acl.found=false``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from kafka.admin import (
+    ACL,
+    ACLFilter,
+    ACLOperation,
+    ACLPermissionType,
+    ACLResourcePatternType,
+    KafkaAdminClient,
+    ResourcePattern,
+    ResourcePatternFilter,
+    ResourceType,
+)
+from kafka.errors import KafkaError
+
+from streams.assembly import PolicySet
+from streams.domain.geography import DEFAULT_GEOGRAPHY, Geography
+from streams.errors import ScreeningStreamsError
+from streams.kafka.acl import AGENCY_PREFIX, OPERATOR, PROCESSOR, PRODUCER, AclBinding, acl_plan
+from streams.kafka.topics import admin_client
+from streams.settings import Settings
+
+
+class AclError(ScreeningStreamsError):
+    """ACLs could not be read or changed on the cluster."""
+
+
+@dataclass(frozen=True)
+class AclChange:
+    """What one ``acl apply`` did (or, with ``dry_run``, would do)."""
+
+    added: list[AclBinding]
+    removed: list[AclBinding]
+    kept: int
+
+
+def managed(binding: AclBinding, prefix: str) -> bool:
+    """Whether ``binding`` is in a deployment's scope: one of its principals, a resource of its prefix."""
+    ours = binding.principal in (PROCESSOR, PRODUCER, OPERATOR) or binding.principal.startswith(AGENCY_PREFIX)
+    return ours and binding.name.startswith(prefix)
+
+
+def to_acl(binding: AclBinding) -> ACL:
+    """The kafka-python ACL of an :class:`AclBinding` (any host)."""
+    return ACL(
+        binding.principal,
+        "*",
+        ACLOperation[binding.operation],
+        ACLPermissionType.ALLOW,
+        ResourcePattern(ResourceType[binding.resource_type], binding.name, ACLResourcePatternType[binding.pattern]),
+    )
+
+
+def from_acl(acl: Any) -> AclBinding | None:
+    """The :class:`AclBinding` of a described ALLOW rule on any host (None for any other rule)."""
+    if acl.permission_type != ACLPermissionType.ALLOW or acl.host != "*":
+        return None
+    pattern = acl.resource_pattern
+    return AclBinding(
+        str(acl.principal),
+        pattern.resource_type.name,
+        str(pattern.resource_name),
+        acl.operation.name,
+        pattern.pattern_type.name,
+    )
+
+
+def current(admin: KafkaAdminClient) -> list[Any]:
+    """Every ACL on the cluster (as kafka-python describes them)."""
+    everything = ACLFilter(
+        principal=None,
+        host=None,
+        operation=ACLOperation.ANY,
+        permission_type=ACLPermissionType.ANY,
+        resource_pattern=ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY),
+    )
+    try:
+        acls, error = admin.describe_acls(everything)
+    except KafkaError as exc:
+        raise AclError(f"cannot list the cluster's ACLs (the admin needs DESCRIBE on the cluster): {exc}") from exc
+    if getattr(error, "errno", 0):
+        raise AclError(f"cannot list the cluster's ACLs: {error}")
+    return list(acls)
+
+
+def plan_changes(
+    plan: Iterable[AclBinding], existing: Iterable[AclBinding], prefix: str
+) -> tuple[list[AclBinding], list[AclBinding], int]:
+    """``(to add, to remove, kept)``: the plan minus what exists; what exists in scope minus the plan."""
+    wanted, have = set(plan), {b for b in existing if managed(b, prefix)}
+    return sorted(wanted - have), sorted(have - wanted), len(wanted & have)
+
+
+def apply_plan(
+    settings: Settings,
+    policy_set: PolicySet,
+    geography: Geography = DEFAULT_GEOGRAPHY,
+    *,
+    dry_run: bool = False,
+) -> AclChange:
+    """Reconcile the cluster's ACLs with the plan of ``policy_set`` (as ``settings.kafka_auth``, the admin)."""
+    plan = acl_plan(settings, policy_set, geography)
+    admin = admin_client(settings.bootstrap_servers, auth=settings.kafka_auth)
+    try:
+        existing = [b for b in (from_acl(a) for a in current(admin)) if b is not None]
+        add, remove, kept = plan_changes(plan, existing, settings.topic_prefix)
+        if dry_run:
+            return AclChange(add, remove, kept)
+        if add:
+            try:
+                result = admin.create_acls([to_acl(b) for b in add])
+            except KafkaError as exc:
+                raise AclError(f"cannot create ACLs: {exc}") from exc
+            if result.get("failed"):
+                raise AclError(f"the broker refused {len(result['failed'])} ACLs, first: {result['failed'][0]}")
+        if remove:
+            try:
+                outcome = admin.delete_acls([_exact(b) for b in remove])
+            except KafkaError as exc:
+                raise AclError(f"cannot delete ACLs: {exc}") from exc
+            for _filter, _acls, error in outcome:
+                if getattr(error, "errno", 0):
+                    raise AclError(f"cannot delete an ACL: {error}")
+        return AclChange(add, remove, kept)
+    finally:
+        admin.close()
+
+
+def _exact(binding: AclBinding) -> ACLFilter:
+    """A filter matching exactly ``binding`` (nothing broader)."""
+    return ACLFilter(
+        principal=binding.principal,
+        host="*",
+        operation=ACLOperation[binding.operation],
+        permission_type=ACLPermissionType.ALLOW,
+        resource_pattern=ResourcePatternFilter(
+            ResourceType[binding.resource_type], binding.name, ACLResourcePatternType[binding.pattern]
+        ),
+    )
