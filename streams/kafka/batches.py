@@ -225,10 +225,32 @@ class BoundedCalls:
             raise outcome[0]
 
 
-def consumer_error(error: KafkaError | None) -> None:
-    """A consumer error: raise :class:`ConsumerFailed` on a fatal one, log the others (not end of partition)."""
+#: Consumer errors that say "this principal may not": no retry cures them, the worker stops.
+AUTHORIZATION_ERRORS = frozenset(
+    {
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+        KafkaError._AUTHENTICATION,
+    }
+)
+
+
+def consumer_error(error: KafkaError | None, principal: str = "the worker's principal") -> None:
+    """A consumer error: stop on an authorisation one, raise :class:`ConsumerFailed` on a fatal one, log the others.
+
+    An authorisation error raises :class:`RunnerFatal` naming ``principal`` and librdkafka's
+    description (the topic or group and the operation refused), instead of a retry loop.
+    """
     if error is None:
         return
+    if error.code() in AUTHORIZATION_ERRORS:
+        raise RunnerFatal(
+            f"{principal} is not allowed to read: {describe(error)}; the ACLs must change "
+            "(`screening-streams acl plan` says what the processor needs, `acl apply` applies it)"
+        )
     if error.fatal() or error.code() == KafkaError._FATAL:
         raise ConsumerFailed(error)
     if error.code() != KafkaError._PARTITION_EOF:

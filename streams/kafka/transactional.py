@@ -152,6 +152,7 @@ class Runner(RebalanceTracking):
         self._max_backoff_s = max_backoff_s
         self._max_batch = max(1, settings.batch_size)
         self._txn_timeout_s = settings.transaction_timeout_ms / 1000
+        self._principal = settings.kafka_auth.principal
         self._producer: ProducerLike | None = None
         self._owned: set[TP] = set()
         self._revoked_in_poll, self._needs_reset = set[TP](), set[TP]()
@@ -281,13 +282,13 @@ class Runner(RebalanceTracking):
             # a later generation's metadata could commit them after their partitions moved).
             group = self._last_group = consumer.consumer_group_metadata()
         except KafkaException as exc:
-            consumer_error(error_of(exc) or KafkaError(KafkaError._FATAL, str(exc)))
+            consumer_error(error_of(exc) or KafkaError(KafkaError._FATAL, str(exc)), self._principal)
             return None
         batch = Batch()
         for message in messages:
             error = message.error()
             if error is not None:
-                consumer_error(error)
+                consumer_error(error, self._principal)
                 continue
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             if topic is None or partition is None or offset is None:
