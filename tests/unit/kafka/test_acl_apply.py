@@ -1,0 +1,38 @@
+"""``acl apply``'s reconciliation: what it adds and removes, and what it never touches."""
+
+from __future__ import annotations
+
+from streams.kafka.acl import OPERATOR, PROCESSOR, AclBinding
+from streams.kafka.acl_apply import managed, plan_changes
+
+
+def test_adds_the_missing_removes_the_stale_and_counts_the_kept() -> None:
+    """Plan minus cluster is added; the deployment's rules the plan no longer has are removed."""
+    keep = AclBinding(PROCESSOR, "TOPIC", "p.screening.results.v1", "READ")
+    new = AclBinding(OPERATOR, "TOPIC", "p.screening.results.dlq.v1", "READ")
+    stale = AclBinding("User:agency-cnam", "TOPIC", "p.screening.results.v1", "READ")
+    add, remove, kept = plan_changes([keep, new], [keep, stale], "p.")
+    assert add == [new] and remove == [stale] and kept == 1
+
+
+def test_other_prefixes_and_other_principals_are_out_of_scope() -> None:
+    """A rule on another prefix, or of a principal the deployment does not own, is never removed."""
+    other_prefix = AclBinding(PROCESSOR, "TOPIC", "q.screening.results.v1", "READ")
+    registry = AclBinding("User:schema-registry", "TOPIC", "p._apicurio-kafkasql-journal", "WRITE")
+    person = AclBinding("User:alice", "TOPIC", "p.screening.results.v1", "READ")
+    assert not any(managed(b, "p.") for b in (other_prefix, registry, person))
+    assert plan_changes([], [other_prefix, registry, person], "p.") == ([], [], 0)
+    assert managed(AclBinding("User:agency-ars.11", "GROUP", "p.agency-ars.11", "READ", "PREFIXED"), "p.")
+
+
+def test_an_authorisation_error_from_the_consumer_stops_the_worker_naming_the_principal() -> None:
+    """TOPIC/GROUP_AUTHORIZATION_FAILED raise RunnerFatal with the principal (no warning loop); others only log."""
+    import pytest
+    from confluent_kafka import KafkaError
+
+    from streams.kafka.batches import RunnerFatal, consumer_error
+
+    for code in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED):
+        with pytest.raises(RunnerFatal, match="User:screening-processor"):
+            consumer_error(KafkaError(code, "refused"), "User:screening-processor")
+    consumer_error(KafkaError(KafkaError._TRANSPORT, "blip"), "User:screening-processor")  # logged, not fatal
