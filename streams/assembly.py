@@ -200,4 +200,4 @@ def build_audit_writer(settings: Settings, registry: SchemaRegistryClient, audit
     """Register the audit contract under the audit topic's subject and return the chained writer."""
     schema = audit_schema()
     schema_id = registry.register(subject_for(settings.audit_topic), canonical_json(schema))
-    return AuditWriter(audit_keys, schema, frame(schema_id, b""))
+    return AuditWriter(audit_keys, schema, frame(schema_id, b""), registry.get_schema)

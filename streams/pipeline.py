@@ -114,6 +114,8 @@ class OutputRecord:
     #: The agency view this record encodes (small-cell protection reads its quasi-identifiers);
     #: in memory only, never printed (it may hold identifying fields for other agencies).
     view: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+    #: A view held under small-cell protection: its sealed audit lineage (streams.audit.held), if auditing.
+    lineage: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)

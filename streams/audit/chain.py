@@ -17,13 +17,14 @@ from the topic alone (compare the last ``seq`` with an exported checkpoint for t
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Mapping, Sequence
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import fastavro
 
-from streams.audit.decisions import Location, PendingAudit
+from streams.audit.decisions import Location, PendingAudit, SmallCellFate
 from streams.audit.keys import AuditKeys
 from streams.contracts.schemas import Schema, strip_logical_types
 from streams.contracts.wire import MAGIC, unframe
@@ -49,11 +50,26 @@ def location_text(location: Location) -> str:
 class AuditWriter:
     """Encodes drafts as chained audit records (pure: the caller produces and commits them)."""
 
-    def __init__(self, keys: AuditKeys, schema: Schema, frame_prefix: bytes) -> None:
-        """``frame_prefix`` is the Confluent header (magic byte + schema id) of the audit subject."""
+    def __init__(
+        self,
+        keys: AuditKeys,
+        schema: Schema,
+        frame_prefix: bytes,
+        writer_schemas: Callable[[int], str] | None = None,
+    ) -> None:
+        """``frame_prefix`` is the Confluent header (magic byte + schema id) of the audit subject.
+
+        ``writer_schemas`` (e.g. a registry's ``get_schema``) gives the schema a stored record was
+        written with, by its frame's id: records of an earlier version of the contract (before a
+        field was added) are then read by Avro schema resolution instead of as the current shape.
+        Without it (or when a lookup fails) every record is read as the current shape.
+        """
         self.keys = keys
         self._parsed = fastavro.parse_schema(strip_logical_types(schema))
         self._prefix = frame_prefix
+        self._lookup = writer_schemas
+        own = int.from_bytes(frame_prefix[1:5], "big") if len(frame_prefix) == 5 else None
+        self._writers: dict[int, Any] = {} if own is None else {own: None}  # id -> parsed writer (None: current)
 
     def record(self, draft: PendingAudit, locations: Sequence[Location | None]) -> dict[str, Any]:
         """The audit record of ``draft``, with delivered coordinates sealed (chain fields left empty)."""
@@ -83,6 +99,7 @@ class AuditWriter:
             "processing_mode": draft.processing_mode,
             "recipients": recipients,
             "sealed_source": self.keys.seal(location_text(draft.source), aad + b"|source"),
+            "small_cell": None if draft.small_cell is None else _fate(draft.small_cell),
             "seq": 0,
             "prev_mac": b"",
             "mac": b"",
@@ -107,9 +124,35 @@ class AuditWriter:
         return values, ChainHead(seq, prev)
 
     def decode(self, value: bytes) -> dict[str, Any]:
-        """Decode one stored audit value (framed) back into a record."""
-        _, body = unframe(value)
-        return dict(fastavro.schemaless_reader(io.BytesIO(body), self._parsed, None))  # type: ignore[arg-type]
+        """Decode one stored audit value (framed) back into a record of the current contract."""
+        schema_id, body = unframe(value)
+        writer = self._writer(schema_id)
+        if writer is None:
+            return dict(fastavro.schemaless_reader(io.BytesIO(body), self._parsed, None))  # type: ignore[arg-type]
+        return dict(fastavro.schemaless_reader(io.BytesIO(body), writer, self._parsed))  # type: ignore[arg-type]
+
+    def _writer(self, schema_id: int) -> Any:
+        """The parsed writer schema of ``schema_id``; None for the current one (or none known)."""
+        if self._lookup is None:
+            return None
+        if schema_id not in self._writers:
+            try:
+                text = self._lookup(schema_id)
+                parsed = fastavro.parse_schema(strip_logical_types(json.loads(text)))
+            except Exception:  # unknown id, registry down: read it as the current shape (as without a lookup)
+                parsed = None
+            self._writers[schema_id] = None if parsed == self._parsed else parsed
+        return self._writers[schema_id]
+
+
+def _fate(fate: SmallCellFate) -> dict[str, Any]:
+    return {
+        "released": fate.released,
+        "window": fate.window,
+        "step": fate.step,
+        "withheld": list(fate.withheld),
+        "reason": fate.reason,
+    }
 
 
 def head_of(writer: AuditWriter, last_value: bytes | None) -> ChainHead:

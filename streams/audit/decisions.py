@@ -38,8 +38,23 @@ class PendingDecision:
 
 
 @dataclass(frozen=True)
+class SmallCellFate:
+    """What finally became of a view small-cell protection held: released at ``step``, or suppressed."""
+
+    released: bool
+    window: int
+    step: int | None
+    withheld: tuple[str, ...]
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
 class PendingAudit:
-    """The decision record of one ingress record, before its outputs' coordinates are known."""
+    """The decision record of one ingress record, before its outputs' coordinates are known.
+
+    With ``small_cell``, the record of a held view's later release or suppression instead: it
+    carries the held view's own ``source``, ``audit_ref`` and ``person``, and one decision.
+    """
 
     source: Location
     audit_ref: str
@@ -49,6 +64,7 @@ class PendingAudit:
     dead_letter_code: str | None
     decisions: tuple[PendingDecision, ...]
     processed_hour: int
+    small_cell: SmallCellFate | None = None
 
 
 class Auditor:

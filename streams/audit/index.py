@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.audit.decisions import DEAD_LETTERED, DELIVERED, HOUR_MS, NOT_DELIVERED
+from streams.audit.held import HELD_REASON
 from streams.errors import ScreeningStreamsError
 
 _SCHEMA = """
@@ -38,6 +39,11 @@ CREATE INDEX IF NOT EXISTS decisions_recipient ON decisions (recipient, hour);
 CREATE INDEX IF NOT EXISTS decisions_agency ON decisions (agency, hour);
 CREATE UNIQUE INDEX IF NOT EXISTS decisions_one ON decisions (partition, offset, recipient);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS small_cell (
+  partition INTEGER NOT NULL, offset INTEGER NOT NULL, audit_ref TEXT NOT NULL, recipient TEXT NOT NULL,
+  released INTEGER NOT NULL, window INTEGER NOT NULL, step INTEGER, withheld TEXT NOT NULL, reason TEXT,
+  hour INTEGER NOT NULL, PRIMARY KEY (partition, offset));
+CREATE INDEX IF NOT EXISTS small_cell_ref ON small_cell (audit_ref, recipient);
 """
 
 
@@ -56,6 +62,21 @@ class Delivery:
     policy_version: str
     key_id: str | None
     audit_ref: str
+    #: A view small-cell protection held, released later: the ladder step (0: full detail), else None.
+    step: int | None = None
+
+
+@dataclass(frozen=True)
+class HeldView:
+    """A view small-cell protection held, and what became of it: released (at a step, an hour) or suppressed."""
+
+    recipient: str
+    audit_ref: str
+    held_hour_ms: int
+    fate: str  # released | suppressed | held (its window has not closed yet)
+    step: int | None
+    withheld: tuple[str, ...]
+    decided_hour_ms: int | None
 
 
 @dataclass(frozen=True)
@@ -66,6 +87,10 @@ class Exposure:
     people: int
     records: int
     fields: tuple[str, ...]
+
+
+#: The keys of every :meth:`AuditIndex.summary` row.
+SUMMARY_KINDS = ("delivered", "filtered", "dead_lettered", "held", "suppressed")
 
 
 def floor_hour(ms: int) -> int:
@@ -146,7 +171,7 @@ class AuditIndex:
         return added
 
     def _ingest_locked(self, partition: int, records: list[tuple[int, Mapping[str, Any] | None]]) -> int:
-        rows, decisions, last = [], [], None
+        rows, decisions, cells, last = [], [], [], None
         found = self._db.execute("SELECT next_offset FROM progress WHERE partition = ?", (partition,)).fetchone()
         done = found[0] if found else 0
         for offset, r in records:
@@ -167,6 +192,23 @@ class AuditIndex:
                     r["processing_mode"],
                 )
             )
+            fate = r.get("small_cell")
+            if fate is not None:
+                decided = r["recipients"][0]["recipient"] if r["recipients"] else ""
+                cells.append(
+                    (
+                        partition,
+                        offset,
+                        r["audit_ref"],
+                        decided,
+                        int(fate["released"]),
+                        fate["window"],
+                        fate["step"],
+                        ",".join(fate["withheld"]),
+                        fate["reason"],
+                        r["processed_hour"],
+                    )
+                )
             for d in r["recipients"]:
                 decisions.append(
                     (
@@ -188,6 +230,7 @@ class AuditIndex:
             return 0
         self._db.executemany("INSERT OR REPLACE INTO records VALUES (?,?,?,?,?,?,?,?)", rows)
         self._db.executemany("INSERT OR REPLACE INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", decisions)
+        self._db.executemany("INSERT OR REPLACE INTO small_cell VALUES (?,?,?,?,?,?,?,?,?,?)", cells)
         self._db.execute("INSERT OR REPLACE INTO progress VALUES (?, ?)", (partition, last + 1))
         return len(rows)
 
@@ -195,12 +238,36 @@ class AuditIndex:
     def who_received(self, person: str) -> list[Delivery]:
         """Every delivery of that person's data: recipient, fields, hour, policy version, key."""
         rows = self._db.execute(
-            "SELECT d.recipient, d.agency, d.fields, d.hour, d.policy_version, d.key_id, r.audit_ref "
+            "SELECT d.recipient, d.agency, d.fields, d.hour, d.policy_version, d.key_id, r.audit_ref, s.step "
             "FROM decisions d JOIN records r ON r.partition = d.partition AND r.offset = d.offset "
+            "LEFT JOIN small_cell s ON s.partition = d.partition AND s.offset = d.offset "
             "WHERE d.person = ? AND d.delivered = 1 ORDER BY d.hour, d.recipient",
             (person,),
         ).fetchall()
-        return [Delivery(r[0], r[1], _fields(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
+        return [Delivery(r[0], r[1], _fields(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in rows]
+
+    def held(self, person: str) -> list[HeldView]:
+        """That person's views small-cell protection held, each with its fate (released at a step, suppressed,
+        or still held), from the held decision and the later record of the same event and recipient."""
+        rows = self._db.execute(
+            "SELECT d.recipient, r.audit_ref, d.hour, s.released, s.step, s.withheld, s.hour "
+            "FROM decisions d JOIN records r ON r.partition = d.partition AND r.offset = d.offset "
+            "LEFT JOIN small_cell s ON s.audit_ref = r.audit_ref AND s.recipient = d.recipient "
+            "WHERE d.person = ? AND d.delivered = 0 AND d.reason = ? ORDER BY d.hour, r.audit_ref",
+            (person, HELD_REASON),
+        ).fetchall()
+        return [
+            HeldView(
+                recipient,
+                ref,
+                hour,
+                "held" if released is None else "released" if released else "suppressed",
+                step,
+                _fields(withheld or ""),
+                decided,
+            )
+            for recipient, ref, hour, released, step, withheld, decided in rows
+        ]
 
     def event(self, audit_ref: str) -> list[dict[str, Any]]:
         """Every audit record of one event (a replayed dead letter has several), with its decisions."""
@@ -215,6 +282,10 @@ class AuditIndex:
                 "FROM decisions WHERE partition = ? AND offset = ? ORDER BY recipient",
                 (partition, offset),
             ).fetchall()
+            cell = self._db.execute(
+                "SELECT released, window, step, withheld, reason FROM small_cell WHERE partition = ? AND offset = ?",
+                (partition, offset),
+            ).fetchone()
             out.append(
                 {
                     "audit_partition": partition,
@@ -224,6 +295,15 @@ class AuditIndex:
                     "outcome": outcome,
                     "dead_letter_code": code,
                     "processing_mode": mode,
+                    "small_cell": None
+                    if cell is None
+                    else {
+                        "released": bool(cell[0]),
+                        "window": cell[1],
+                        "step": cell[2],
+                        "withheld": list(_fields(cell[3])),
+                        "reason": cell[4],
+                    },
                     "recipients": [
                         {
                             "recipient": d[0],
@@ -248,21 +328,31 @@ class AuditIndex:
         unless a later audit record of the same event (a successful replay) delivered it.
         """
         rows = self._db.execute(
-            "SELECT r.audit_ref, r.hour, r.outcome, r.dead_letter_code, r.mode FROM records r "
+            "SELECT r.audit_ref, r.hour, r.outcome, r.dead_letter_code, r.mode, "
+            "(SELECT c.reason FROM small_cell c WHERE c.audit_ref = r.audit_ref AND c.released = 0 LIMIT 1), "
+            "EXISTS (SELECT 1 FROM decisions h WHERE h.partition = r.partition AND h.offset = r.offset "
+            "AND h.reason = ?) FROM records r "
             "WHERE r.hour >= ? AND (r.outcome = ? OR (r.outcome = ? AND r.mode = 'P')) "
             "AND NOT EXISTS (SELECT 1 FROM records later WHERE later.audit_ref = r.audit_ref AND later.outcome = ?) "
+            "AND NOT EXISTS (SELECT 1 FROM small_cell c WHERE c.partition = r.partition AND c.offset = r.offset) "
             "ORDER BY r.hour, r.audit_ref",
-            (floor_hour(since_ms), DEAD_LETTERED, NOT_DELIVERED, DELIVERED),
+            (HELD_REASON, floor_hour(since_ms), DEAD_LETTERED, NOT_DELIVERED, DELIVERED),
         ).fetchall()
         return [
             {
                 "audit_ref": ref,
                 "hour_ms": hour,
                 "outcome": outcome,
-                "why": code if outcome == DEAD_LETTERED else "no recipient's filter accepted it",
+                "why": code
+                if outcome == DEAD_LETTERED
+                else f"suppressed: {suppressed}"
+                if suppressed
+                else HELD_REASON
+                if held
+                else "no recipient's filter accepted it",
                 "processing_mode": mode,
             }
-            for ref, hour, outcome, code, mode in rows
+            for ref, hour, outcome, code, mode, suppressed, held in rows
         ]
 
     def exposure(self, recipient: str, from_ms: int, to_ms: int) -> Exposure:
@@ -282,15 +372,20 @@ class AuditIndex:
         return Exposure(recipient, int(people), int(records), tuple(sorted(fields)))
 
     def summary(self, since_ms: int) -> dict[str, dict[str, int]]:
-        """Per recipient since ``since_ms``: delivered, filtered, dead-lettered."""
+        """Per recipient since ``since_ms``: delivered, filtered, dead-lettered, and under small-cell protection
+        held (still) and suppressed; a held view released later counts once, as delivered."""
         out: dict[str, dict[str, int]] = {}
-        for recipient, delivered, dead, count in self._db.execute(
-            "SELECT recipient, delivered, reason LIKE 'dead-lettered:%', COUNT(*) FROM decisions "
-            "WHERE hour >= ? GROUP BY recipient, delivered, reason LIKE 'dead-lettered:%'",
-            (floor_hour(since_ms),),
+        for recipient, key, count in self._db.execute(
+            "SELECT d.recipient, CASE WHEN d.delivered = 1 THEN 'delivered' "
+            "WHEN d.reason LIKE 'dead-lettered:%' THEN 'dead_lettered' WHEN d.reason = ? THEN 'held' "
+            "WHEN d.reason LIKE 'suppressed:%' THEN 'suppressed' ELSE 'filtered' END AS kind, COUNT(*) "
+            "FROM decisions d JOIN records r ON r.partition = d.partition AND r.offset = d.offset "
+            "WHERE d.hour >= ? AND NOT (d.reason = ? AND EXISTS "
+            "(SELECT 1 FROM small_cell s WHERE s.audit_ref = r.audit_ref AND s.recipient = d.recipient)) "
+            "GROUP BY d.recipient, kind",
+            (HELD_REASON, floor_hour(since_ms), HELD_REASON),
         ):
-            row = out.setdefault(recipient, {"delivered": 0, "filtered": 0, "dead_lettered": 0})
-            key = "delivered" if delivered else "dead_lettered" if dead else "filtered"
+            row = out.setdefault(recipient, dict.fromkeys(SUMMARY_KINDS, 0))
             row[key] += int(count)
         return dict(sorted(out.items()))
 

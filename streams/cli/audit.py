@@ -21,9 +21,10 @@ import click
 
 from streams.assembly import audit_schema, load_policy_set
 from streams.audit.chain import AuditWriter, mac_matches, verify_chain
-from streams.audit.index import AuditIndex
+from streams.audit.index import SUMMARY_KINDS, AuditIndex
 from streams.audit.keys import AuditKeys, generate_secret, load_secret, write_secret
 from streams.cli.options import common_options, settings
+from streams.contracts.registry import HttpSchemaRegistry
 from streams.credentials import OPERATOR
 from streams.domain.nir import nir_problem, normalise_nir
 from streams.errors import ConfigError
@@ -60,8 +61,11 @@ def _audit_options(func: F) -> F:
     return common_options(func)
 
 
-def _writer(key_file: Path) -> AuditWriter:
-    return AuditWriter(AuditKeys(load_secret(key_file)), audit_schema(), b"")
+def _writer(key_file: Path, cfg: Settings) -> AuditWriter:
+    """The audit secret's writer; records of an earlier contract version are read by their writer schema
+    (from the registry, by the frame's id; the current shape when it does not answer)."""
+    registry = HttpSchemaRegistry(cfg.registry_url, timeout_s=5.0, compatibility=None)
+    return AuditWriter(AuditKeys(load_secret(key_file)), audit_schema(), b"", registry.get_schema)
 
 
 def _index_path(cfg: Settings, given: Path | None) -> Path:
@@ -150,6 +154,11 @@ def _hour(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%dT%H:00Z")
 
 
+def _step(step: int | None) -> str:
+    """How a delivery left under small-cell protection: at once (-), or held then released at a ladder step."""
+    return "-" if step is None else f"held, released at step {step}"
+
+
 def _emit(as_json: bool, payload: Any, headers: list[str], rows: list[list[str]], footer: str = "") -> None:
     if as_json:
         click.echo(json.dumps(payload, indent=1, sort_keys=True, default=lambda b: b.hex()))
@@ -169,7 +178,7 @@ class _Query:
             registry_url=kw.pop("registry_url"),
             topic_prefix=kw.pop("topic_prefix"),
         )
-        self.writer = _writer(kw.pop("audit_key_file"))
+        self.writer = _writer(kw.pop("audit_key_file"), self.cfg)
         self.index = AuditIndex(_index_path(self.cfg, kw.pop("index_path")), self.writer.keys.fingerprint())
         self.as_json = bool(kw.pop("as_json"))
         started = time.monotonic()
@@ -225,8 +234,13 @@ def index_(rebuild: bool, **kw: Any) -> None:
 @click.option("--topic", envvar="SCREENING_AUDIT_VERIFY_TOPIC", help="Verify this topic (e.g. a copy) instead.")
 def verify(topic: str | None, **kw: Any) -> None:
     """Check every partition's hash chain; name each removed, reordered or altered record."""
-    cfg = settings(OPERATOR, bootstrap_servers=kw["bootstrap_servers"], topic_prefix=kw["topic_prefix"])
-    writer = _writer(kw["audit_key_file"])
+    cfg = settings(
+        OPERATOR,
+        bootstrap_servers=kw["bootstrap_servers"],
+        registry_url=kw["registry_url"],
+        topic_prefix=kw["topic_prefix"],
+    )
+    writer = _writer(kw["audit_key_file"], cfg)
     name = topic or cfg.audit_topic
     ends = end_offsets(cfg.bootstrap_servers, [name], auth=cfg.kafka_auth)
     if not ends:
@@ -276,16 +290,38 @@ def who_received(nir: str, **kw: Any) -> None:
         raise click.BadParameter(f"not a valid NIR ({problem}); {hint}", param_hint="--nir")
     query = _Query(kw)
     started = time.monotonic()
-    deliveries = query.index.who_received(query.keys.person(nir))
+    person = query.keys.person(nir)
+    deliveries = query.index.who_received(person)
+    held = query.index.held(person)
     took_ms = (time.monotonic() - started) * 1000
-    rows = [[_hour(d.hour_ms), d.agency, ", ".join(d.fields), d.policy_version, d.key_id or "-"] for d in deliveries]
+    rows = [
+        [_hour(d.hour_ms), d.agency, ", ".join(d.fields), d.policy_version, d.key_id or "-", _step(d.step)]
+        for d in deliveries
+    ]
     _emit(
         query.as_json,
-        {"deliveries": [d.__dict__ for d in deliveries], "query_ms": took_ms},
-        ["hour", "agency", "fields", "policy", "key"],
+        {"deliveries": [d.__dict__ for d in deliveries], "held": [h.__dict__ for h in held], "query_ms": took_ms},
+        ["hour", "agency", "fields", "policy", "key", "small cells"],
         rows,
         f"{len(deliveries)} deliveries ({took_ms:.1f} ms)",
     )
+    if held and not query.as_json:  # views small-cell protection held: what became of each
+        click.echo(
+            table(
+                ["held at", "recipient", "fate", "step", "withheld", "decided at"],
+                [
+                    [
+                        _hour(h.held_hour_ms),
+                        h.recipient,
+                        h.fate,
+                        "-" if h.step is None else str(h.step),
+                        ", ".join(h.withheld) or "-",
+                        "-" if h.decided_hour_ms is None else _hour(h.decided_hour_ms),
+                    ]
+                    for h in held
+                ],
+            )
+        )
 
 
 @audit.command("event")
@@ -367,8 +403,8 @@ def exposure(recipient: str, from_: str, to: str, **kw: Any) -> None:
 @_audit_options
 @click.option("--since", required=True, envvar="SCREENING_AUDIT_SINCE", help="ISO date/time (UTC if no zone).")
 def summary(since: str, **kw: Any) -> None:
-    """Per recipient since T: delivered, filtered, dead-lettered."""
+    """Per recipient since T: delivered, filtered, dead-lettered; small-cell holds still held and suppressed."""
     query = _Query(kw)
     found = query.index.summary(_time(since, "--since"))
-    rows = [[r, str(c["delivered"]), str(c["filtered"]), str(c["dead_lettered"])] for r, c in found.items()]
-    _emit(query.as_json, found, ["recipient", "delivered", "filtered", "dead-lettered"], rows)
+    rows = [[r, *(str(c[k]) for k in SUMMARY_KINDS)] for r, c in found.items()]
+    _emit(query.as_json, found, ["recipient", "delivered", "filtered", "dead-lettered", "held", "suppressed"], rows)

@@ -368,7 +368,7 @@ def worker(
     if audit_keys is not None:
         tail = tail_reader(consumer_config(settings), settings.audit_topic)
         audit = AuditSink(build_audit_writer(settings, registry, audit_keys), settings.audit_topic, tail)
-    small_cells = build_small_cells(settings, registry, policy_set)
+    small_cells = build_small_cells(settings, registry, policy_set, audit_keys=audit_keys)
     partitions = require_topics(settings, output_topics(policy_set, geography), hold_topics(settings, policy_set))
     if small_cells is not None:
         check_hold_partitions(small_cells, partitions)

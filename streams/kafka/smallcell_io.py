@@ -26,6 +26,10 @@ then reads the hold partition ``read_committed`` from the oldest open window's s
 the checkpoint names, so it neither misses a committed entry nor applies an aborted one. A
 window-close transaction with no ingress record still sends the partition's unchanged offset: a
 zombie's close is then refused by the group generation, like any batch of a zombie.
+
+**Audit** (an auditing worker, :mod:`streams.kafka.smallcell_audit`): a held view's decision says
+held, its lineage rides sealed in its hold record (:data:`H_AUDIT`), and its release or suppression
+gets its own chained audit record in the transaction that decides it.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import fastavro
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from streams.assembly import PolicySet, guarded_policies, subject_for
+from streams.audit.keys import AuditKeys
 from streams.contracts.codec import ViewEncoder, register_encoder
 from streams.contracts.registry import SchemaRegistryClient
 from streams.contracts.schemas import Schema, strip_logical_types
@@ -49,6 +54,7 @@ from streams.credentials import NO_AUTH, KafkaAuth
 from streams.domain.validation import wall_clock_ms
 from streams.errors import ConfigError
 from streams.kafka.batches import Batch, Work
+from streams.kafka.smallcell_audit import StageAudit, Suppressed
 from streams.kafka.topics import check_one_partition_per_ingress
 from streams.pipeline import InputRecord, OutputRecord, remapped
 from streams.policy.model import Policy
@@ -75,6 +81,7 @@ H_WINDOW = "smallcell.window"  # window start, epoch ms
 H_CELL = "smallcell.cell"  # the counted fields' values, JSON list in KAnonymity.columns order
 H_ROUTE = "smallcell.route"  # the released record's route key, hex
 H_TIME = "smallcell.time"  # the released record's Kafka timestamp (the agency's grain), epoch ms
+H_AUDIT = "smallcell.audit"  # the held view's audit lineage, sealed under the audit secret (if auditing)
 #: On released agency records: the ladder step (0 = full detail) and the window start (epoch ms).
 H_STEP = "smallcell.step"
 H_RELEASE_WINDOW = "smallcell.window"
@@ -106,13 +113,19 @@ class HoldReader(Protocol):
         ...
 
 
+def hold_rebuild_group(group_id: str) -> str:
+    """The consumer group the hold rebuild reader names (librdkafka looks its coordinator up: an ACL needs it)."""
+    return f"{group_id}-hold-rebuild"
+
+
 class ConfluentHoldReader:
     """:class:`HoldReader` with a group-less confluent-kafka consumer (``read_committed``)."""
 
-    def __init__(self, bootstrap_servers: str, auth: KafkaAuth = NO_AUTH) -> None:
-        """Read from ``bootstrap_servers`` as ``auth``'s principal."""
+    def __init__(self, bootstrap_servers: str, auth: KafkaAuth = NO_AUTH, group_id: str = "screening-streams") -> None:
+        """Read from ``bootstrap_servers`` as ``auth``'s principal (consumer group ``<group_id>-hold-rebuild``)."""
         self.bootstrap_servers = bootstrap_servers
         self.auth = auth
+        self.group_id = hold_rebuild_group(group_id)
 
     def records(self, topic: str, partition: int, from_ms: int, timeout_s: float) -> Iterator[RawRecord]:
         """See :class:`HoldReader`; ends early when the start lies past the partition's last record."""
@@ -120,7 +133,7 @@ class ConfluentHoldReader:
             {
                 "bootstrap.servers": self.bootstrap_servers,
                 **self.auth.librdkafka(),
-                "group.id": "screening-streams-hold-rebuild",  # never joins nor commits: assign() only
+                "group.id": self.group_id,  # never joins nor commits (assign() only), but the ACLs see it
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",
                 "auto.offset.reset": "earliest",
@@ -193,6 +206,10 @@ def _header(headers: Sequence[tuple[str, bytes]], name: str) -> bytes | None:
     return next((v for k, v in headers if k == name), None)
 
 
+def _int(record: OutputRecord, name: str) -> int:
+    return int(_header(record.headers, name) or b"")
+
+
 class SmallCellStage:
     """Applies one recipient's small-cell guard to the runner's batches (see module docstring)."""
 
@@ -207,8 +224,10 @@ class SmallCellStage:
         codec: ViewCodec,
         reader: HoldReader,
         clock_ms: Callable[[], int] = wall_clock_ms,
+        audit: StageAudit | None = None,
     ) -> None:
-        """Guard ``topic`` (the recipient's, with prefix) with ``ladder``, logging to ``hold_topic``."""
+        """Guard ``topic`` (the recipient's, with prefix) with ``ladder``, logging to ``hold_topic``;
+        with ``audit``, each held view's release or suppression gets its own audit record."""
         self.policy = policy
         self.ladder = ladder
         self.topic = topic
@@ -217,6 +236,7 @@ class SmallCellStage:
         self.codec = codec
         self.reader = reader
         self.clock_ms = clock_ms
+        self.audit = audit
         self.guard: SmallCellGuard[OutputRecord] = SmallCellGuard(ladder)
         self.stats = CellStats()
         self._offsets: dict[int, int] = {}  # committed next offset of each rebuilt ingress partition
@@ -294,17 +314,19 @@ class SmallCellStage:
         Returns the outputs to produce: the batch's own (a held view removed, a released one in its
         place), then the hold-topic records in entry order (each hold partition is read back in that
         order), then the views released with others or by a closing window. ``batch.audits`` is
-        remapped so a held view's decision points at its hold record. Partitions closed without a
-        record in the batch are added to ``batch.next`` at their committed offset, so the
+        remapped so a held view's decision points at its hold record (and, auditing, says held);
+        the records of held views released or suppressed now are appended to it. Partitions closed
+        without a record in the batch are added to ``batch.next`` at their committed offset, so the
         transaction is fenced by the group generation.
         """
         now = self.clock_ms()
         self._pending = CellStats()
         hold: list[OutputRecord] = []
         tail: list[OutputRecord] = []
+        suppressed: list[Suppressed] = []
         # One window per transaction: a day of one partition's held views is one bounded transaction.
         closing = self.guard.close_due(now, self._offsets, limit=1)
-        self._effects(closing, hold, tail)
+        self._effects(closing, hold, tail, suppressed)
         for partition in {e.partition for e in closing.entries}:
             batch.next.setdefault((self.ingress_topic, partition), self._offsets[partition])
             self._touched.add(partition)
@@ -312,6 +334,8 @@ class SmallCellStage:
         moved: dict[int, int] = {}  # old output position -> new one (audit drafts index outputs)
         held_at: dict[int, int] = {}  # old output position -> its hold record's place in ``hold``
         position = placed_count = 0
+        audit = self.audit
+        by_output = audit.decisions_at(batch.audits) if audit is not None else {}
         for source, outputs in work:
             kept: list[OutputRecord] = []
             for record in outputs:
@@ -329,6 +353,7 @@ class SmallCellStage:
                         False,
                         record.timestamp_ms,
                         record.partition,
+                        lineage=audit.token(batch.audits, by_output, position) if audit is not None else None,
                     )
                     self._touched.add(source.partition)
                     effects = self.guard.admit(source.partition, now, self.ladder.cell(record.view), item)
@@ -344,8 +369,13 @@ class SmallCellStage:
                 placed_count += 1
             placed.append((source, kept))
         moved.update({old: placed_count + at for old, at in held_at.items()})
+        if audit is not None:
+            audit.mark_held(batch.audits, by_output, held_at)
         if batch.audits:
             batch.audits[:] = [remapped(draft, moved) for draft in batch.audits]
+        if audit is not None:
+            steps = ((_int(r, H_RELEASE_WINDOW), _int(r, H_STEP), r) for r in tail)
+            batch.audits += audit.fates(steps, placed_count + len(hold), suppressed, now)
         source = self._source(batch)
         return placed + [(source, rs) for rs in (hold, tail) if rs]
 
@@ -368,12 +398,19 @@ class SmallCellStage:
                 self._pending.held += 1
         return placed
 
-    def _effects(self, effects: Effects[OutputRecord], hold: list[OutputRecord], tail: list[OutputRecord]) -> None:
+    def _effects(
+        self,
+        effects: Effects[OutputRecord],
+        hold: list[OutputRecord],
+        tail: list[OutputRecord],
+        suppressed: list[Suppressed],
+    ) -> None:
         for release in effects.releases:
             tail += [self._released(item, release.window, release.step) for item in release.items]
             self._pending.released[release.step] += len(release.items)
         for suppression in effects.suppressions:
             self._pending.suppressed += len(suppression.items)
+            suppressed += [(suppression.window, suppression.reason, item) for item in suppression.items]
         hold += [self.hold_record(entry) for entry in effects.entries]
         for entry in effects.entries:
             if isinstance(entry, Close):
@@ -400,7 +437,9 @@ class SmallCellStage:
         headers = tuple(record.headers) + marks
         if step == 0:
             r = record
-            return OutputRecord(r.topic, r.key, r.value, headers, r.route_key, False, r.timestamp_ms, r.partition)
+            return OutputRecord(
+                r.topic, r.key, r.value, headers, r.route_key, False, r.timestamp_ms, r.partition, lineage=r.lineage
+            )
         view = dict(record.view) if record.view is not None else self.codec.decode(record.value or b"")
         for name in self.ladder.withheld[step]:
             view[name] = None
@@ -443,6 +482,7 @@ class SmallCellStage:
                 (H_CELL, _JSON.encode(list(entry.cell)).encode()),
                 (H_ROUTE, item.route_key.hex().encode()),
                 *(((H_TIME, str(item.timestamp_ms).encode()),) if item.timestamp_ms is not None else ()),
+                *(((H_AUDIT, item.lineage),) if item.lineage is not None else ()),
             )
             return OutputRecord(
                 self.hold_topic, item.key, item.value, headers, b"", timestamp_ms=entry.at_ms, partition=entry.partition
@@ -471,7 +511,8 @@ class SmallCellStage:
                 route = bytes.fromhex((_header(headers, H_ROUTE) or b"").decode())
                 own = tuple((k, v) for k, v in headers if not k.startswith("smallcell."))
                 stamp = _header(headers, H_TIME)
-                item = OutputRecord(self.topic, key, value, own, route, False, int(stamp) if stamp else None)
+                at = int(stamp) if stamp else None
+                item = OutputRecord(self.topic, key, value, own, route, False, at, lineage=_header(headers, H_AUDIT))
                 return Hold(partition, seq, window, cell, item, at_ms)
             body = json.loads(value or b"")
             if kind == b"open":
@@ -490,10 +531,12 @@ def build_small_cells(
     *,
     reader: HoldReader | None = None,
     clock_ms: Callable[[], int] = wall_clock_ms,
+    audit_keys: AuditKeys | None = None,
 ) -> SmallCellStage | None:
     """The stage of the recipient under small-cell protection (None without one); exactly once only.
 
     Registers (idempotently) the recipient's contract, to re-encode views released one step up.
+    With ``audit_keys`` (an auditing worker), held views' releases and suppressions are audited.
     """
     guarded = guarded_policies(policy_set)
     if not guarded:
@@ -531,8 +574,9 @@ def build_small_cells(
         hold_topic=settings.hold_topic(policy.recipient),
         ingress_topic=settings.ingress_topic,
         codec=codec,
-        reader=reader or ConfluentHoldReader(settings.bootstrap_servers, settings.kafka_auth),
+        reader=reader or ConfluentHoldReader(settings.bootstrap_servers, settings.kafka_auth, settings.group_id),
         clock_ms=clock_ms,
+        audit=StageAudit(audit_keys, policy.recipient, ladder) if audit_keys is not None else None,
     )
 
 

@@ -13,12 +13,16 @@ from confluent_kafka import TopicPartition
 from streams.assembly import PolicySet, hold_topics
 from streams.audit.chain import ChainHead
 from streams.audit.decisions import PendingAudit, PendingDecision
+from streams.audit.held import HELD_REASON
+from streams.audit.keys import AuditKeys
 from streams.contracts.registry import InMemorySchemaRegistry
 from streams.errors import ConfigError
 from streams.kafka.acl import PROCESSOR, acl_plan
 from streams.kafka.audit_io import committed_head, head_metadata
 from streams.kafka.batches import Batch, Work
+from streams.kafka.smallcell_audit import StageAudit
 from streams.kafka.smallcell_io import (
+    H_AUDIT,
     H_ENTRY,
     H_STEP,
     REPLAY_MARGIN_MS,
@@ -72,7 +76,11 @@ def _spf(policy_set: PolicySet) -> Policy:
 
 
 def _stage(
-    policy_set: PolicySet, clock: Clock, reader: LogReader | None = None, k: int | None = None
+    policy_set: PolicySet,
+    clock: Clock,
+    reader: LogReader | None = None,
+    k: int | None = None,
+    audit: StageAudit | None = None,
 ) -> SmallCellStage:
     policy = _spf(policy_set)
     assert policy.k_anonymity is not None
@@ -91,6 +99,7 @@ def _stage(
         codec=codec,
         reader=reader or LogReader([]),
         clock_ms=clock,
+        audit=audit,
     )
 
 
@@ -376,3 +385,90 @@ def test_a_failed_checkpoint_read_never_rebuilds_a_partition_empty(policy_set: P
     with pytest.raises(KafkaException):
         stage.sync(FailingConsumer(), [0], 1.0)
     assert stage.missing([0]) == [0], "not rebuilt: still to do"
+
+
+def _audited(policy_set: PolicySet, **kw: Any) -> tuple[SmallCellStage, AuditKeys]:
+    keys = AuditKeys(bytes(range(32)))
+    option = _spf(policy_set).k_anonymity
+    assert option is not None
+    k = kw.get("k") or option.k
+    from dataclasses import replace
+
+    ladder = Ladder.of(replace(option, k=k), grace_ms=600_000)
+    return _stage(policy_set, audit=StageAudit(keys, "spf", ladder), **kw), keys
+
+
+def test_an_audited_stage_marks_held_decisions_and_audits_each_release_once(policy_set: PolicySet) -> None:
+    """Auditing, k=5: the four held views' decisions say held (pointing at their hold records, which carry the
+    sealed lineage); when the fifth opens the class, the batch's drafts gain one release record per held view
+    (step 0, the held view's own source and reference) pointing at its released SPF record; the fifth's own
+    decision stays delivered at its SPF record. Nothing is audited twice."""
+    clock = Clock(10 * DAY + 1000)
+    stage, _ = _audited(policy_set, clock=clock)
+    work = _work(stage, [(i, _view(i)) for i in range(4)], partition=2)
+    batch = _batch(work)
+    batch.audits = [_draft(i, 2 * i + 1) for i in range(4)]
+    stage.rebuild(2, 0, None)
+    out = _flat(stage.apply(batch, work))
+    stage.committed(batch)
+    assert [(d.decisions[0].delivered, d.decisions[0].reason, d.decisions[0].output) for d in batch.audits] == [
+        (False, HELD_REASON, 4 + i) for i in range(4)
+    ]
+    assert all(_headers(r).get(H_AUDIT) for r in out[4:]) and all(r.topic == HOLD for r in out[4:])
+    work2 = _work(stage, [(4, _view(4))], partition=2)
+    batch2 = _batch(work2)
+    batch2.audits = [_draft(4, 1)]
+    out2 = _flat(stage.apply(batch2, work2))
+    own, *fates = batch2.audits
+    assert own.decisions[0].delivered and out2[own.decisions[0].output or 0].key == b"ref-4"
+    assert [f.source for f in fates] == [(INGRESS, 2, i) for i in range(4)]
+    assert [f.audit_ref for f in fates] == [f"a{i}" for i in range(4)]
+    for fate in fates:
+        assert fate.small_cell is not None and fate.small_cell.released and fate.small_cell.step == 0
+        (decision,) = fate.decisions
+        released = out2[decision.output or 0]
+        assert released.topic == SPF and released.key == f"ref-{fate.source[2]}".encode()
+        assert _headers(released)[H_STEP] == b"0" and decision.delivered and decision.fields == ("event_ref",)
+    stage.committed(batch2)
+    work3 = _work(stage, [(5, _view(5))], partition=2)
+    batch3 = _batch(work3)
+    batch3.audits = [_draft(5, 1)]
+    stage.apply(batch3, work3)
+    assert len(batch3.audits) == 1 and batch3.audits[0].decisions[0].delivered
+
+
+def test_a_new_owner_audits_the_close_of_views_held_before_it(policy_set: PolicySet) -> None:
+    """Auditing, k=2: views held by a first owner are rebuilt by a second from the hold log (lineage
+    included); its idle close writes, in the close's own batch, a step-1 release record for each of the two
+    department-alone views (department withheld, pointing at the generalised SPF records) and a
+    small_cell suppression record for the lone 2A view, each naming the held view's source."""
+    clock = Clock(10 * DAY)
+    first, _ = _audited(policy_set, clock=clock, k=2)
+    log: list[OutputRecord] = []
+    views = [(0, _view(0, "75")), (1, _view(1, "77")), (2, _view(2, "2A", "94"))]
+    work = _work(first, views)
+    batch = _batch(work)
+    batch.audits = [
+        PendingAudit((INGRESS, 0, i), f"a{i}", f"p{i}", "P", "DELIVERED", None, d.decisions, 0)
+        for i, d in ((i, _draft(i, 2 * i + 1)) for i in range(3))
+    ]
+    first.rebuild(0, 0, None)
+    log += [r for r in _flat(first.apply(batch, work)) if r.topic == HOLD]
+    first.committed(batch)
+    second, _ = _audited(policy_set, clock=clock, k=2, reader=LogReader(log))
+    second.rebuild(0, 3, first.metadata(0))
+    clock.now = 11 * DAY + 600_000
+    idle = Batch()
+    out = _flat(second.apply(idle, []))
+    released = [a for a in idle.audits if a.small_cell is not None and a.small_cell.released]
+    suppressed = [a for a in idle.audits if a.small_cell is not None and not a.small_cell.released]
+    assert len(idle.audits) == 3 and [a.source[2] for a in released] == [0, 1]
+    for fate in released:
+        assert fate.small_cell is not None and fate.small_cell.step == 1
+        assert fate.small_cell.withheld == ("department",) and fate.person == f"p{fate.source[2]}"
+        record = out[fate.decisions[0].output or 0]
+        assert record.topic == SPF and _headers(record)[H_STEP] == b"1"
+        assert record.key == f"ref-{fate.source[2]}".encode()
+    (gone,) = suppressed
+    assert gone.source == (INGRESS, 0, 2) and gone.decisions[0].output is None
+    assert gone.small_cell is not None and gone.small_cell.reason == "small_cell" and gone.outcome == "NOT_DELIVERED"
