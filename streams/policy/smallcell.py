@@ -207,17 +207,20 @@ class Effects(Generic[T]):
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """What a new owner needs to rebuild a partition: the last entry number, closed-window bound, oldest open window."""
+    """What a new owner needs to rebuild a partition: the last entry number, closed-window bound, oldest open
+    window and the number of its first entry (a replay that does not reach it lost entries to retention)."""
 
     seq: int
     closed_through: int | None
     oldest_open: int | None
+    first_open_entry: int | None = None
 
     def render(self) -> str:
-        """The compact text committed with the partition's offset (``kanon1:<seq>:<closed>:<open>``)."""
+        """The compact text committed with the partition's offset (``kanon1:<seq>:<closed>:<open>[:<first>]``)."""
         closed = "" if self.closed_through is None else str(self.closed_through)
         oldest = "" if self.oldest_open is None else str(self.oldest_open)
-        return f"{CHECKPOINT_VERSION}:{self.seq}:{closed}:{oldest}"
+        first = "" if self.first_open_entry is None else f":{self.first_open_entry}"
+        return f"{CHECKPOINT_VERSION}:{self.seq}:{closed}:{oldest}{first}"
 
     @classmethod
     def parse(cls, text: str | None) -> Checkpoint | None:
@@ -225,8 +228,11 @@ class Checkpoint:
         if not text or not text.startswith(CHECKPOINT_VERSION + ":"):
             return None
         try:
-            _, seq, closed, oldest = text.split(":")
-            return cls(int(seq), int(closed) if closed else None, int(oldest) if oldest else None)
+            _, seq, closed, oldest, *rest = text.split(":")
+            first = int(rest[0]) if rest and rest[0] else None
+            if len(rest) > 1:
+                raise ValueError(text)
+            return cls(int(seq), int(closed) if closed else None, int(oldest) if oldest else None, first)
         except ValueError as exc:
             raise HoldLogError(f"unreadable small-cell checkpoint {text!r}") from exc
 
@@ -242,6 +248,7 @@ class _Class(Generic[T]):
 class _Window(Generic[T]):
     start: int
     classes: dict[Cell, _Class[T]] = field(default_factory=dict)  # insertion order: first arrival
+    first_seq: int | None = None  # number of the window's first entry
 
 
 @dataclass(slots=True)
@@ -310,6 +317,18 @@ class SmallCellGuard(Generic[T]):
         self._record(unnumber)
         return state.seq
 
+    def _entry_seq(self, state: _Partition[T], window: _Window[T]) -> int:
+        """The next entry number, noted as ``window``'s first if it has none yet."""
+        seq = self._next_seq(state)
+        if window.first_seq is None:
+            window.first_seq = seq
+
+            def unfirst() -> None:
+                window.first_seq = None
+
+            self._record(unfirst)
+        return seq
+
     def _window(self, state: _Partition[T], start: int) -> _Window[T]:
         window = state.windows.get(start)
         if window is None:
@@ -344,7 +363,7 @@ class SmallCellGuard(Generic[T]):
                 cls.count = before
 
             self._record(unhold)
-            effects.entries.append(Hold(partition, self._next_seq(state), start, cell, item, at))
+            effects.entries.append(Hold(partition, self._entry_seq(state, window), start, cell, item, at))
             return effects
         cls.count, cls.held = k, None
 
@@ -352,7 +371,7 @@ class SmallCellGuard(Generic[T]):
             cls.count, cls.held = before, held
 
         self._record(unopen)
-        effects.entries.append(Open(partition, self._next_seq(state), start, cell, at))
+        effects.entries.append(Open(partition, self._entry_seq(state, window), start, cell, at))
         effects.releases.append(Release(partition, start, 0, (*held, item)))
         return effects
 
@@ -424,7 +443,9 @@ class SmallCellGuard(Generic[T]):
     def checkpoint(self, partition: int) -> Checkpoint:
         """What to commit with the partition's offset so a new owner can rebuild it."""
         state = self._partitions.get(partition) or _Partition()
-        return Checkpoint(state.seq, state.closed_through, min(state.windows, default=None))
+        oldest = min(state.windows, default=None)
+        first = None if oldest is None else state.windows[oldest].first_seq
+        return Checkpoint(state.seq, state.closed_through, oldest, first)
 
     def resume(self, partition: int, checkpoint: Checkpoint | None) -> None:
         """Start rebuilding ``partition`` (its state is replaced) from its committed ``checkpoint``."""
@@ -451,6 +472,8 @@ class SmallCellGuard(Generic[T]):
             state.closed_through = max(state.closed_through or 0, entry.window + self.ladder.window_ms)
             return
         window = state.windows.setdefault(entry.window, _Window(entry.window))
+        if window.first_seq is None:
+            window.first_seq = entry.seq
         cls = window.classes.setdefault(entry.cell, _Class(0, []))
         if isinstance(entry, Open):
             cls.count, cls.held = self.ladder.k, None
@@ -467,6 +490,16 @@ class SmallCellGuard(Generic[T]):
                 f"hold log of partition {partition}: replay ended at entry {state.seq}, "
                 f"the committed checkpoint names entry {expected}"
             )
+        first = None if checkpoint is None or checkpoint.oldest_open is None else checkpoint.first_open_entry
+        if first is not None:
+            assert checkpoint is not None and checkpoint.oldest_open is not None
+            found = state.windows.get(checkpoint.oldest_open)
+            if found is None or found.first_seq != first:
+                raise HoldLogError(
+                    f"hold log of partition {partition}: the oldest open window's first entry {first} was not "
+                    f"replayed (first found: {None if found is None else found.first_seq}; its records are gone: "
+                    "retention shorter than window + grace?)"
+                )
         state.seq = expected
         if checkpoint is not None and checkpoint.closed_through is not None:
             closed = checkpoint.closed_through

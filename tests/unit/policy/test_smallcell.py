@@ -183,7 +183,8 @@ def test_rebuild_from_the_log_restores_the_state() -> None:
         log += guard.close_due(t).entries
         log += guard.admit(0, t, cell, f"v{i}").entries
     checkpoint = guard.checkpoint(0)
-    assert checkpoint == Checkpoint(len(log), MINUTE, MINUTE)
+    first = next(e.seq for e in log if e.window == MINUTE)
+    assert checkpoint == Checkpoint(len(log), MINUTE, MINUTE, first)
     rebuilt = _replayed(log, checkpoint)
     assert rebuilt.snapshot(0) == guard.snapshot(0)
     assert list(items_of(rebuilt.admit(0, MINUTE + 2, b, "x").releases)) == []
@@ -201,6 +202,21 @@ def test_a_gap_or_a_short_log_fails_the_rebuild() -> None:
         _replayed([log[0], log[2], log[3]], checkpoint)
     with pytest.raises(HoldLogError, match="replay ended at entry 3"):
         _replayed(log[:3], checkpoint)
+
+
+def test_a_log_whose_oldest_open_entries_expired_fails_the_rebuild() -> None:
+    """The checkpoint names the oldest open window's first entry: a replay whose first entries of that
+    window are gone (retention shorter than window + grace) is refused instead of losing held views."""
+    guard = _guard()
+    log: list[Entry[str]] = []
+    for i in range(4):
+        log += guard.admit(0, i, _cell(i, 1, "NONE"), f"v{i}").entries
+    checkpoint = guard.checkpoint(0)
+    assert checkpoint.first_open_entry == 1 and _replayed(log, checkpoint).snapshot(0) == guard.snapshot(0)
+    with pytest.raises(HoldLogError, match="first entry 1 was not replayed"):
+        _replayed(log[2:], checkpoint)
+    legacy = Checkpoint(checkpoint.seq, checkpoint.closed_through, checkpoint.oldest_open)  # before the field
+    assert _replayed(log[2:], legacy).held_count() == 2  # what an old checkpoint could not tell
 
 
 def test_no_replay_is_needed_when_no_window_is_open() -> None:
@@ -221,9 +237,10 @@ def test_entries_of_windows_closed_before_the_replay_start_are_ignored() -> None
 
 def test_checkpoint_text_round_trips() -> None:
     """The committed text is short, versioned and read back exactly; foreign metadata is no checkpoint."""
-    for checkpoint in (Checkpoint(0, None, None), Checkpoint(12, 86_400_000, 86_400_000)):
+    for checkpoint in (Checkpoint(0, None, None), Checkpoint(12, 86_400_000, 86_400_000), Checkpoint(9, 0, 60, 4)):
         assert Checkpoint.parse(checkpoint.render()) == checkpoint
     assert Checkpoint(3, None, 60_000).render() == "kanon1:3::60000"
+    assert Checkpoint(3, None, 60_000, 2).render() == "kanon1:3::60000:2"
     assert Checkpoint.parse("") is None and Checkpoint.parse(None) is None and Checkpoint.parse("other") is None
     with pytest.raises(HoldLogError):
         Checkpoint.parse("kanon1:x::")
