@@ -28,19 +28,21 @@ import fastavro
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from streams.contracts.schemas import strip_logical_types
+from streams.credentials import KafkaAuth
 from streams.policy.model import Policy
 from streams.policy.outputs import output_schema
 
 Message = tuple[bytes | None, bytes | None, dict[str, bytes]]
 
 
-def read_committed(bootstrap: str, topic: str, idle_s: float = 30.0) -> Iterator[Message]:
+def read_committed(bootstrap: str, topic: str, *, auth: KafkaAuth, idle_s: float = 30.0) -> Iterator[Message]:
     """Every committed record of ``topic`` as ``(key, value, headers)``: a group-less ``read_committed``
-    consumer assigned every partition from the beginning, until each reports its end (past the
-    transaction markers). Raises if a partition is not read to its end within ``idle_s`` of silence."""
+    consumer (as ``auth``'s principal) assigned every partition from the beginning, until each reports its
+    end (past the transaction markers). Raises if a partition is not read to its end within ``idle_s`` of silence."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
+            **auth.librdkafka(),
             "group.id": f"kcheck-{uuid.uuid4().hex}",  # assign() only: never joins nor commits
             "isolation.level": "read_committed",
             "enable.auto.commit": False,
@@ -243,18 +245,20 @@ def k_check(
     topic: str,
     hold_topic: str,
     *,
+    auth: KafkaAuth,
     views: int | None = None,
     expected_keys: set[bytes] | None = None,
 ) -> KReport:
-    """Read ``topic`` (the guarded policy's, with prefix) and ``hold_topic`` to their ends and check them;
-    ``views``: how many views the events imply (for the lost count)."""
-    report = check_released(policy, input_schema, read_committed(bootstrap, topic), expected_keys)
-    report.hold = hold_summary(read_committed(bootstrap, hold_topic))
+    """Read ``topic`` (the guarded policy's, with prefix) and ``hold_topic`` to their ends (as ``auth``'s
+    principal, one that may read both) and check them; ``views``: how many views the events imply (for the
+    lost count)."""
+    report = check_released(policy, input_schema, read_committed(bootstrap, topic, auth=auth), expected_keys)
+    report.hold = hold_summary(read_committed(bootstrap, hold_topic, auth=auth))
     report.views = views if views is not None else None if expected_keys is None else len(expected_keys)
     return report
 
 
-def decided(bootstrap: str, topic: str, hold_topic: str) -> int:
+def decided(bootstrap: str, topic: str, hold_topic: str, *, auth: KafkaAuth) -> int:
     """Views released or suppressed so far, from the topics (a cheaper count than :func:`k_check`: no decoding)."""
-    released = sum(1 for _ in read_committed(bootstrap, topic))
-    return released + hold_summary(read_committed(bootstrap, hold_topic)).suppressed
+    released = sum(1 for _ in read_committed(bootstrap, topic, auth=auth))
+    return released + hold_summary(read_committed(bootstrap, hold_topic, auth=auth)).suppressed

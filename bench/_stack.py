@@ -1,6 +1,8 @@
 """Helpers of ``throughput.py``: worker processes, paced publishing, reading outputs back.
 
-Not a benchmark itself; see ``throughput.py``.
+Not a benchmark itself; see ``throughput.py``. The bench process itself talks to Kafka as the
+stack's admin (``settings.kafka_auth``); the workers get no credentials from it and authenticate as
+the processor through the stack's credentials files, so they run under the ACL plan like a deployment.
 """
 
 from __future__ import annotations
@@ -22,11 +24,16 @@ from aiokafka import AIOKafkaProducer
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
+from streams.credentials import KafkaAuth
 from streams.kafka.offsets import wait_for_members
+from streams.kafka.publish import aiokafka_auth
 from streams.settings import Settings
+from streams.stack.settings import StackSettings
 
 Raw = tuple[bytes, bytes, tuple[tuple[str, bytes], ...]]
 MASK = (1 << 64) - 1
+#: Credentials a worker must not inherit from the bench: it would then not run as the processor.
+CREDENTIAL_VARIABLES = ("SCREENING_KAFKA_USERNAME", "SCREENING_KAFKA_PASSWORD", "SCREENING_KAFKA_CREDENTIALS_FILE")
 
 
 class Expected:
@@ -60,13 +67,23 @@ def cpu_seconds(pid: int | None) -> float:
 
 
 def start_workers(count: int, settings: Settings, keys: Path, run_dir: Path) -> list[subprocess.Popen[bytes]]:
-    """Start ``count`` worker processes, each with its own state dir and log file."""
+    """Start ``count`` worker processes, each with its own state dir and log file.
+
+    With the local stack they authenticate as the processor (its credentials file in the stack's
+    state dir); only against an external broker do they keep the environment's credentials.
+    """
+    stack = StackSettings.from_env(os.environ)
+    inherited = dict(os.environ)
+    if not stack.external_bootstrap:
+        for name in CREDENTIAL_VARIABLES:
+            inherited.pop(name, None)
     workers = []
     for i in range(count):
         state = run_dir / f"worker{i}"
         state.mkdir(parents=True, exist_ok=True)
         env = {
-            **os.environ,
+            **inherited,
+            "SCREENING_STREAMS_STATE": str(stack.state_dir),
             "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
             "SCHEMA_REGISTRY_URL": settings.registry_url,
             "SCREENING_KEYS_FILE": str(keys),
@@ -101,7 +118,9 @@ def stop_workers(workers: list[subprocess.Popen[bytes]]) -> list[int | None]:
 
 def wait_members(settings: Settings, count: int, timeout_s: float = 120) -> None:
     """Block until the worker group is Stable with ``count`` members."""
-    wait_for_members(settings.bootstrap_servers, settings.group_id, timeout_s=timeout_s, count=count)
+    wait_for_members(
+        settings.bootstrap_servers, settings.group_id, auth=settings.kafka_auth, timeout_s=timeout_s, count=count
+    )
 
 
 async def paced_publish(
@@ -113,6 +132,7 @@ async def paced_publish(
     """
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
+        **aiokafka_auth(settings.kafka_auth),
         acks="all",
         linger_ms=2,
         enable_idempotence=True,
@@ -153,12 +173,13 @@ class LiveReader:
     ingress time (an exact join key between agencies), so the benchmark times its own events.
     """
 
-    def __init__(self, bootstrap: str, topics: Iterable[str]) -> None:
-        """Assign every partition of ``topics`` at its end offset (call before publishing)."""
+    def __init__(self, bootstrap: str, topics: Iterable[str], *, auth: KafkaAuth) -> None:
+        """Assign every partition of ``topics`` at its end offset (call before publishing); read as ``auth``."""
         self.arrived: dict[tuple[str, bytes | None], float] = {}
         self._stop = threading.Event()
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap,
+            **auth.kafka_python(),
             enable_auto_commit=False,
             group_id=None,
             isolation_level="read_committed",
@@ -187,10 +208,11 @@ class LiveReader:
         self._consumer.close()
 
 
-def read_all(bootstrap: str, topics: Iterable[str]) -> Iterator[ConsumerRecord]:
-    """Every record of ``topics`` from the beginning to the current end (with timestamps)."""
+def read_all(bootstrap: str, topics: Iterable[str], *, auth: KafkaAuth) -> Iterator[ConsumerRecord]:
+    """Every record of ``topics`` from the beginning to the current end (with timestamps), read as ``auth``."""
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
+        **auth.kafka_python(),
         enable_auto_commit=False,
         group_id=None,
         isolation_level="read_committed",

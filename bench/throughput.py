@@ -81,6 +81,7 @@ from _stack import (
 )
 
 from streams.assembly import (
+    PolicySet,
     agency_names,
     build_pipeline,
     hold_topics,
@@ -93,6 +94,8 @@ from streams.contracts.registry import HttpSchemaRegistry
 from streams.crypto.keys import generate_key_pair, write_key_pair
 from streams.crypto.ring import import_public_key
 from streams.domain.geography import DEFAULT_GEOGRAPHY
+from streams.kafka.acl import acl_plan, agency_users
+from streams.kafka.acl_apply import apply_plan, to_acl
 from streams.kafka.offsets import wait_for_lag_zero
 from streams.kafka.publish import publish_raw
 from streams.kafka.topics import admin_client, create_topics
@@ -167,7 +170,7 @@ def collect(
 ) -> Outputs:
     """Read every output and dead letter back; time the live events (``keys_of[i]``: event i's outputs)."""
     out = Outputs()
-    for r in read_all(settings.bootstrap_servers, [*topics, settings.dlq_topic, *holds]):
+    for r in read_all(settings.bootstrap_servers, [*topics, settings.dlq_topic, *holds], auth=settings.kafka_auth):
         headers = dict(r.headers)
         if r.topic == settings.dlq_topic:
             out.reasons[headers.get(H_CODE, b"?").decode()] += 1
@@ -321,10 +324,15 @@ def run(args: argparse.Namespace, *, small_cells: bool) -> Result:
     if args.guarantee:
         os.environ["SCREENING_PROCESSING_GUARANTEE"] = args.guarantee  # inherited by the workers
     stack = StackSettings.from_env(os.environ)
-    ends = lifecycle.up(stack, echo=lambda line: print(f"  {line}"))
+    ends = lifecycle.up(stack, echo=lambda line: print(f"  {line}"), users=agency_users(load_policy_set(Settings())))
     prefix = f"bench{int(time.time())}."
+    # The bench creates the topics and applies the ACL plan as the admin, and reads back as the admin;
+    # the workers run as the processor (see _stack.start_workers).
     settings = settings_from_env().with_(
-        bootstrap_servers=ends.bootstrap_servers, registry_url=ends.registry_url, topic_prefix=prefix
+        bootstrap_servers=ends.bootstrap_servers,
+        registry_url=ends.registry_url,
+        topic_prefix=prefix,
+        kafka_auth=lifecycle.admin_auth(stack),
     )
     run_dir = stack.state_dir / "bench" / prefix.rstrip(".")
     if not small_cells:
@@ -346,6 +354,7 @@ def run(args: argparse.Namespace, *, small_cells: bool) -> Result:
     settings = settings.with_(public_keys_dir=public_dir)
     os.environ["SCREENING_PUBLIC_KEYS_DIR"] = str(public_dir)  # inherited by the workers
     parts = create_topics(settings, output_topics(policy_set), holds)
+    apply_plan(settings, policy_set)
     registry = HttpSchemaRegistry(settings.registry_url)
     reference = build_pipeline(
         settings, registry, StaticKeyRing(keys), policy_set=policy_set, public_keys=load_public_keys(settings)
@@ -386,7 +395,7 @@ def run(args: argparse.Namespace, *, small_cells: bool) -> Result:
 
     def publish(records: list[Raw] | Iterator[Raw]) -> None:
         topic = settings.ingress_topic
-        asyncio.run(publish_raw(settings.bootstrap_servers, topic, records, parts[topic]))
+        asyncio.run(publish_raw(settings.bootstrap_servers, topic, records, parts[topic], auth=settings.kafka_auth))
 
     broker = [int(p) for p in re.findall(r"pid (\d+)", lifecycle.status(stack).get("kafka", ""))]
     broker_pid = broker[0] if broker else None
@@ -403,7 +412,11 @@ def run(args: argparse.Namespace, *, small_cells: bool) -> Result:
         base = {w.pid: 0.0 for w in workers}
         if live:
             wait_for_lag_zero(
-                settings.bootstrap_servers, settings.group_id, settings.ingress_topic, timeout_s=args.timeout
+                settings.bootstrap_servers,
+                settings.group_id,
+                settings.ingress_topic,
+                auth=settings.kafka_auth,
+                timeout_s=args.timeout,
             )
             wait_members(settings, args.workers)
             print(
@@ -415,7 +428,8 @@ def run(args: argparse.Namespace, *, small_cells: bool) -> Result:
         cpu0 = (cpu_seconds(broker_pid), time.process_time())
         if live:
             partitions = parts[settings.ingress_topic]
-            reader = LiveReader(settings.bootstrap_servers, [prefix + t for t in output_topics(policy_set)])
+            outputs_now = [prefix + t for t in output_topics(policy_set)]
+            reader = LiveReader(settings.bootstrap_servers, outputs_now, auth=settings.kafka_auth)
             took = asyncio.run(paced_publish(settings, records[WARMUP:], partitions, args.rate, timing.sent_ms))
             print(f"published {count - WARMUP:,} events in {took:.1f} s = {(count - WARMUP) / took:,.0f}/s")
 
@@ -428,6 +442,7 @@ def run(args: argparse.Namespace, *, small_cells: bool) -> Result:
             settings.bootstrap_servers,
             settings.group_id,
             settings.ingress_topic,
+            auth=settings.kafka_auth,
             timeout_s=args.timeout,
             sleep=lambda _s: time.sleep(0.4),
             on_progress=sample,
@@ -460,6 +475,7 @@ def run(args: argparse.Namespace, *, small_cells: bool) -> Result:
                 policy_set.input_schema,
                 prefix + guarded.topic,
                 settings.hold_topic(guarded.recipient),
+                auth=settings.kafka_auth,
                 expected_keys=refs,
             )
             print(f"independent k-check read the SPF and hold topics in {time.monotonic() - t1:.1f} s")
@@ -468,7 +484,7 @@ def run(args: argparse.Namespace, *, small_cells: bool) -> Result:
     finally:
         stop_workers(workers)
         if not args.keep_topics:
-            cleanup(settings, [t for t in parts if t.startswith(prefix)])
+            cleanup(settings, [t for t in parts if t.startswith(prefix)], policy_set)
 
 
 def report(
@@ -558,13 +574,15 @@ def report(
     return steady, n / wall
 
 
-def cleanup(settings: Settings, topics: list[str]) -> None:
-    """Delete the bench topics and consumer group (best effort)."""
-    admin = admin_client(settings.bootstrap_servers)
+def cleanup(settings: Settings, topics: list[str], policy_set: PolicySet) -> None:
+    """Delete the bench topics, consumer group and the ACLs applied for them (best effort)."""
+    admin = admin_client(settings.bootstrap_servers, auth=settings.kafka_auth)
     try:
         admin.delete_topics(topics, raise_errors=False)
         admin.delete_groups([settings.group_id])
-        print(f"deleted {len(topics)} bench topics and group {settings.group_id}")
+        rules = acl_plan(settings, policy_set)
+        admin.delete_acls([to_acl(rule) for rule in rules])
+        print(f"deleted {len(topics)} bench topics, group {settings.group_id} and {len(rules)} ACLs")
     except Exception as exc:  # best effort: never hide the benchmark's own error
         print(f"cleanup failed: {type(exc).__name__}: {exc}")
     finally:

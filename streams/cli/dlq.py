@@ -22,7 +22,7 @@ import click
 from kafka import TopicPartition
 
 from streams.cli.options import common_options, settings
-from streams.credentials import OPERATOR
+from streams.credentials import OPERATOR, KafkaAuth
 from streams.crypto.letters import OPERATORS, LetterOpener, dlq_key_topic
 from streams.crypto.ring import PrivateKeyRing
 from streams.dlq.ledger import Ledger, coordinates, entry, ledger_topic, read_ledger
@@ -288,7 +288,9 @@ def _publish(cfg: Settings, plan: ReplayPlan) -> int:
         admin.close()
     if not ingress_partitions:
         raise DlqError(f"topic {cfg.ingress_topic} does not exist: run `screening-streams topics`")
-    placed = asyncio.run(_send_replays(cfg.bootstrap_servers, cfg.ingress_topic, plan.records, ingress_partitions))
+    placed = asyncio.run(
+        _send_replays(cfg.bootstrap_servers, cfg.ingress_topic, plan.records, ingress_partitions, cfg.kafka_auth)
+    )
     # Recorded after the replays are acknowledged, under the coordinates the broker gave them: a
     # crash in between replays them again on the next run (at least once; agencies see the
     # duplicate event_ref), never loses one; a replay not yet in the ledger counts as original.
@@ -299,13 +301,17 @@ def _publish(cfg: Settings, plan: ReplayPlan) -> int:
 
 
 async def _send_replays(
-    bootstrap_servers: str, topic: str, records: tuple[ReplayRecord, ...], partitions: int
+    bootstrap_servers: str, topic: str, records: tuple[ReplayRecord, ...], partitions: int, auth: KafkaAuth
 ) -> list[str]:
-    """Publish replays (partitioned like ``publish_raw``: CRC-32 of the key); return their ingress coordinates."""
+    """Publish replays (partitioned like ``publish_raw``: CRC-32 of the key) as ``auth``; return their coordinates."""
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True)
+    from streams.kafka.publish import aiokafka_auth
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers, **aiokafka_auth(auth), acks="all", enable_idempotence=True
+    )
     try:
         await producer.start()
         sends = [

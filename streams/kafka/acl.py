@@ -69,6 +69,10 @@ def acl_plan(settings: Settings, policy_set: PolicySet, geography: Geography = D
         AclBinding(PRODUCER, "TOPIC", settings.ingress_topic, "WRITE"),
         AclBinding(PROCESSOR, "TOPIC", settings.ingress_topic, "READ"),
         AclBinding(PROCESSOR, "GROUP", settings.group_id, "READ"),
+        # The audit tail and hold rebuild readers only assign(), but librdkafka still finds their
+        # groups' coordinator, which needs the group ACL (streams.kafka.audit_io, smallcell_io).
+        AclBinding(PROCESSOR, "GROUP", f"{settings.group_id}-audit-tail", "READ"),
+        AclBinding(PROCESSOR, "GROUP", f"{settings.group_id}-hold-rebuild", "READ"),
         AclBinding(PROCESSOR, "TRANSACTIONAL_ID", f"{settings.group_id}-", "WRITE", "PREFIXED"),
         AclBinding(PROCESSOR, "TOPIC", settings.dlq_topic, "WRITE"),
         # The worker checks at start that every accepted ingress record fits the DLQ (max.message.bytes).

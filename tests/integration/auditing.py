@@ -43,8 +43,9 @@ class AuditReport:
 
 
 def _all(env: Env, topics: list[str]) -> list:  # type: ignore[type-arg]
-    starts = beginning_offsets(env.settings.bootstrap_servers, topics)
-    return read_from(env.settings.bootstrap_servers, starts, idle_timeout_s=10.0)
+    s = env.settings
+    starts = beginning_offsets(s.bootstrap_servers, topics, auth=s.kafka_auth)
+    return read_from(s.bootstrap_servers, starts, auth=s.kafka_auth, idle_timeout_s=10.0)
 
 
 def check_audit(env: Env, keys: AuditKeys) -> AuditReport:

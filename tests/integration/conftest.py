@@ -4,6 +4,12 @@ The stack is fetched with mvn and started by ``streams.stack.lifecycle`` unless
 ``KAFKA_BOOTSTRAP_SERVERS`` (and ``SCHEMA_REGISTRY_URL``) point at running servers. A stack
 this session started is stopped at the end; one that was already running is left alone.
 Each test module gets its own topic prefix, so modules never see each other's records.
+
+The broker authenticates every client (SASL/SCRAM) and enforces ACLs. The harness itself
+(creating topics, applying the ACL plan, publishing, reading back) runs as the stack's admin;
+worker and CLI subprocesses get no credentials from the harness and authenticate as their own
+principal (processor, operators, an agency...) through the stack's credentials files, so the
+ACL plan is exercised for real.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ import pytest
 from kafka import TopicPartition
 
 from streams.assembly import agency_names, hold_topics, key_holders, load_policy_set, output_topics
+from streams.credentials import KafkaAuth
 from streams.crypto.ring import PrivateKeyRing
+from streams.kafka.acl import agency_users
 from streams.kafka.offsets import ReadRecord, wait_for_lag_zero
 from streams.kafka.publish import publish_raw
 from streams.kafka.topics import create_topics
@@ -36,15 +44,32 @@ from streams.stack.settings import Endpoints, StackSettings
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Endpoints]:
-    """Bring up (or reuse) the real broker and registry for the whole test session."""
+    """Bring up (or reuse) the real broker and registry for the whole test session.
+
+    Besides the stack's own principals, every agency of the shipped policies gets its SCRAM user
+    (and credentials file), as ``broker up`` does.
+    """
     settings = StackSettings.from_env(os.environ)
     was_running = all(state.startswith("up") for state in lifecycle.status(settings).values())
     started = time.monotonic()
-    endpoints = lifecycle.up(settings, echo=lambda line: print(f"[stack] {line}", file=sys.stderr))
+    endpoints = lifecycle.up(
+        settings,
+        echo=lambda line: print(f"[stack] {line}", file=sys.stderr),
+        users=agency_users(load_policy_set(Settings())),
+    )
     print(f"[stack] ready in {time.monotonic() - started:.1f} s", file=sys.stderr)
     yield endpoints
     if endpoints.managed and not was_running and not os.environ.get("SCREENING_KEEP_STACK"):
         lifecycle.down(settings, echo=lambda line: print(f"[stack] {line}", file=sys.stderr))
+
+
+def admin_auth() -> KafkaAuth:
+    """The credentials the harness uses: the local stack's admin (the environment's with an external broker)."""
+    return lifecycle.admin_auth(StackSettings.from_env(os.environ))
+
+
+#: Credentials a subprocess must not inherit from the test run: it would then not run as its own principal.
+_CREDENTIAL_VARIABLES = ("SCREENING_KAFKA_USERNAME", "SCREENING_KAFKA_PASSWORD", "SCREENING_KAFKA_CREDENTIALS_FILE")
 
 
 @dataclass
@@ -60,12 +85,23 @@ class Env:
     private_keys: dict[str, Path] = field(default_factory=dict)
 
     def process_env(self) -> dict[str, str]:
-        """Environment variables for a worker or CLI subprocess of this environment."""
+        """Environment variables for a worker or CLI subprocess of this environment.
+
+        No Kafka credentials (never the admin's ``settings.kafka_auth``): with the local stack each
+        command picks its own principal's credentials file from ``SCREENING_STREAMS_STATE`` (the
+        worker runs as the processor...). Only against an external broker, where there is no such
+        file, does a subprocess keep the credentials the test run was given.
+        """
         policies = {"SCREENING_POLICY_DIR": str(self.settings.policy_dir)} if self.settings.policy_dir else {}
         operators = self.private_keys.get("operators")
         dlq_key = {"SCREENING_DLQ_PRIVATE_KEY": str(operators)} if operators else {}
+        stack = StackSettings.from_env(os.environ)
+        inherited = dict(os.environ)
+        if not stack.external_bootstrap:
+            for name in _CREDENTIAL_VARIABLES:
+                inherited.pop(name, None)
         return {
-            **os.environ,
+            **inherited,
             **policies,
             **dlq_key,
             "KAFKA_BOOTSTRAP_SERVERS": self.settings.bootstrap_servers,
@@ -74,6 +110,7 @@ class Env:
             "SCREENING_KEYS_FILE": str(self.keys_file),
             "SCREENING_PUBLIC_KEYS_DIR": str(self.settings.public_keys_dir or ""),
             "SCREENING_STATE_DIR": str(self.settings.state_dir),
+            "SCREENING_STREAMS_STATE": str(stack.state_dir),
             "SCREENING_LOG_LEVEL": "info",
         }
 
@@ -90,7 +127,8 @@ class Env:
         s = self.settings
 
         def read(topic: str) -> list[ReadRecord]:
-            return read_from(s.bootstrap_servers, {TopicPartition(topic, p): 0 for p in range(self.partitions[topic])})
+            start = {TopicPartition(topic, p): 0 for p in range(self.partitions[topic])}
+            return read_from(s.bootstrap_servers, start, auth=s.kafka_auth)
 
         opener = LetterOpener(self.private_ring("operators"))
         for record in read(dlq_key_topic(s.dlq_topic)):
@@ -105,12 +143,18 @@ class Env:
     def publish(self, records: Iterable[tuple[bytes | None, bytes | None, Sequence[tuple[str, bytes]]]]) -> int:
         """Publish raw ``(key, value, headers)`` records to this environment's ingress topic."""
         s = self.settings
-        return asyncio.run(publish_raw(s.bootstrap_servers, s.ingress_topic, records, self.partitions[s.ingress_topic]))
+        return asyncio.run(
+            publish_raw(
+                s.bootstrap_servers, s.ingress_topic, records, self.partitions[s.ingress_topic], auth=s.kafka_auth
+            )
+        )
 
     def drain(self, timeout_s: float = 240) -> float:
         """Wait until the worker group has committed the whole ingress topic; return the seconds."""
         s = self.settings
-        return wait_for_lag_zero(s.bootstrap_servers, s.group_id, s.ingress_topic, timeout_s=timeout_s)
+        return wait_for_lag_zero(
+            s.bootstrap_servers, s.group_id, s.ingress_topic, auth=s.kafka_auth, timeout_s=timeout_s
+        )
 
 
 def policies_without_small_cells(tmp: Path) -> Path:
@@ -138,12 +182,17 @@ def make_env(stack: Endpoints, tmp: Path, name: str, *, small_cells: bool = Fals
 
     Without ``small_cells`` the policies are :func:`policies_without_small_cells` (unless a
     ``policy_dir`` is given); with it, the shipped ones, SPF's small-cell protection included.
+    The admin creates the topics and applies the policies' ACL plan for the prefix (the worker,
+    as the processor, may not create topics); the environment's settings hold the admin's
+    credentials, for the harness's own reads and writes.
     """
+    from streams.kafka.acl_apply import apply_plan
     from streams.policy.pseudonyms import generate_keys, write_key_file
 
     prefix = f"it.{name}.{uuid.uuid4().hex[:8]}."
     if not small_cells:
         settings_changes.setdefault("policy_dir", policies_without_small_cells(tmp))
+    settings_changes.setdefault("kafka_auth", admin_auth())
     settings = settings_from_env({}).with_(
         bootstrap_servers=stack.bootstrap_servers,
         registry_url=stack.registry_url,
@@ -159,6 +208,7 @@ def make_env(stack: Endpoints, tmp: Path, name: str, *, small_cells: bool = Fals
     private_keys = agency_key_files(tmp, key_holders(policy_set))
     settings = settings.with_(public_keys_dir=tmp / "public-keys")
     partitions = create_topics(settings, output_topics(policy_set), hold_topics(settings, policy_set))
+    apply_plan(settings, policy_set)
     return Env(settings, partitions, keys_file, StaticKeyRing(keys), private_keys)
 
 
@@ -215,6 +265,7 @@ def committed_keys(env: Env, topics: Iterable[str], idle_timeout_s: float = 30.0
     consumer = Consumer(
         {
             "bootstrap.servers": env.settings.bootstrap_servers,
+            **env.settings.kafka_auth.librdkafka(),
             "group.id": f"audit-{uuid.uuid4().hex}",
             "isolation.level": "read_committed",
             "enable.auto.commit": False,
@@ -276,7 +327,8 @@ def lag_retrying(env: Env) -> int:
 
     for _ in range(50):
         try:
-            return group_lag(env.settings.bootstrap_servers, env.settings.group_id, env.settings.ingress_topic)
+            s = env.settings
+            return group_lag(s.bootstrap_servers, s.group_id, s.ingress_topic, auth=s.kafka_auth)
         except KafkaIOError:
             time.sleep(0.2)
     raise AssertionError("group offsets unreadable for 10 s")

@@ -42,6 +42,8 @@ from streams.audit.keys import AuditKeys, generate_secret, load_secret, write_se
 from streams.contracts.registry import HttpSchemaRegistry
 from streams.domain.generate import GeneratorSettings, generate_events
 from streams.domain.geography import DEFAULT_GEOGRAPHY
+from streams.kafka.acl import OPERATOR, AclBinding
+from streams.kafka.acl_apply import to_acl
 from streams.kafka.offsets import beginning_offsets, end_offsets, read_from
 from streams.kafka.publish import event_encoder, framed_events
 from streams.kafka.topics import admin_client
@@ -248,26 +250,26 @@ def test_verify_finds_the_chain_intact_and_names_a_removed_and_an_altered_record
     intact = _audit(run, "verify", "--json")
     assert json.loads(intact.stdout)["ok"] is True
     topic = env.settings.audit_topic
-    starts = beginning_offsets(env.settings.bootstrap_servers, [topic])
-    records = read_from(env.settings.bootstrap_servers, starts)
+    s = env.settings
+    starts = beginning_offsets(s.bootstrap_servers, [topic], auth=s.kafka_auth)
+    records = read_from(s.bootstrap_servers, starts, auth=s.kafka_auth)
     by_partition: dict[int, list[bytes]] = defaultdict(list)
     for r in sorted(records, key=lambda r: (r.partition, r.offset)):
         assert r.value is not None
         by_partition[r.partition].append(r.value)
     assert len(by_partition[0]) > 5 and len(by_partition[1]) > 5
     copy = f"{env.settings.topic_prefix}audit-copy"
-    admin = admin_client(env.settings.bootstrap_servers)
+    admin = admin_client(s.bootstrap_servers, auth=s.kafka_auth)  # the admin: the copy is not in the ACL plan
     try:
-        admin.create_topics(
-            [
-                NewTopic(
-                    copy, num_partitions=len(end_offsets(env.settings.bootstrap_servers, [topic])), replication_factor=1
-                )
-            ]
-        )
+        partitions = len(end_offsets(s.bootstrap_servers, [topic], auth=s.kafka_auth))
+        admin.create_topics([NewTopic(copy, num_partitions=partitions, replication_factor=1)])
+        # `audit verify` runs as the operators: let them read the copy as they read the audit topic.
+        admin.create_acls([to_acl(AclBinding(OPERATOR, "TOPIC", copy, "READ"))])
     finally:
         admin.close()
-    producer = Producer({"bootstrap.servers": env.settings.bootstrap_servers, "enable.idempotence": True})
+    producer = Producer(
+        {"bootstrap.servers": s.bootstrap_servers, **s.kafka_auth.librdkafka(), "enable.idempotence": True}
+    )
     for partition, values in by_partition.items():
         values = list(values)
         if partition == 0:

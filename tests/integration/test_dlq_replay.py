@@ -43,7 +43,8 @@ FORGED_HEADERS = (("dlq.replay.count", b"99"), ("dlq.replay.of", b"screening.res
 
 def _read_all(env: Env, topic: str) -> list[ReadRecord]:
     full = env.settings.topic_prefix + topic if not topic.startswith(env.settings.topic_prefix) else topic
-    return read_from(env.settings.bootstrap_servers, {TopicPartition(full, p): 0 for p in range(env.partitions[full])})
+    start = {TopicPartition(full, p): 0 for p in range(env.partitions[full])}
+    return read_from(env.settings.bootstrap_servers, start, auth=env.settings.kafka_auth)
 
 
 def _cli(env: Env, *args: str) -> str:
@@ -69,7 +70,7 @@ def _cli_without_key(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
 
 def _drain(env: Env) -> None:
     s = env.settings
-    wait_for_lag_zero(s.bootstrap_servers, s.group_id, s.ingress_topic, timeout_s=180)
+    wait_for_lag_zero(s.bootstrap_servers, s.group_id, s.ingress_topic, auth=s.kafka_auth, timeout_s=180)
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +89,7 @@ def round_trip(stack: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> It
             env.settings.ingress_topic,
             records,
             env.partitions[env.settings.ingress_topic],
+            auth=env.settings.kafka_auth,
         )
     )
     seen: dict[str, Any] = {"env": env, "stray": stray}
@@ -121,7 +123,9 @@ def round_trip(stack: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> It
         _drain(env)
         seen["dlq_final"] = env.dead_letters()
         ledger = TopicPartition(ledger_topic(env.settings.topic_prefix), 0)  # one partition
-        seen["ledger"] = read_ledger(read_from(env.settings.bootstrap_servers, {ledger: 0}))
+        seen["ledger"] = read_ledger(
+            read_from(env.settings.bootstrap_servers, {ledger: 0}, auth=env.settings.kafka_auth)
+        )
         seen["list"] = _cli(env, "list")
         seen["show"] = _cli(env, "show", "--code", "unknown_commune", "--limit", "5", "--hex")
         seen["list_without_key"] = _cli_without_key(env, "list")

@@ -148,7 +148,8 @@ def run(stack: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 def _topic(env: Env, topic: str) -> list[ReadRecord]:
     full = env.settings.topic_prefix + topic
-    return read_from(env.settings.bootstrap_servers, {TopicPartition(full, p): 0 for p in range(env.partitions[full])})
+    start = {TopicPartition(full, p): 0 for p in range(env.partitions[full])}
+    return read_from(env.settings.bootstrap_servers, start, auth=env.settings.kafka_auth)
 
 
 def _expected(env: Env, events: list[dict[str, Any]], agency: str) -> dict[str, dict[str, Any]]:
@@ -326,7 +327,7 @@ def _forge(env: Env, value: bytes) -> tuple[int, int, str]:
     """Write ``value`` into the CNAM topic as an attacker with write access would; (partition, offset, start)."""
     start = _iso(int(time.time() * 1000))
     time.sleep(0.01)
-    producer = KafkaProducer(bootstrap_servers=env.settings.bootstrap_servers)
+    producer = KafkaProducer(bootstrap_servers=env.settings.bootstrap_servers, **env.settings.kafka_auth.kafka_python())
     try:
         meta = producer.send(env.settings.topic_prefix + CNAM, value=value, key=b"forged", partition=0).get(30)
     finally:

@@ -88,7 +88,7 @@ def flow(stack: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def _read_all(env: Env, topic: str) -> list[ReadRecord]:
     full = env.settings.topic_prefix + topic if not topic.startswith(env.settings.topic_prefix) else topic
     start = {TopicPartition(full, p): 0 for p in range(env.partitions[full])}
-    return read_from(env.settings.bootstrap_servers, start)
+    return read_from(env.settings.bootstrap_servers, start, auth=env.settings.kafka_auth)
 
 
 def _decode(value: bytes, schema: dict[str, Any]) -> dict[str, Any]:

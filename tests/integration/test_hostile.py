@@ -69,7 +69,8 @@ def _v1_plus(field: dict[str, Any]) -> str:
 
 def _read_all(env: Env, topic: str) -> list[ReadRecord]:
     full = topic if topic.startswith(env.settings.topic_prefix) else env.settings.topic_prefix + topic
-    return read_from(env.settings.bootstrap_servers, {TopicPartition(full, p): 0 for p in range(env.partitions[full])})
+    start = {TopicPartition(full, p): 0 for p in range(env.partitions[full])}
+    return read_from(env.settings.bootstrap_servers, start, auth=env.settings.kafka_auth)
 
 
 @pytest.fixture(scope="module")

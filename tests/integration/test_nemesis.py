@@ -75,7 +75,13 @@ class LivePublisher(threading.Thread):
         # twice, and every duplicate the worker then faithfully processes looks like a broken
         # exactly-once.
         producer = Producer(
-            {"bootstrap.servers": s.bootstrap_servers, "acks": "all", "linger.ms": 5, "enable.idempotence": True}
+            {
+                "bootstrap.servers": s.bootstrap_servers,
+                **s.kafka_auth.librdkafka(),
+                "acks": "all",
+                "linger.ms": 5,
+                "enable.idempotence": True,
+            }
         )
         partitions = self.env.partitions[s.ingress_topic]
         sent, started, per_tick = 0, time.monotonic(), max(1, self.rate // 10)

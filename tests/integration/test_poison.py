@@ -72,7 +72,7 @@ class GuaranteeEnv(Env):
 def _read_all(env: Env, topic: str) -> list[ReadRecord]:
     full = topic if topic.startswith(env.settings.topic_prefix) else env.settings.topic_prefix + topic
     start = {TopicPartition(full, p): 0 for p in range(env.partitions[full])}
-    return read_from(env.settings.bootstrap_servers, start)
+    return read_from(env.settings.bootstrap_servers, start, auth=env.settings.kafka_auth)
 
 
 @pytest.fixture(scope="module", params=GUARANTEES)

@@ -40,6 +40,8 @@ from streams.kafka.offsets import end_offsets, read_from, wait_for_lag_zero, wai
 from streams.kafka.publish import event_encoder, framed_events, publish_raw
 from streams.stack.settings import Endpoints
 
+from .conftest import admin_auth
+
 ROOT = Path(__file__).resolve().parents[2]
 PUBLISH_CAP, WRITE_CAP = 200, 2_000
 #: Files and refs the README expects the reader to have, and how this test makes them (in the clone).
@@ -190,12 +192,14 @@ def readme_run(stack: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> It
 
     order = [c for c in commands if is_broker(c) and c.split()[-1] in ("up", "status")]
     # Keys before the worker: pseudonymisation keys, the agencies' key pairs (public halves imported), the audit secret.
+    # Topics and ACLs too: the worker (the processor) neither creates topics nor uses one without an ACL.
     order += [
         c
         for c in commands
         if c.startswith(
             (
                 "screening-streams topics",
+                "screening-streams acl apply",
                 "screening-streams keys",
                 "screening-streams agency throwaway",
                 "screening-streams audit keygen",
@@ -213,12 +217,13 @@ def readme_run(stack: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> It
         exec_form = re.sub(r"^((?:\S+=\S+ )*)", r"\1exec ", worker_command)
         worker = subprocess.Popen(["bash", "-c", exec_form], cwd=path, env=env, stdout=log, stderr=log)
     group = prefix + "screening-streams"
+    admin = admin_auth()
     try:
-        wait_for_members(stack.bootstrap_servers, group, timeout_s=120)
+        wait_for_members(stack.bootstrap_servers, group, auth=admin, timeout_s=120)
         for command in [c for c in commands if c.startswith("screening-streams generate")]:
             clone.run(_concrete(command, (0, 0)))
         _publish_stray(stack, prefix)
-        wait_for_lag_zero(stack.bootstrap_servers, group, prefix + "screening.results.v1", timeout_s=180)
+        wait_for_lag_zero(stack.bootstrap_servers, group, prefix + "screening.results.v1", auth=admin, timeout_s=180)
         coordinates = _first_dead_letter(stack, prefix + "screening.results.dlq.v1")
         for name, make in FIXTURES.items():
             if any(re.search(rf"(^|\s){re.escape(name)}(\s|$)", c) for c in commands):
@@ -248,14 +253,14 @@ def _publish_stray(stack: Endpoints, prefix: str) -> None:
     """One event from Saint-Pierre-et-Miquelon (commune 97501, no region): the dead letter the dlq commands show."""
     event = dict(next(iter(generate_events(1, GeneratorSettings(seed=97)))), commune_code="97501", processing_mode="P")
     encoder = event_encoder(HttpSchemaRegistry(stack.registry_url), prefix + "screening.results.v1", 1)
-    asyncio.run(
-        publish_raw(stack.bootstrap_servers, prefix + "screening.results.v1", framed_events([event], encoder), 2)
-    )
+    topic = prefix + "screening.results.v1"
+    asyncio.run(publish_raw(stack.bootstrap_servers, topic, framed_events([event], encoder), 2, auth=admin_auth()))
 
 
 def _first_dead_letter(stack: Endpoints, dlq: str) -> tuple[int, int]:
-    ends = end_offsets(stack.bootstrap_servers, [dlq])
-    records = read_from(stack.bootstrap_servers, {tp: 0 for tp, end in ends.items() if end})
+    admin = admin_auth()
+    ends = end_offsets(stack.bootstrap_servers, [dlq], auth=admin)
+    records = read_from(stack.bootstrap_servers, {tp: 0 for tp, end in ends.items() if end}, auth=admin)
     assert records, f"no dead letter in {dlq}"
     first = min(records, key=lambda r: (r.partition, r.offset))
     assert TopicPartition(dlq, first.partition) in ends

@@ -73,6 +73,7 @@ def _dead_letters(env: Env) -> Counter[str]:
     consumer = Consumer(
         {
             "bootstrap.servers": env.settings.bootstrap_servers,
+            **env.settings.kafka_auth.librdkafka(),
             "group.id": f"dlq-{uuid.uuid4().hex}",
             "isolation.level": "read_committed",
             "enable.partition.eof": True,
@@ -167,6 +168,7 @@ class Arrivals:
         self._consumer = Consumer(
             {
                 "bootstrap.servers": env.settings.bootstrap_servers,
+                **env.settings.kafka_auth.librdkafka(),
                 "group.id": f"latency-{uuid.uuid4().hex}",
                 "isolation.level": "read_committed",
                 "fetch.wait.max.ms": 20,
@@ -220,7 +222,14 @@ def test_flood_of_unknown_ids_and_json_does_not_hold_up_valid_events(stack: Endp
                 if topic == s.topic_prefix + SPF:
                     spf_key[ref] = i
         arrivals = Arrivals(env, s.topic_prefix + SPF)
-        producer = Producer({"bootstrap.servers": s.bootstrap_servers, "linger.ms": 2, "enable.idempotence": True})
+        producer = Producer(
+            {
+                "bootstrap.servers": s.bootstrap_servers,
+                **s.kafka_auth.librdkafka(),
+                "linger.ms": 2,
+                "enable.idempotence": True,
+            }
+        )
         flood_keys = _keys_for({0, 1}, 4000, total, "f")
         unknown = [frame(50_000_000 + i % 200, b"\x02" * 60) for i in range(2000)]
         junk = [json.dumps({"event_id": str(uuid.uuid4()), "nir": "1" * 15, "n": i}).encode() for i in range(2000)]

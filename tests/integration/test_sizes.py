@@ -27,7 +27,10 @@ HUGE = BROKER_DEFAULT_MAX_MESSAGE_BYTES - 600
 
 def _produce_raw(env: Env, key: bytes, value: bytes, partition: int = 0) -> None:
     """Publish one raw record to the ingress (a producer allowed to send up to 2 MiB)."""
-    producer = Producer({"bootstrap.servers": env.settings.bootstrap_servers, "message.max.bytes": 2 * 1024 * 1024})
+    s = env.settings
+    producer = Producer(
+        {"bootstrap.servers": s.bootstrap_servers, **s.kafka_auth.librdkafka(), "message.max.bytes": 2 * 1024 * 1024}
+    )
     failures: list[str] = []
     producer.produce(
         env.settings.ingress_topic,
@@ -42,7 +45,7 @@ def _produce_raw(env: Env, key: bytes, value: bytes, partition: int = 0) -> None
 
 
 def _topic_config(env: Env, topic: str, name: str) -> str:
-    admin = AdminClient({"bootstrap.servers": env.settings.bootstrap_servers})
+    admin = AdminClient({"bootstrap.servers": env.settings.bootstrap_servers, **env.settings.kafka_auth.librdkafka()})
     resource = ConfigResource(ResourceType.TOPIC, topic)
     configs = admin.describe_configs([resource])[resource].result(timeout=30)
     return str(configs[name].value)
@@ -73,7 +76,9 @@ def test_record_just_under_the_broker_limit_is_dead_lettered_whole(stack: Endpoi
     assert headers["origin"] == b"lab-42"
     outputs = agency_result_topics(env)
     records = read_from(
-        s.bootstrap_servers, {TopicPartition(t, p): 0 for t in outputs for p in range(env.partitions[t])}
+        s.bootstrap_servers,
+        {TopicPartition(t, p): 0 for t in outputs for p in range(env.partitions[t])},
+        auth=s.kafka_auth,
     )
     assert {(r.topic, r.key) for r in records} == expected_pairs(env, events)
 
@@ -85,7 +90,7 @@ def test_non_retriable_produce_error_stops_the_worker_naming_where_and_why(stack
     env = make_env(stack, tmp_path, "toolarge")
     s = env.settings
     spf = next(t for t in agency_result_topics(env) if ".spf." in t)
-    admin = AdminClient({"bootstrap.servers": s.bootstrap_servers})
+    admin = AdminClient({"bootstrap.servers": s.bootstrap_servers, **s.kafka_auth.librdkafka()})
     resource = ConfigResource(
         ResourceType.TOPIC,
         spf,

@@ -28,6 +28,7 @@ from streams.stack.settings import Endpoints
 from tests.conftest import bench_module
 
 from .conftest import Env, Worker, expected_pairs, lag_retrying, make_env
+from .smallcell_audit import check_small_cell_audit
 
 pytestmark = pytest.mark.integration
 
@@ -57,14 +58,18 @@ def _decided(env: Env) -> int:
     spf, _ = _spf(env)
     return int(
         kcheck.decided(
-            env.settings.bootstrap_servers, env.settings.topic_prefix + spf.topic, env.settings.hold_topic("spf")
+            env.settings.bootstrap_servers,
+            env.settings.topic_prefix + spf.topic,
+            env.settings.hold_topic("spf"),
+            auth=env.settings.kafka_auth,
         )
     )
 
 
 def _hold_counts(env: Env) -> dict[str, Any]:
     """From the hold topic: entries by kind, and the close records' released-by-step and suppressed sums."""
-    hold = kcheck.hold_summary(kcheck.read_committed(env.settings.bootstrap_servers, env.settings.hold_topic("spf")))
+    s = env.settings
+    hold = kcheck.hold_summary(kcheck.read_committed(s.bootstrap_servers, s.hold_topic("spf"), auth=s.kafka_auth))
     return {"kinds": dict(hold.kinds), "released_by_step": dict(hold.released_by_step), "suppressed": hold.suppressed}
 
 
@@ -79,6 +84,7 @@ def _check(env: Env, events: list[dict[str, Any]]) -> dict[str, Any]:
         input_schema,
         spf_topic,
         env.settings.hold_topic("spf"),
+        auth=env.settings.kafka_auth,
         expected_keys=expected,
     )
     figures: dict[str, Any] = report.as_dict()
@@ -159,9 +165,10 @@ def test_every_released_spf_record_lies_in_a_class_of_k_within_its_window(stack:
 def test_kill_minus_nine_mid_window_then_restart_loses_and_duplicates_nothing(stack: Endpoints, tmp_path: Path) -> None:
     """kill -9 of an audited worker while views are held in an open window; the restarted worker (same
     instance id) rebuilds the open windows from the hold topic, then the rest of the backlog arrives: after
-    the windows close, no SPF record is duplicated or lost, every class still has k members, and the
-    audit chain verifies."""
-    from streams.audit.keys import generate_secret, write_secret
+    the windows close, no SPF record is duplicated or lost, every class still has k members, the audit chain
+    verifies, every SPF view is in it delivered at once or held then released or suppressed exactly once
+    (tests/integration/smallcell_audit.py), and who-received says what became of a held view."""
+    from streams.audit.keys import AuditKeys, generate_secret, load_secret, write_secret
 
     env = make_env(stack, tmp_path, "smallcell-kill", small_cells=True)
     key_file = tmp_path / "audit.key"
@@ -194,3 +201,24 @@ def test_kill_minus_nine_mid_window_then_restart_loses_and_duplicates_nothing(st
         timeout=300,
     )
     assert verify.returncode == 0 and json.loads(verify.stdout)["ok"] is True, verify.stdout[-2000:]
+    # Every SPF view, in the audit chain: delivered at once, or held then released (at the step and window
+    # its SPF record's headers say) or suppressed, exactly once; every SPF record audited once.
+    keys = AuditKeys(load_secret(key_file))
+    figures = check_small_cell_audit(env, keys, events)
+    held_refs = set(figures.pop("held_refs"))
+    print(f"[smallcell] audit of the holds: {json.dumps(figures)}", file=sys.stderr)
+    assert figures["problems"] == {} and figures["held"] > 0 and "suppressed" in figures["fates"]
+    # who-received answers, for a person with a held view, what finally became of it.
+    nir = next(str(e["nir"]) for e in events if keys.event_ref(str(e["event_id"])) in held_refs)
+    asked = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "audit", "who-received", "--nir", nir, "--json"],
+        env={**env.process_env(), **audited, "SCREENING_AUDIT_INDEX": str(tmp_path / "audit.sqlite")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert asked.returncode == 0, asked.stderr[-2000:]
+    answer = json.loads(asked.stdout)
+    assert answer["held"] and {h["fate"] for h in answer["held"]} <= {"released", "suppressed"}, answer
+    released = [d for d in answer["deliveries"] if d["recipient"] == "spf" and d["step"] is not None]
+    assert len(released) == sum(1 for h in answer["held"] if h["fate"] == "released"), answer

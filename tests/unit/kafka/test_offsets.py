@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from streams.credentials import NO_AUTH
 from streams.kafka.offsets import KafkaIOError, wait_for_members
 
 
@@ -15,6 +16,7 @@ def test_a_gone_member_ends_the_wait_before_any_broker_call() -> None:
         wait_for_members(
             "127.0.0.1:1",
             "g",
+            auth=NO_AUTH,
             timeout_s=120,
             sleep=slept.append,
             gone=lambda: "the worker exited with 70",

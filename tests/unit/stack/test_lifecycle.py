@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from streams.credentials import KafkaAuth
 from streams.errors import ConfigError, LocalStackError
 from streams.stack import fetch, lifecycle
 from streams.stack.settings import Endpoints, StackSettings, endpoints_for
@@ -16,6 +17,10 @@ from streams.stack.settings import Endpoints, StackSettings, endpoints_for
 def _props(text: str) -> dict[str, str]:
     pairs = (line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
     return {key: value for key, value in pairs}
+
+
+#: A throw-away admin credential for rendering server.properties (never a real password).
+_ADMIN = KafkaAuth("SASL_PLAINTEXT", "SCRAM-SHA-512", "admin", "not-a-real-password")
 
 
 def _fake_tool(directory: Path, name: str) -> None:
@@ -99,12 +104,24 @@ def test_settings_reject_bad_numbers(name: str, value: str) -> None:
 def test_server_properties_single_node_kraft() -> None:
     """server.properties is a one-node broker+controller on loopback, replication factors 1."""
     settings = StackSettings.from_env({"HOME": "/h", "SCREENING_STREAMS_STATE": "/s"})
-    props = _props(lifecycle.render_server_properties(settings))
+    props = _props(lifecycle.render_server_properties(settings, _ADMIN))
     assert props["process.roles"] == "broker,controller"
     assert props["node.id"] == "1"
     assert props["controller.quorum.voters"] == "1@127.0.0.1:19093"
-    assert props["listeners"] == "PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"
-    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:19092"
+    assert props["listeners"] == "SASL_PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"
+    assert props["advertised.listeners"] == "SASL_PLAINTEXT://127.0.0.1:19092"
+    assert props["listener.security.protocol.map"] == "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT"
+    assert props["inter.broker.listener.name"] == "SASL_PLAINTEXT"
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert props["sasl.mechanism.inter.broker.protocol"] == "SCRAM-SHA-512"
+    assert props["sasl.mechanism.controller.protocol"] == "PLAIN"
+    assert props["listener.name.controller.sasl.enabled.mechanisms"] == "PLAIN"
+    scram_login = props["listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config"]
+    assert scram_login.startswith("org.apache.kafka.common.security.scram.ScramLoginModule required")
+    assert 'username="admin"' in scram_login and 'password="not-a-real-password"' in scram_login
+    plain_login = props["listener.name.controller.plain.sasl.jaas.config"]
+    assert plain_login.startswith("org.apache.kafka.common.security.plain.PlainLoginModule required")
+    assert 'user_admin="not-a-real-password"' in plain_login
     assert props["controller.listener.names"] == "CONTROLLER"
     assert props["log.dirs"] == "/s/kafka-data"
     assert props["auto.create.topics.enable"] == "false"
@@ -121,9 +138,25 @@ def test_server_properties_single_node_kraft() -> None:
 def test_server_properties_follow_port_setting() -> None:
     """The controller listens on kafka_port + 1 and nothing still names the default ports."""
     settings = StackSettings.from_env({"HOME": "/h", "SCREENING_KAFKA_PORT": "29092"})
-    text = lifecycle.render_server_properties(settings)
+    text = lifecycle.render_server_properties(settings, _ADMIN)
+    assert "SASL_PLAINTEXT://127.0.0.1:29092" in text
     assert "CONTROLLER://127.0.0.1:29093" in text and "1@127.0.0.1:29093" in text
     assert "1909" not in text
+
+
+def test_server_properties_enforce_authorisation() -> None:
+    """The broker authenticates every connection and authorises every request: the KRaft standard
+    authorizer, nothing allowed without an ACL, the admin the one super user, no PLAINTEXT listener."""
+    settings = StackSettings.from_env({"HOME": "/h", "SCREENING_STREAMS_STATE": "/s"})
+    props = _props(lifecycle.render_server_properties(settings, _ADMIN))
+    assert props["authorizer.class.name"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    assert props["super.users"] == "User:admin"
+    listeners = props["listeners"].split(",") + props["advertised.listeners"].split(",")
+    assert not [listener for listener in listeners if listener.startswith("PLAINTEXT://")]
+    protocols = [pair.split(":", 1)[1] for pair in props["listener.security.protocol.map"].split(",")]
+    assert protocols and all(protocol.startswith("SASL_") for protocol in protocols)
+    assert "PLAINTEXT:PLAINTEXT" not in props["listener.security.protocol.map"]
 
 
 def test_pom_lists_kafka_and_log4j_binding() -> None:
