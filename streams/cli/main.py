@@ -115,8 +115,18 @@ def acl_plan_command(bootstrap_servers: str | None, registry_url: str | None, to
 @acl.command("apply")
 @common_options
 @click.option("--dry-run", is_flag=True, envvar="SCREENING_ACL_DRY_RUN", help="Print the changes without making them.")
+@click.option(
+    "--accept-foreign",
+    is_flag=True,
+    envvar="SCREENING_ACL_ACCEPT_FOREIGN",
+    help="Exit 0 even when rules outside the plan (wildcards, prefixed, per host) still grant access.",
+)
 def acl_apply_command(
-    bootstrap_servers: str | None, registry_url: str | None, topic_prefix: str | None, dry_run: bool
+    bootstrap_servers: str | None,
+    registry_url: str | None,
+    topic_prefix: str | None,
+    dry_run: bool,
+    accept_foreign: bool,
 ) -> None:
     """As the admin: add the rules the policies imply, remove those they no longer imply; print both.
 
@@ -134,6 +144,13 @@ def acl_apply_command(
     for rule in change.removed:
         click.echo(f"{verb[1]}: {rule.principal} {rule.operation} {rule.resource_type} {rule.name} ({rule.pattern})")
     click.echo(f"{verb[0]} {len(change.added)}, {verb[1]} {len(change.removed)}, unchanged {change.kept}")
+    for grant in change.foreign:
+        click.echo(f"outside the plan, still granting access (not removed: remove it by hand): {grant}", err=True)
+    if change.foreign and not accept_foreign:
+        raise ScreeningStreamsError(
+            f"{len(change.foreign)} rules outside the plan still grant the deployment's principals access "
+            "(listed above); remove them, or pass --accept-foreign"
+        )
 
 
 @main.group()

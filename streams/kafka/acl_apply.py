@@ -9,8 +9,9 @@ in the plan is denied by the broker (``allow.everyone.if.no.acl.found=false``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kafka.admin import (
@@ -45,12 +46,70 @@ class AclChange:
     added: list[AclBinding]
     removed: list[AclBinding]
     kept: int
+    foreign: list[str] = field(default_factory=list)  # rules outside the plan that still grant access
 
 
-def managed(binding: AclBinding, prefix: str) -> bool:
-    """Whether ``binding`` is in a deployment's scope: one of its principals, a resource of its prefix."""
-    ours = binding.principal in (PROCESSOR, PRODUCER, OPERATOR) or binding.principal.startswith(AGENCY_PREFIX)
-    return ours and binding.name.startswith(prefix)
+#: The names a deployment gives its resources, after its topic prefix (``{app}``: its app id).
+_TOPIC_NAMES = (
+    r"screening\.results\.v1|screening\.results\.dlq(\.keys|\.replays)?\.v1|screening\.audit\.v1"
+    r"|screening\.[a-z0-9_.-]+\.hold\.v1|(tracing|surveillance)\.[a-z0-9_.-]+\.(results|keys)\.v[0-9]+"
+)
+_GROUP_NAMES = r"{app}(-audit-tail|-hold-rebuild)?|agency-[a-z0-9_.-]+"
+_TXN_NAMES = r"{app}-"
+
+
+def _ours(principal: str) -> bool:
+    return principal in (PROCESSOR, PRODUCER, OPERATOR) or principal.startswith(AGENCY_PREFIX)
+
+
+def managed(binding: AclBinding, prefix: str, app_id: str = "screening-streams", planned: Iterable[str] = ()) -> bool:
+    """Whether ``binding`` is in a deployment's scope: one of its principals, on a resource it names.
+
+    A resource is the deployment's when its name is the prefix followed by one of the names the
+    deployment gives (or one of ``planned``), so a prefix that begins another (``prod.`` and
+    ``prod.eu.``), or the empty one, never claims the other deployment's rules.
+    """
+    if not _ours(binding.principal) or not binding.name.startswith(prefix):
+        return False
+    if binding.name in planned:
+        return True
+    rest, app = binding.name[len(prefix) :], re.escape(app_id)
+    names = {
+        "TOPIC": _TOPIC_NAMES,
+        "GROUP": _GROUP_NAMES.format(app=app),
+        "TRANSACTIONAL_ID": _TXN_NAMES.format(app=app),
+    }
+    pattern = names.get(binding.resource_type)
+    return pattern is not None and re.fullmatch(pattern, rest) is not None
+
+
+def foreign_grants(acls: Iterable[Any], plan: Iterable[AclBinding]) -> list[str]:
+    """ALLOW rules outside the plan that still reach the plan's resources for a deployment principal.
+
+    A wildcard principal (``User:*``), the wildcard resource (``*``), a prefixed rule covering a
+    planned resource, or a rule for one host only: ``acl apply`` does not remove them (they may be
+    someone else's) but names them, and fails unless told to accept them.
+    """
+    plan = list(plan)
+    planned = set(plan)
+    resources = {(b.resource_type, b.name) for b in plan}
+    found = []
+    for acl in acls:
+        if acl.permission_type != ACLPermissionType.ALLOW:
+            continue
+        principal, pattern = str(acl.principal), acl.resource_pattern
+        kind, name, how = pattern.resource_type.name, str(pattern.resource_name), pattern.pattern_type.name
+        binding = AclBinding(principal, kind, name, acl.operation.name, how)
+        if binding in planned and acl.host == "*":
+            continue
+        if not (_ours(principal) or principal == "User:*"):
+            continue
+        reaches = any(
+            k == kind and (name == "*" or n == name or (how == "PREFIXED" and n.startswith(name))) for k, n in resources
+        )
+        if reaches:
+            found.append(f"{principal} {acl.operation.name} {kind} {name} ({how}, host {acl.host})")
+    return sorted(found)
 
 
 def to_acl(binding: AclBinding) -> ACL:
@@ -97,10 +156,12 @@ def current(admin: KafkaAdminClient) -> list[Any]:
 
 
 def plan_changes(
-    plan: Iterable[AclBinding], existing: Iterable[AclBinding], prefix: str
+    plan: Iterable[AclBinding], existing: Iterable[AclBinding], prefix: str, app_id: str = "screening-streams"
 ) -> tuple[list[AclBinding], list[AclBinding], int]:
     """``(to add, to remove, kept)``: the plan minus what exists; what exists in scope minus the plan."""
-    wanted, have = set(plan), {b for b in existing if managed(b, prefix)}
+    wanted = set(plan)
+    names = {b.name for b in wanted}
+    have = {b for b in existing if managed(b, prefix, app_id, names)}
     return sorted(wanted - have), sorted(have - wanted), len(wanted & have)
 
 
@@ -115,10 +176,12 @@ def apply_plan(
     plan = acl_plan(settings, policy_set, geography)
     admin = admin_client(settings.bootstrap_servers, auth=settings.kafka_auth)
     try:
-        existing = [b for b in (from_acl(a) for a in current(admin)) if b is not None]
-        add, remove, kept = plan_changes(plan, existing, settings.topic_prefix)
+        everything = current(admin)
+        existing = [b for b in (from_acl(a) for a in everything) if b is not None]
+        add, remove, kept = plan_changes(plan, existing, settings.topic_prefix, settings.app_id)
+        foreign = foreign_grants(everything, plan)
         if dry_run:
-            return AclChange(add, remove, kept)
+            return AclChange(add, remove, kept, foreign)
         if add:
             try:
                 result = admin.create_acls([to_acl(b) for b in add])
@@ -134,7 +197,7 @@ def apply_plan(
             for _filter, _acls, error in outcome:
                 if getattr(error, "errno", 0):
                     raise AclError(f"cannot delete an ACL: {error}")
-        return AclChange(add, remove, kept)
+        return AclChange(add, remove, kept, foreign)
     finally:
         admin.close()
 

@@ -238,6 +238,14 @@ AUTHORIZATION_ERRORS = frozenset(
 )
 
 
+def refused_message(principal: str, operation: str, error: KafkaError) -> str:
+    """The stop message of an authorisation error: who, what it tried, the broker's words (topic, group)."""
+    return (
+        f"{principal} may not {operation}: {describe(error)}; stopping the worker (no retry can succeed: "
+        "the ACLs must change; `screening-streams acl plan` says what the processor needs, `acl apply` applies it)"
+    )
+
+
 def consumer_error(error: KafkaError | None, principal: str = "the worker's principal") -> None:
     """A consumer error: stop on an authorisation one, raise :class:`ConsumerFailed` on a fatal one, log the others.
 
@@ -247,10 +255,7 @@ def consumer_error(error: KafkaError | None, principal: str = "the worker's prin
     if error is None:
         return
     if error.code() in AUTHORIZATION_ERRORS:
-        raise RunnerFatal(
-            f"{principal} is not allowed to read: {describe(error)}; the ACLs must change "
-            "(`screening-streams acl plan` says what the processor needs, `acl apply` applies it)"
-        )
+        raise RunnerFatal(refused_message(principal, "read the ingress or use its consumer group", error))
     if error.fatal() or error.code() == KafkaError._FATAL:
         raise ConsumerFailed(error)
     if error.code() != KafkaError._PARTITION_EOF:

@@ -59,6 +59,7 @@ from streams.audit.chain import ChainHead
 from streams.errors import ConfigError, RegistryError
 from streams.kafka.audit_io import AuditSink
 from streams.kafka.batches import (
+    AUTHORIZATION_ERRORS,
     TP,
     Batch,
     BoundedCalls,
@@ -75,6 +76,7 @@ from streams.kafka.batches import (
     permanent_message,
     produce_all,
     produce_audited,
+    refused_message,
     retrying,
 )
 from streams.kafka.clients import (
@@ -256,7 +258,9 @@ class Runner(RebalanceTracking):
             except KafkaException as exc:
                 error = error_of(exc)
                 if error is not None and error.code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
-                    raise RunnerFatal(f"cannot initialise transactions: {describe(error)}") from exc
+                    raise RunnerFatal(
+                        refused_message(self._principal, f"use transactional id {self._txn_id}", error)
+                    ) from exc
                 log.warning("initialising the transactional producer failed (%s); retrying", describe(error))
                 self._back_off()
                 continue
@@ -487,6 +491,8 @@ class Runner(RebalanceTracking):
                 error = error_of(exc) or error
         if permanent is not None:
             raise RunnerFatal(permanent_message(permanent))
+        if error is not None and error.code() in AUTHORIZATION_ERRORS:
+            raise RunnerFatal(refused_message(self._principal, "write this batch's outputs or offsets", error))
         if not usable:
             if error is not None and error.code() in FENCED:
                 self.stats.fenced += 1

@@ -32,6 +32,8 @@ from streams.errors import LocalStackError
 #: The principals every local stack has (agencies come from the policies: ``broker up`` adds them).
 SERVICE_USERS = (PROCESSOR, PRODUCER, OPERATOR, REGISTRY)
 MECHANISM = "SCRAM-SHA-512"
+#: How long an authenticated connection lives before it must authenticate again (KIP-368).
+REAUTH_MS = 300_000
 _SCRAM_ITERATIONS = 8192
 _PLAIN = "org.apache.kafka.common.security.plain.PlainLoginModule"
 _SCRAM = "org.apache.kafka.common.security.scram.ScramLoginModule"
@@ -65,6 +67,9 @@ def sasl_server_properties(port: int, controller_port: int, loopback: str, admin
         "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
         "allow.everyone.if.no.acl.found": "false",
         "super.users": f"User:{ADMIN}",
+        # Live connections re-authenticate every 5 minutes: a deleted user or a changed password
+        # takes effect on connections already open, not only on new ones.
+        "connections.max.reauth.ms": str(REAUTH_MS),
     }
 
 

@@ -12,6 +12,7 @@ DESCRIBE_CONFIGS... imply DESCRIBE). Also: a client without credentials is not l
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -277,3 +278,71 @@ def test_acl_apply_removes_what_the_policies_no_longer_imply_within_its_prefix(
     assert _read_outcomes(settings, _auth("agency-cnam"), [settings.ingress_topic]) == {settings.ingress_topic: False}
     leftover = apply_plan(settings.with_(topic_prefix="zz-other-prefix."), load_policy_set(settings), dry_run=True)
     assert elsewhere in leftover.removed  # in scope there, untouched by the first prefix's apply
+
+
+def test_a_worker_refused_a_write_stops_naming_its_principal_instead_of_retrying(
+    stack: Endpoints, tmp_path: Path
+) -> None:
+    """The processor's WRITE on the audit topic revoked (READ kept, so it starts): exit 70 within the first batches,
+    the log names the principal and the refusal; never a loop of aborted transactions (attack review F3)."""
+    import subprocess
+
+    from streams.kafka.acl_apply import _exact
+    from streams.kafka.topics import admin_client
+
+    from .conftest import Worker, make_env, publish_events
+
+    env = make_env(stack, tmp_path, "acl-refused")
+    audit_key = tmp_path / "audit.key"
+    subprocess.run(
+        [sys.executable, "-m", "streams.cli", "audit", "keygen", "--out", str(audit_key)],
+        env=env.process_env(),
+        check=True,
+        capture_output=True,
+    )
+    s = env.settings
+    admin = admin_client(s.bootstrap_servers, auth=s.kafka_auth)
+    try:
+        admin.delete_acls([_exact(AclBinding("User:screening-processor", "TOPIC", s.audit_topic, "WRITE"))])
+    finally:
+        admin.close()
+    publish_events(env, 200, seed=5)
+    worker = Worker(env, tmp_path / "worker.log", {"SCREENING_AUDIT_KEY_FILE": str(audit_key)})
+    try:
+        worker.process.wait(timeout=180)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the worker kept running without its WRITE ACL; its log ends:\n{worker.log()[-2000:]}")
+    finally:
+        worker.stop()
+    log = worker.log()
+    assert worker.process.returncode == 70, log[-2000:]
+    assert "User:screening-processor may not" in log and "AUTHORIZATION_FAILED" in log, log[-2000:]
+    assert log.count("transaction aborted") <= 1, "aborted transactions repeated instead of stopping"
+
+
+def test_acl_apply_names_rules_outside_the_plan_that_still_grant_access(
+    deployment: tuple[Settings, list[AclBinding]],
+) -> None:
+    """A wildcard-principal READ on the DLQ: `acl apply` leaves it (not its rule) but names it (review F2)."""
+    from kafka.admin import ACL, ACLOperation, ACLPermissionType, ACLResourcePatternType, ResourcePattern, ResourceType
+
+    from streams.kafka.acl_apply import _exact
+    from streams.kafka.topics import admin_client
+
+    settings, _ = deployment
+    wildcard = ACL(
+        "User:*",
+        "*",
+        ACLOperation.READ,
+        ACLPermissionType.ALLOW,
+        ResourcePattern(ResourceType.TOPIC, settings.dlq_topic, ACLResourcePatternType.LITERAL),
+    )
+    admin = admin_client(settings.bootstrap_servers, auth=settings.kafka_auth)
+    try:
+        assert not admin.create_acls([wildcard]).get("failed")
+        change = apply_plan(settings, load_policy_set(settings))
+        assert any("User:*" in f and settings.dlq_topic in f for f in change.foreign), change.foreign
+    finally:
+        admin.delete_acls([_exact(AclBinding("User:*", "TOPIC", settings.dlq_topic, "READ"))])
+        admin.close()
+    assert not apply_plan(settings, load_policy_set(settings), dry_run=True).foreign

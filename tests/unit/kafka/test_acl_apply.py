@@ -36,3 +36,51 @@ def test_an_authorisation_error_from_the_consumer_stops_the_worker_naming_the_pr
         with pytest.raises(RunnerFatal, match="User:screening-processor"):
             consumer_error(KafkaError(code, "refused"), "User:screening-processor")
     consumer_error(KafkaError(KafkaError._TRANSPORT, "blip"), "User:screening-processor")  # logged, not fatal
+
+
+def test_a_prefix_that_begins_another_never_claims_its_rules() -> None:
+    """``prod.`` does not manage ``prod.eu.``'s rules, and the empty prefix manages neither (review F1)."""
+    nested = [
+        AclBinding(PROCESSOR, "TOPIC", "prod.eu.screening.results.v1", "READ"),
+        AclBinding(PROCESSOR, "GROUP", "prod.eu.screening-streams", "READ"),
+        AclBinding(PROCESSOR, "TRANSACTIONAL_ID", "prod.eu.screening-streams-", "WRITE", "PREFIXED"),
+        AclBinding("User:agency-cnam", "TOPIC", "prod.eu.tracing.cnam.results.v1", "READ"),
+    ]
+    assert not any(managed(b, "prod.") for b in nested)
+    assert not any(managed(b, "") for b in nested)
+    assert all(managed(b, "prod.eu.") for b in nested)
+    assert plan_changes([], nested, "prod.") == ([], [], 0)
+
+
+def test_rules_outside_the_plan_that_still_grant_access_are_named() -> None:
+    """A wildcard principal, the wildcard topic, a short prefixed rule or a per-host rule reaching a planned topic."""
+    from kafka.admin import (
+        ACL,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        ResourcePattern,
+        ResourceType,
+    )
+
+    from streams.kafka.acl_apply import foreign_grants, to_acl
+
+    planned = AclBinding("User:agency-cnam", "TOPIC", "p.tracing.cnam.results.v1", "READ")
+
+    def acl(principal: str, name: str, pattern: str = "LITERAL", host: str = "*", allow: bool = True) -> ACL:
+        kind = ACLPermissionType.ALLOW if allow else ACLPermissionType.DENY
+        res = ResourcePattern(ResourceType.TOPIC, name, ACLResourcePatternType[pattern])
+        return ACL(principal, host, ACLOperation.READ, kind, res)
+
+    rules = [
+        to_acl(planned),
+        acl("User:*", "p.tracing.cnam.results.v1"),
+        acl("User:agency-spf", "*"),
+        acl("User:agency-ars.11", "p.tracing", "PREFIXED"),
+        acl("User:agency-cnam", "p.tracing.cnam.results.v1", host="10.0.0.1"),
+        acl("User:agency-spf", "p.tracing.cnam.results.v1", allow=False),  # a DENY grants nothing
+        acl("User:someone-else", "p.tracing.cnam.results.v1"),  # not a deployment principal
+    ]
+    found = foreign_grants(rules, [planned])
+    assert len(found) == 4
+    assert any("User:*" in f for f in found) and any("host 10.0.0.1" in f for f in found)
