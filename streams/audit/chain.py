@@ -28,6 +28,7 @@ from streams.audit.decisions import Location, PendingAudit, SmallCellFate
 from streams.audit.keys import AuditKeys
 from streams.contracts.schemas import Schema, strip_logical_types
 from streams.contracts.wire import MAGIC, unframe
+from streams.errors import RegistryUnavailable
 
 MAC_BYTES = 32
 GENESIS = bytes(MAC_BYTES)
@@ -139,7 +140,9 @@ class AuditWriter:
             try:
                 text = self._lookup(schema_id)
                 parsed = fastavro.parse_schema(strip_logical_types(json.loads(text)))
-            except Exception:  # unknown id, registry down: read it as the current shape (as without a lookup)
+            except RegistryUnavailable:
+                raise  # transient: never read a record by a guessed shape, never remember the failure
+            except Exception:  # unknown id: read it as the current shape (as without a lookup)
                 parsed = None
             self._writers[schema_id] = None if parsed == self._parsed else parsed
         return self._writers[schema_id]
@@ -201,6 +204,8 @@ def verify_chain(
             continue
         try:
             record = writer.decode(value)
+        except RegistryUnavailable:
+            raise  # an outage is not a defect of the chain: the check stops, saying so
         except Exception as exc:  # any decoding failure is a defect to report, not a crash
             problems.append(ChainProblem(partition, offset, "unreadable", f"cannot decode: {type(exc).__name__}"))
             expected_seq, prev_mac = None, None

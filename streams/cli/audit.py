@@ -27,7 +27,7 @@ from streams.cli.options import common_options, settings
 from streams.contracts.registry import HttpSchemaRegistry
 from streams.credentials import OPERATOR
 from streams.domain.nir import nir_problem, normalise_nir
-from streams.errors import ConfigError
+from streams.errors import ConfigError, RegistryUnavailable
 from streams.kafka.offsets import beginning_offsets, end_offsets, iter_from
 from streams.policy.explain import table
 from streams.settings import Settings
@@ -125,6 +125,8 @@ def refresh(cfg: Settings, writer: AuditWriter, index: AuditIndex, topic: str | 
             continue
         try:
             record: dict[str, Any] | None = writer.decode(r.value)
+        except RegistryUnavailable:
+            raise  # the index stops where it is (nothing ingested past it) until the registry answers
         except Exception:  # any decoding failure: skipped here, named by `audit verify`
             record, out.unreadable = None, out.unreadable + 1
         if record is not None:

@@ -52,9 +52,11 @@ class AclChange:
 #: The names a deployment gives its resources, after its topic prefix (``{app}``: its app id).
 _TOPIC_NAMES = (
     r"screening\.results\.v1|screening\.results\.dlq(\.keys|\.replays)?\.v1|screening\.audit\.v1"
-    r"|screening\.[a-z0-9_.-]+\.hold\.v1|(tracing|surveillance)\.[a-z0-9_.-]+\.(results|keys)\.v[0-9]+"
+    r"|screening\.[a-z][a-z0-9_]*\.hold\.v1"
+    r"|(tracing|surveillance)\.[a-z][a-z0-9_]*(\.[0-9]{2})?\.(results|keys)\.v[1-9][0-9]*"
 )
-_GROUP_NAMES = r"{app}(-audit-tail|-hold-rebuild)?|agency-[a-z0-9_.-]+"
+# (formatted with the app id: literal braces doubled)
+_GROUP_NAMES = r"{app}(-audit-tail|-hold-rebuild)?|agency-[a-z][a-z0-9_]*(\.[0-9]{{2}})?"
 _TXN_NAMES = r"{app}-"
 
 
@@ -93,6 +95,7 @@ def foreign_grants(acls: Iterable[Any], plan: Iterable[AclBinding]) -> list[str]
     plan = list(plan)
     planned = set(plan)
     resources = {(b.resource_type, b.name) for b in plan}
+    ranges = {(b.resource_type, b.name) for b in plan if b.pattern == "PREFIXED"}
     found = []
     for acl in acls:
         if acl.permission_type != ACLPermissionType.ALLOW:
@@ -104,9 +107,14 @@ def foreign_grants(acls: Iterable[Any], plan: Iterable[AclBinding]) -> list[str]
             continue
         if not (_ours(principal) or principal == "User:*"):
             continue
-        reaches = any(
-            k == kind and (name == "*" or n == name or (how == "PREFIXED" and n.startswith(name))) for k, n in resources
-        )
+        reaches = (
+            kind == "CLUSTER"
+            or any(  # a cluster grant (ALTER: manage ACLs) reaches everything
+                k == kind and (name == "*" or n == name or (how == "PREFIXED" and n.startswith(name)))
+                for k, n in resources
+            )
+            or any(k == kind and name.startswith(n) for k, n in ranges)
+        )  # inside a planned prefixed range
         if reaches:
             found.append(f"{principal} {acl.operation.name} {kind} {name} ({how}, host {acl.host})")
     return sorted(found)
@@ -179,7 +187,8 @@ def apply_plan(
         everything = current(admin)
         existing = [b for b in (from_acl(a) for a in everything) if b is not None]
         add, remove, kept = plan_changes(plan, existing, settings.topic_prefix, settings.app_id)
-        foreign = foreign_grants(everything, plan)
+        gone = set(remove)
+        foreign = foreign_grants([a for a in everything if from_acl(a) not in gone], plan)
         if dry_run:
             return AclChange(add, remove, kept, foreign)
         if add:

@@ -25,6 +25,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from streams.audit.chain import MAC_BYTES, AuditWriter, ChainHead, mac_matches
 from streams.audit.decisions import Location, PendingAudit
+from streams.errors import RegistryUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,8 @@ class AuditSink:
                     continue
                 aad = record["audit_ref"].encode() + b"|source"
                 source = int(self.writer.keys.unseal(record["sealed_source"], aad).rsplit(":", 1)[1])
+            except RegistryUnavailable:
+                raise  # never restart a chain at genesis because the registry is down
             except Exception:  # not an audit record of this secret (only the processor writes here)
                 continue
             return ChainHead(int(record["seq"]) + 1, bytes(record["mac"])), source

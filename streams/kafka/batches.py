@@ -18,7 +18,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from streams.audit.chain import ChainHead
 from streams.audit.decisions import Location, PendingAudit
-from streams.errors import ScreeningStreamsError
+from streams.errors import RegistryUnavailable, ScreeningStreamsError
 from streams.kafka.audit_io import AuditSink, head_metadata
 from streams.kafka.clients import PURGED, ProducerLike, describe, error_of, is_permanent
 from streams.kafka.dispatch import partition_for
@@ -232,10 +232,10 @@ AUTHORIZATION_ERRORS = frozenset(
         KafkaError.GROUP_AUTHORIZATION_FAILED,
         KafkaError.CLUSTER_AUTHORIZATION_FAILED,
         KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-        KafkaError.SASL_AUTHENTICATION_FAILED,
-        KafkaError._AUTHENTICATION,
     }
 )
+# Not authentication failures: librdkafka reports a transport blip during a SASL handshake (every
+# re-authentication) as _AUTHENTICATION too, so they are logged and retried, never a stop.
 
 
 def refused_message(principal: str, operation: str, error: KafkaError) -> str:
@@ -319,6 +319,8 @@ def heads_problem(sink: AuditSink, consumer: Any, topic: str, batch: Batch, time
     an authorisation or missing-partition error raises :class:`RunnerFatal`."""
     try:
         read_heads(sink, consumer, topic, batch, timeout_s)
+    except RegistryUnavailable as exc:  # older records are read by their writer schema
+        return f"audit chain heads unreadable: schema registry unavailable ({type(exc).__name__})"
     except KafkaException as exc:
         error = error_of(exc)
         if error is not None and error.code() in _HEADS_FATAL:

@@ -483,6 +483,7 @@ class Runner(RebalanceTracking):
         # A failed delivery (its report carries no transaction flags) leaves the transaction abortable.
         abortable = error is not None and (error.txn_requires_abort() or error.retriable() or bool(failures))
         usable = error is not None and not error.fatal() and abortable
+        cause = error  # what refused the batch, kept if the abort fails in turn
         if usable:
             try:
                 producer.abort_transaction(self._txn_timeout_s)
@@ -491,8 +492,8 @@ class Runner(RebalanceTracking):
                 error = error_of(exc) or error
         if permanent is not None:
             raise RunnerFatal(permanent_message(permanent))
-        if error is not None and error.code() in AUTHORIZATION_ERRORS:
-            raise RunnerFatal(refused_message(self._principal, "write this batch's outputs or offsets", error))
+        if cause is not None and cause.code() in AUTHORIZATION_ERRORS:
+            raise RunnerFatal(refused_message(self._principal, "write this batch's outputs or offsets", cause))
         if not usable:
             if error is not None and error.code() in FENCED:
                 self.stats.fenced += 1

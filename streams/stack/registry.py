@@ -120,8 +120,9 @@ def write_registry_config(state_dir: Path, sasl: bool) -> Path:
     stays in a 0600 file instead of the command line (which ``ps`` shows to every user).
     """
     run = state_dir / "registry-run"
-    run.mkdir(mode=0o700, exist_ok=True)  # parents=True would create it 0755
-    (run / "config").mkdir(mode=0o700, exist_ok=True)
+    for folder in (run, run / "config"):
+        folder.mkdir(mode=0o700, exist_ok=True)  # parents=True would create it 0755
+        folder.chmod(0o700)  # an older stack's may be 0755
     props = registry_client_properties(credentials(state_dir, REGISTRY)) if sasl else {}
     text = "".join(f"{key}={_escape(value)}\n" for key, value in props.items())
     target = run / "config" / "application.properties"

@@ -274,7 +274,7 @@ def test_acl_apply_removes_what_the_policies_no_longer_imply_within_its_prefix(
         admin.close()
     assert _read_outcomes(settings, _auth("agency-cnam"), [settings.ingress_topic]) == {settings.ingress_topic: True}
     change = apply_plan(settings, load_policy_set(settings))
-    assert change.removed == [stray] and not change.added
+    assert change.removed == [stray] and not change.added and not change.foreign  # removed: not "foreign"
     assert _read_outcomes(settings, _auth("agency-cnam"), [settings.ingress_topic]) == {settings.ingress_topic: False}
     leftover = apply_plan(settings.with_(topic_prefix="zz-other-prefix."), load_policy_set(settings), dry_run=True)
     assert elsewhere in leftover.removed  # in scope there, untouched by the first prefix's apply

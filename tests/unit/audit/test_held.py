@@ -153,3 +153,34 @@ def test_the_index_answers_how_a_held_view_finally_left(tmp_path: Any) -> None:
     assert lost["audit_ref"] == "ref-2" and lost["why"] == "suppressed: small_cell"
     story = index.event("ref-0")
     assert [r["small_cell"] is not None for r in story] == [False, True]
+
+
+def test_a_registry_outage_stops_the_read_instead_of_guessing_the_shape() -> None:
+    """Review finding: a writer-schema lookup failing for an outage raises RegistryUnavailable (verify, index and
+    the worker's tail rebuild then stop or retry) and is not remembered: once the registry answers, the same
+    record of the previous contract reads by its writer schema."""
+    import pytest
+
+    from streams.errors import RegistryUnavailable
+
+    keys = AuditKeys(SECRET)
+    old = _previous_contract()
+    old_writer = AuditWriter(keys, old, frame(8, b""))
+    legacy = old_writer.record(_draft(2, cnam=True), [("s", 0, 2), ("s", 0, 3)])
+    legacy.pop("small_cell")
+    (old_value,), _ = old_writer.chain([legacy], ChainHead())
+    down = [True]
+
+    def lookup(schema_id: int) -> str:
+        if down[0]:
+            raise RegistryUnavailable("registry down")
+        return json.dumps(old)
+
+    reader = AuditWriter(keys, audit_schema(), b"", lookup)
+    with pytest.raises(RegistryUnavailable):
+        reader.decode(old_value)
+    with pytest.raises(RegistryUnavailable):
+        verify_chain(reader, 0, enumerate([old_value]))
+    down[0] = False
+    assert reader.decode(old_value)["small_cell"] is None
+    assert verify_chain(reader, 0, enumerate([old_value])) == (1, [])

@@ -84,3 +84,52 @@ def test_rules_outside_the_plan_that_still_grant_access_are_named() -> None:
     found = foreign_grants(rules, [planned])
     assert len(found) == 4
     assert any("User:*" in f for f in found) and any("host 10.0.0.1" in f for f in found)
+
+
+def test_names_of_another_deployment_whose_prefix_extends_ours_by_a_resource_word_are_not_ours() -> None:
+    """Re-review: prefixes ``tracing.``, ``screening.eu.``, ``agency-`` under the empty one are not claimed."""
+    theirs = [
+        AclBinding("User:agency-cnam", "TOPIC", "tracing.tracing.cnam.results.v1", "READ"),
+        AclBinding("User:agency-cnam", "TOPIC", "tracing.tracing.cnam.keys.v1", "READ"),
+        AclBinding(PROCESSOR, "TOPIC", "screening.eu.screening.cnam.hold.v1", "WRITE"),
+        AclBinding("User:agency-cnam", "GROUP", "agency-agency-cnam", "READ", "PREFIXED"),
+    ]
+    assert not any(managed(b, "") for b in theirs)
+    ours = [
+        AclBinding("User:agency-ars.11", "TOPIC", "tracing.ars.11.results.v1", "READ"),
+        AclBinding(PROCESSOR, "TOPIC", "screening.spf.hold.v1", "WRITE"),
+        AclBinding("User:agency-ars.11", "GROUP", "agency-ars.11", "READ", "PREFIXED"),
+    ]
+    assert all(managed(b, "") for b in ours)
+
+
+def test_cluster_grants_and_ids_inside_a_planned_range_are_named_but_a_removed_rule_is_not() -> None:
+    """An agency with ALTER on the cluster, or WRITE on an id inside the processor's prefixed range, is foreign."""
+    from kafka.admin import (
+        ACL,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        ResourcePattern,
+        ResourceType,
+    )
+
+    from streams.kafka.acl_apply import foreign_grants
+
+    txn = AclBinding(PROCESSOR, "TRANSACTIONAL_ID", "p.screening-streams-", "WRITE", "PREFIXED")
+    cluster = ACL(
+        "User:agency-cnam",
+        "*",
+        ACLOperation.ALTER,
+        ACLPermissionType.ALLOW,
+        ResourcePattern(ResourceType.CLUSTER, "kafka-cluster", ACLResourcePatternType.LITERAL),
+    )
+    inside = ACL(
+        "User:agency-spf",
+        "*",
+        ACLOperation.WRITE,
+        ACLPermissionType.ALLOW,
+        ResourcePattern(ResourceType.TRANSACTIONAL_ID, "p.screening-streams-0", ACLResourcePatternType.LITERAL),
+    )
+    found = foreign_grants([cluster, inside], [txn])
+    assert len(found) == 2 and any("CLUSTER" in f for f in found) and any("screening-streams-0" in f for f in found)
