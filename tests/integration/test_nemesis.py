@@ -192,7 +192,11 @@ def _scrape(logs: list[str]) -> dict[str, Any]:
             1 for code in aborted if code in ("ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID", "FENCED_INSTANCE_ID")
         ),
         "producers_replaced": len(fatal),
-        "critical": text.count("[CRITICAL]"),
+        # The workers' own critical lines (a RunnerFatal, an unhandled error). librdkafka logs a fenced
+        # zombie producer's fatal error at CRITICAL too ("[thrd:" lines): the runner handles that one
+        # (counted in "fenced"; a paused worker woken mid-transaction after the broker aborted it).
+        "critical": sum(1 for line in text.splitlines() if "[CRITICAL]" in line and "[thrd:" not in line),
+        "librdkafka_fatal": sum(1 for line in text.splitlines() if "[CRITICAL]" in line and "[thrd:" in line),
         "abort_codes": "/".join(f"{code}:{n}" for code, n in sorted(Counter(aborted + fatal).items())) or "-",
     }
 
