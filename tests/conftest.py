@@ -27,8 +27,12 @@ FIXED_NOW_MS = 1_767_225_600_000
 
 def bench_module(name: str) -> ModuleType:
     """``bench/<name>.py`` loaded once (bench/ is no package): e.g. the independent small-cell check."""
-    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"bench_{name.lstrip('_')}", path)
+    return module_from_file(Path(__file__).resolve().parents[1] / "bench" / f"{name}.py", f"bench_{name.lstrip('_')}")
+
+
+def module_from_file(path: Path, name: str) -> ModuleType:
+    """The script at ``path`` loaded once as module ``name`` (for scripts outside any package)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     if spec.name not in sys.modules:
         module = importlib.util.module_from_spec(spec)

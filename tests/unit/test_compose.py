@@ -11,14 +11,12 @@ downloaded once into the stack cache, as the broker jars are from Maven Central.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -32,6 +30,7 @@ import yaml
 from streams.credentials import ADMIN, PROCESSOR, PRODUCER, REGISTRY, KafkaAuth
 from streams.ops.metrics import WorkerMetrics
 from streams.stack.security import SERVICE_USERS, sasl_server_properties
+from tests.conftest import module_from_file
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -149,13 +148,7 @@ def _env(service: dict[str, Any], environ: dict[str, str] | None = None) -> dict
 
 
 def _setup_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("compose_setup", DOCKER / "setup.py")
-    assert spec is not None and spec.loader is not None
-    if spec.name not in sys.modules:
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[spec.name]
+    return module_from_file(DOCKER / "setup.py", "compose_setup")
 
 
 def _rendered_broker_properties(compose: dict[str, Any], password: str) -> subprocess.CompletedProcess[str]:

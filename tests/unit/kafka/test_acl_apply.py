@@ -2,8 +2,25 @@
 
 from __future__ import annotations
 
+from kafka.admin import ACL, ACLOperation, ACLPermissionType, ACLResourcePatternType, ResourcePattern, ResourceType
+
 from streams.kafka.acl import OPERATOR, PROCESSOR, AclBinding
-from streams.kafka.acl_apply import managed, plan_changes
+from streams.kafka.acl_apply import foreign_grants, managed, plan_changes, to_acl
+
+
+def _acl(
+    principal: str,
+    name: str,
+    *,
+    kind: str = "TOPIC",
+    operation: str = "READ",
+    pattern: str = "LITERAL",
+    host: str = "*",
+    allow: bool = True,
+) -> ACL:
+    permission = ACLPermissionType.ALLOW if allow else ACLPermissionType.DENY
+    resource = ResourcePattern(ResourceType[kind], name, ACLResourcePatternType[pattern])
+    return ACL(principal, host, ACLOperation[operation], permission, resource)
 
 
 def test_adds_the_missing_removes_the_stale_and_counts_the_kept() -> None:
@@ -54,32 +71,15 @@ def test_a_prefix_that_begins_another_never_claims_its_rules() -> None:
 
 def test_rules_outside_the_plan_that_still_grant_access_are_named() -> None:
     """A wildcard principal, the wildcard topic, a short prefixed rule or a per-host rule reaching a planned topic."""
-    from kafka.admin import (
-        ACL,
-        ACLOperation,
-        ACLPermissionType,
-        ACLResourcePatternType,
-        ResourcePattern,
-        ResourceType,
-    )
-
-    from streams.kafka.acl_apply import foreign_grants, to_acl
-
     planned = AclBinding("User:agency-cnam", "TOPIC", "p.tracing.cnam.results.v1", "READ")
-
-    def acl(principal: str, name: str, pattern: str = "LITERAL", host: str = "*", allow: bool = True) -> ACL:
-        kind = ACLPermissionType.ALLOW if allow else ACLPermissionType.DENY
-        res = ResourcePattern(ResourceType.TOPIC, name, ACLResourcePatternType[pattern])
-        return ACL(principal, host, ACLOperation.READ, kind, res)
-
     rules = [
         to_acl(planned),
-        acl("User:*", "p.tracing.cnam.results.v1"),
-        acl("User:agency-spf", "*"),
-        acl("User:agency-ars.11", "p.tracing", "PREFIXED"),
-        acl("User:agency-cnam", "p.tracing.cnam.results.v1", host="10.0.0.1"),
-        acl("User:agency-spf", "p.tracing.cnam.results.v1", allow=False),  # a DENY grants nothing
-        acl("User:someone-else", "p.tracing.cnam.results.v1"),  # not a deployment principal
+        _acl("User:*", "p.tracing.cnam.results.v1"),
+        _acl("User:agency-spf", "*"),
+        _acl("User:agency-ars.11", "p.tracing", pattern="PREFIXED"),
+        _acl("User:agency-cnam", "p.tracing.cnam.results.v1", host="10.0.0.1"),
+        _acl("User:agency-spf", "p.tracing.cnam.results.v1", allow=False),  # a DENY grants nothing
+        _acl("User:someone-else", "p.tracing.cnam.results.v1"),  # not a deployment principal
     ]
     found = foreign_grants(rules, [planned])
     assert len(found) == 4
@@ -103,33 +103,13 @@ def test_names_of_another_deployment_whose_prefix_extends_ours_by_a_resource_wor
     assert all(managed(b, "") for b in ours)
 
 
-def test_cluster_grants_and_ids_inside_a_planned_range_are_named_but_a_removed_rule_is_not() -> None:
-    """An agency with ALTER on the cluster, or WRITE on an id inside the processor's prefixed range, is foreign."""
-    from kafka.admin import (
-        ACL,
-        ACLOperation,
-        ACLPermissionType,
-        ACLResourcePatternType,
-        ResourcePattern,
-        ResourceType,
-    )
+def test_cluster_grants_and_ids_inside_a_planned_range_are_named() -> None:
+    """An agency with ALTER on the cluster, or WRITE on an id inside the processor's prefixed range, is foreign.
 
-    from streams.kafka.acl_apply import foreign_grants
-
+    (That a rule ``acl apply`` removes is not also named is pinned on the real broker, in
+    tests/integration/test_acl_matrix.py.)"""
     txn = AclBinding(PROCESSOR, "TRANSACTIONAL_ID", "p.screening-streams-", "WRITE", "PREFIXED")
-    cluster = ACL(
-        "User:agency-cnam",
-        "*",
-        ACLOperation.ALTER,
-        ACLPermissionType.ALLOW,
-        ResourcePattern(ResourceType.CLUSTER, "kafka-cluster", ACLResourcePatternType.LITERAL),
-    )
-    inside = ACL(
-        "User:agency-spf",
-        "*",
-        ACLOperation.WRITE,
-        ACLPermissionType.ALLOW,
-        ResourcePattern(ResourceType.TRANSACTIONAL_ID, "p.screening-streams-0", ACLResourcePatternType.LITERAL),
-    )
+    cluster = _acl("User:agency-cnam", "kafka-cluster", kind="CLUSTER", operation="ALTER")
+    inside = _acl("User:agency-spf", "p.screening-streams-0", kind="TRANSACTIONAL_ID", operation="WRITE")
     found = foreign_grants([cluster, inside], [txn])
     assert len(found) == 2 and any("CLUSTER" in f for f in found) and any("screening-streams-0" in f for f in found)
