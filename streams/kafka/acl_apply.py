@@ -184,11 +184,11 @@ def apply_plan(
     plan = acl_plan(settings, policy_set, geography)
     admin = admin_client(settings.bootstrap_servers, auth=settings.kafka_auth)
     try:
-        everything = current(admin)
-        existing = [b for b in (from_acl(a) for a in everything) if b is not None]
+        described = [(acl, from_acl(acl)) for acl in current(admin)]
+        existing = [binding for _, binding in described if binding is not None]
         add, remove, kept = plan_changes(plan, existing, settings.topic_prefix, settings.app_id)
         gone = set(remove)
-        foreign = foreign_grants([a for a in everything if from_acl(a) not in gone], plan)
+        foreign = foreign_grants([acl for acl, binding in described if binding not in gone], plan)
         if dry_run:
             return AclChange(add, remove, kept, foreign)
         if add:

@@ -34,7 +34,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.credentials import ADMIN, NO_AUTH, KafkaAuth, auth_from_env
+from streams.credentials import ADMIN, NO_AUTH, KafkaAuth, auth_from_env, stack_credentials_file
 from streams.errors import LocalStackError
 from streams.stack.fetch import fetch_kafka, fetch_registry, run_tool
 from streams.stack.registry import (  # noqa: F401  (REGISTRY_TOPICS, render_registry_flags: re-exported)
@@ -189,8 +189,8 @@ def admin_auth(settings: StackSettings) -> KafkaAuth:
     """How this module talks to the broker: the local stack's admin, or the environment's principal."""
     if settings.external_bootstrap:
         return auth_from_env(os.environ)
-    path = settings.state_dir / "credentials" / f"{ADMIN}.json"
-    return credentials(settings.state_dir, ADMIN) if path.exists() else NO_AUTH
+    exists = stack_credentials_file(settings.state_dir, ADMIN).exists()
+    return credentials(settings.state_dir, ADMIN) if exists else NO_AUTH
 
 
 def _services(settings: StackSettings) -> tuple[_Service, _Service]:
@@ -348,7 +348,7 @@ def _spawn_kafka(settings: StackSettings, svc: _Service, libs: Path, echo: Echo)
     state = settings.state_dir
     props, log4j = state / "server.properties", state / "log4j2.yaml"
     formatted = (state / "kafka-data" / "meta.properties").exists()
-    if formatted and not (state / "credentials" / f"{ADMIN}.json").exists():
+    if formatted and not stack_credentials_file(state, ADMIN).exists():
         raise LocalStackError(
             f"{state / 'kafka-data'} was formatted without SASL credentials (an older stack): "
             "`screening-streams broker wipe` deletes it (and its topics) so the next `broker up` starts afresh"

@@ -154,9 +154,3 @@ def apply_registry_acls(admin_client: object, registry_topics: Iterable[str]) ->
 def registry_client_properties(auth: KafkaAuth) -> dict[str, str]:
     """Kafka client settings Apicurio passes to its kafkasql producer, consumer and admin client."""
     return {f"apicurio.kafka.common.{key}": value for key, value in auth.java_properties().items()}
-
-
-def credentials_files(state_dir: Path) -> dict[str, Path]:
-    """Every principal the stack has credentials for, with its file."""
-    folder = state_dir / "credentials"
-    return {p.stem: p for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
