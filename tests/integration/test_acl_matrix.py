@@ -317,7 +317,10 @@ def test_a_worker_refused_a_write_stops_naming_its_principal_instead_of_retrying
     log = worker.log()
     assert worker.process.returncode == 70, log[-2000:]
     assert "User:screening-processor may not" in log and "AUTHORIZATION_FAILED" in log, log[-2000:]
-    assert log.count("transaction aborted") <= 1, "aborted transactions repeated instead of stopping"
+    # librdkafka may first report the refused AddPartitions as an erroneous state at the offsets'
+    # commit (_STATE: the cause not yet known), so a batch or two can abort before the refusal itself
+    # surfaces; the loop this pins against aborted 16 times in 60 s and never stopped.
+    assert log.count("transaction aborted") <= 3, "aborted transactions repeated instead of stopping"
 
 
 def test_acl_apply_names_rules_outside_the_plan_that_still_grant_access(
