@@ -429,7 +429,9 @@ def framed_schema_ids(records: Iterable[InputRecord]) -> list[int]:
 
 
 def remapped(draft: PendingAudit, moved: Mapping[int, int]) -> PendingAudit:
-    """``draft`` with its delivered entries pointing at the outputs' new positions."""
+    """``draft`` with its delivered entries pointing at the outputs' new positions (itself if none moved)."""
+    if all(d.output is None or moved[d.output] == d.output for d in draft.decisions):
+        return draft
     decisions = tuple(
         d
         if d.output is None
@@ -447,6 +449,7 @@ def remapped(draft: PendingAudit, moved: Mapping[int, int]) -> PendingAudit:
         draft.dead_letter_code,
         decisions,
         draft.processed_hour,
+        draft.small_cell,
     )
 
 

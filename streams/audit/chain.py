@@ -25,6 +25,7 @@ from typing import Any
 import fastavro
 
 from streams.audit.decisions import Location, PendingAudit, SmallCellFate
+from streams.audit.encoding import SAMPLES, AuditEncoder
 from streams.audit.keys import AuditKeys
 from streams.contracts.schemas import Schema, strip_logical_types
 from streams.contracts.wire import MAGIC, unframe
@@ -71,40 +72,22 @@ class AuditWriter:
         self._lookup = writer_schemas
         own = int.from_bytes(frame_prefix[1:5], "big") if len(frame_prefix) == 5 else None
         self._writers: dict[int, Any] = {} if own is None else {own: None}  # id -> parsed writer (None: current)
+        self._fast = self._direct_encoder()
 
     def record(self, draft: PendingAudit, locations: Sequence[Location | None]) -> dict[str, Any]:
         """The audit record of ``draft``, with delivered coordinates sealed (chain fields left empty)."""
+        sealed, source = self._seals(draft, locations)
+        return _as_dict(draft, sealed, source)
+
+    def _seals(self, draft: PendingAudit, locations: Sequence[Location | None]) -> tuple[list[bytes | None], bytes]:
+        """Each decision's sealed delivery coordinates (None: not delivered), and the sealed source."""
         aad = draft.audit_ref.encode()
-        recipients = []
+        seal = self.keys.seal
+        sealed: list[bytes | None] = []
         for d in draft.decisions:
             where = locations[d.output] if d.output is not None else None
-            sealed = self.keys.seal(location_text(where), aad + b"|" + d.recipient.encode()) if where else None
-            recipients.append(
-                {
-                    "recipient": d.recipient,
-                    "agency": d.agency,
-                    "delivered": d.delivered,
-                    "reason": d.reason,
-                    "fields": list(d.fields),
-                    "key_id": d.key_id,
-                    "policy_version": d.policy_version,
-                    "sealed_location": sealed,
-                }
-            )
-        return {
-            "audit_ref": draft.audit_ref,
-            "person": draft.person,
-            "processed_hour": draft.processed_hour,
-            "outcome": draft.outcome,
-            "dead_letter_code": draft.dead_letter_code,
-            "processing_mode": draft.processing_mode,
-            "recipients": recipients,
-            "sealed_source": self.keys.seal(location_text(draft.source), aad + b"|source"),
-            "small_cell": None if draft.small_cell is None else _fate(draft.small_cell),
-            "seq": 0,
-            "prev_mac": b"",
-            "mac": b"",
-        }
+            sealed.append(seal(location_text(where), aad + b"|" + d.recipient.encode()) if where else None)
+        return sealed, seal(location_text(draft.source), aad + b"|source")
 
     def chain(self, records: Iterable[dict[str, Any]], head: ChainHead) -> tuple[list[bytes], ChainHead]:
         """Encode ``records`` in order as the continuation of ``head``; return the values and the new head.
@@ -123,6 +106,41 @@ class AuditWriter:
             values.append(self._prefix + body[:-1] + _MAC_TAIL + mac)
             seq, prev = seq + 1, mac
         return values, ChainHead(seq, prev)
+
+    def chain_drafts(
+        self, drafts: Iterable[PendingAudit], locations: Sequence[Location | None], head: ChainHead
+    ) -> tuple[list[bytes], ChainHead]:
+        """:meth:`record` then :meth:`chain`, with the direct encoder when it writes this contract.
+
+        Byte for byte what the two would return (with the same nonces), in about a third of the time.
+        """
+        fast = self._fast
+        if fast is None:
+            return self.chain((self.record(d, locations) for d in drafts), head)
+        values = []
+        seq, prev = head.next_seq, head.mac
+        for draft in drafts:
+            sealed, source = self._seals(draft, locations)
+            body = fast.body(draft, sealed, source, seq, prev)
+            mac = self.keys.chain_mac(prev, body)
+            values.append(self._prefix + body[:-1] + _MAC_TAIL + mac)
+            seq, prev = seq + 1, mac
+        return values, ChainHead(seq, prev)
+
+    def _direct_encoder(self) -> AuditEncoder | None:
+        """The direct encoder if it writes exactly what fastavro writes with this schema, else None."""
+        encoder = AuditEncoder()
+        for draft, sealed in SAMPLES:
+            record = _as_dict(draft, list(sealed), b"s" * 28)
+            record["seq"], record["prev_mac"], record["mac"] = 1 << 33, b"m" * 32, b""
+            buffer = io.BytesIO()
+            try:
+                fastavro.schemaless_writer(buffer, self._parsed, record)
+            except Exception:  # a contract the samples do not fit: keep fastavro
+                return None
+            if encoder.body(draft, sealed, b"s" * 28, 1 << 33, b"m" * 32) != buffer.getvalue():
+                return None
+        return AuditEncoder()  # a fresh memo: the samples' decisions are not real ones
 
     def decode(self, value: bytes) -> dict[str, Any]:
         """Decode one stored audit value (framed) back into a record of the current contract."""
@@ -146,6 +164,37 @@ class AuditWriter:
                 parsed = None
             self._writers[schema_id] = None if parsed == self._parsed else parsed
         return self._writers[schema_id]
+
+
+def _as_dict(draft: PendingAudit, sealed: Sequence[bytes | None], sealed_source: bytes) -> dict[str, Any]:
+    """The audit record of ``draft`` as fastavro takes it (chain fields left empty)."""
+    recipients = [
+        {
+            "recipient": d.recipient,
+            "agency": d.agency,
+            "delivered": d.delivered,
+            "reason": d.reason,
+            "fields": list(d.fields),
+            "key_id": d.key_id,
+            "policy_version": d.policy_version,
+            "sealed_location": where,
+        }
+        for d, where in zip(draft.decisions, sealed, strict=True)
+    ]
+    return {
+        "audit_ref": draft.audit_ref,
+        "person": draft.person,
+        "processed_hour": draft.processed_hour,
+        "outcome": draft.outcome,
+        "dead_letter_code": draft.dead_letter_code,
+        "processing_mode": draft.processing_mode,
+        "recipients": recipients,
+        "sealed_source": sealed_source,
+        "small_cell": None if draft.small_cell is None else _fate(draft.small_cell),
+        "seq": 0,
+        "prev_mac": b"",
+        "mac": b"",
+    }
 
 
 def _fate(fate: SmallCellFate) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from streams.audit.decisions import (
     DELIVERED,
@@ -38,6 +38,8 @@ HELD_REASON = "held: small-cell protection"
 #: Prefixes of the reason of the later decision.
 RELEASED_PREFIX = "released: small-cell step "
 SUPPRESSED_PREFIX = "suppressed: "
+#: One compact encoder, built once (``json.dumps`` with separators builds one per call).
+_JSON = json.JSONEncoder(separators=(",", ":"))
 #: Additional data of every sealed lineage token.
 LINEAGE_AAD = b"screening-streams/audit/small-cell-lineage"
 
@@ -91,7 +93,7 @@ class HeldAudit:
             "k": lineage.key_id,
             "v": lineage.policy_version,
         }
-        return self.keys.seal(json.dumps(body, separators=(",", ":")), LINEAGE_AAD)
+        return self.keys.seal(_JSON.encode(body), LINEAGE_AAD)
 
     def open(self, token: bytes) -> Lineage:
         """The lineage a token holds (:class:`~streams.audit.keys.AuditSealError` if it does not open)."""
@@ -113,8 +115,9 @@ class HeldAudit:
     def held(draft: PendingAudit, recipient: str) -> PendingAudit:
         """``draft`` with ``recipient``'s decision held (not delivered, no fields; its output, the
         hold record, kept); the record's outcome is DELIVERED only if another recipient got it."""
+        # Built directly, not with dataclasses.replace (~4× slower): this runs for every held view.
         decisions = tuple(
-            replace(d, delivered=False, reason=HELD_REASON, fields=())
+            PendingDecision(d.recipient, d.agency, False, HELD_REASON, (), d.key_id, d.policy_version, d.output)
             if d.recipient == recipient and d.delivered
             else d
             for d in draft.decisions
@@ -122,7 +125,17 @@ class HeldAudit:
         outcome = draft.outcome
         if outcome == DELIVERED and not any(d.delivered for d in decisions):
             outcome = NOT_DELIVERED
-        return replace(draft, decisions=decisions, outcome=outcome)
+        return PendingAudit(
+            draft.source,
+            draft.audit_ref,
+            draft.person,
+            draft.processing_mode,
+            outcome,
+            draft.dead_letter_code,
+            decisions,
+            draft.processed_hour,
+            draft.small_cell,
+        )
 
     @staticmethod
     def released(

@@ -186,8 +186,9 @@ class AuditSink:
         out: list[tuple[int, bytes]] = []
         heads: dict[int, ChainHead] = {}
         for partition, group in by_partition.items():
-            records = (self.writer.record(d, locations) for d in group)
-            values, heads[partition] = self.writer.chain(records, self._heads.get(partition, ChainHead()))
+            values, heads[partition] = self.writer.chain_drafts(
+                group, locations, self._heads.get(partition, ChainHead())
+            )
             out.extend((partition, v) for v in values)
         return out, heads
 
