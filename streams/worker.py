@@ -15,6 +15,7 @@ static member) stops the process with exit status 70 and a message naming the ca
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import threading
@@ -55,6 +56,23 @@ def _quiet_framework_loggers(level: int = logging.WARNING) -> None:
     """
     for name in ("faust", "mode", "aiokafka", "kafka", "streams.kafka.librdkafka"):
         logging.getLogger(name).setLevel(max(level, logging.INFO))
+
+
+#: Cyclic-GC thresholds of a worker: a young collection every 50 000 allocations, not 700.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
+    """Move what start-up built out of the collector's sight and collect young objects less often.
+
+    The hot path allocates a few dozen short-lived objects per event, and small-cell protection
+    keeps every held view alive for its window: with the default thresholds the collector rescans
+    them again and again (``bench/hotpath.py`` over 100 000 events: 260 → 220 µs per event, the
+    gap growing with the views held). Cycles are still collected; only less often.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*thresholds)
 
 
 def run_runner_thread(runner: Runner, exit_process: Callable[[int], object] = os._exit) -> None:
@@ -127,6 +145,7 @@ def build_app(
         thread: threading.Thread | None = None
 
         async def on_start(self) -> None:
+            tune_gc()  # the app is built: what it holds stays, the hot path's garbage is young
             self.thread = threading.Thread(target=run_runner_thread, args=(runner,), name="runner", daemon=True)
             self.thread.start()
 
