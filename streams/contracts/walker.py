@@ -265,7 +265,7 @@ class _Generator:
             e(d + 1, "if not _INT_MIN <= value <= _INT_MAX:")
             e(d + 2, 'raise BrokenRule("an int beyond 32 bits")')
         elif kind in ("float", "double", "fixed"):
-            size = {"float": 4, "double": 8}.get(kind, node.size)
+            size = int({"float": 4, "double": 8}.get(kind, node.size))  # only ints reach the source
             e(d, f"if pos + {size} > end:")
             e(d + 1, f'raise BrokenRule(f"a fixed-size value of {size} bytes with {{end - pos}} left")')
             e(d, f"pos += {size}")
@@ -284,7 +284,7 @@ class _Generator:
             for child in node.children:
                 self.datum(child, d)
         elif kind in ("enum", "union"):
-            count = node.size if kind == "enum" else len(node.children)
+            count = int(node.size) if kind == "enum" else len(node.children)
             index = self.fresh("i")
             e(d, "b = data[pos]")
             e(d, f"if b < 0x80 and not b & 1 and b >> 1 < {count}:")
