@@ -14,6 +14,7 @@ from typing import Any
 
 from streams.audit.keys import AuditKeys
 from streams.policy.engine import Minimiser, View
+from streams.policy.model import Condition, Policy
 
 DELIVERED = "DELIVERED"
 NOT_DELIVERED = "NOT_DELIVERED"
@@ -74,6 +75,8 @@ class Auditor:
         """Draft with the audit ``keys`` for the recipients of ``minimiser``."""
         self.keys = keys
         self.minimiser = minimiser
+        # One decision per (recipient, failed filter): the policies' conditions live as long as this.
+        self._filtered_memo: dict[tuple[str, str, int], PendingDecision] = {}
 
     def delivered(
         self,
@@ -110,9 +113,7 @@ class Auditor:
                     )
                 )
             else:
-                failed = self.minimiser.excluded_by(policy, event)
-                reason = f"filtered out: requires {failed.describe()}" if failed else "filtered out"
-                decisions.append(PendingDecision(policy.recipient, None, False, reason, (), None, policy.version))
+                decisions.append(self._filtered(policy, self.minimiser.excluded_by(policy, event)))
         return PendingAudit(
             source,
             self.keys.event_ref(str(event["event_id"])),
@@ -123,6 +124,16 @@ class Auditor:
             tuple(decisions),
             now_ms - now_ms % HOUR_MS,
         )
+
+    def _filtered(self, policy: Policy, failed: Condition | None) -> PendingDecision:
+        """The (shared, immutable) decision of ``policy``'s recipient filtered out by ``failed``."""
+        key = (policy.recipient, policy.version, id(failed))
+        decision = self._filtered_memo.get(key)
+        if decision is None:
+            reason = f"filtered out: requires {failed.describe()}" if failed else "filtered out"
+            decision = PendingDecision(policy.recipient, None, False, reason, (), None, policy.version)
+            self._filtered_memo[key] = decision
+        return decision
 
     def dead_lettered(self, source: Location, code: str, event: Mapping[str, Any] | None, now_ms: int) -> PendingAudit:
         """The draft of a rejected record (``event`` is its decoded form, if it decoded)."""
