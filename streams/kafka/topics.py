@@ -89,6 +89,12 @@ def admin_client(bootstrap_servers: str, *, auth: KafkaAuth) -> KafkaAdminClient
         raise TopicError(f"cannot reach Kafka at {bootstrap_servers} as {auth.principal}: {exc}") from exc
 
 
+def durability_configs(replication: int) -> dict[str, str]:
+    """``min.insync.replicas`` for topics of ``replication`` copies: 2 from 3 copies (one broker may be
+    down and an ``acks=all`` write still lands on two), 1 below (a single copy cannot require more)."""
+    return {"min.insync.replicas": "2"} if replication >= 3 else {}
+
+
 def ensure_topics(admin: KafkaAdminClient, specs: Iterable[TopicSpec], replication: int = 1) -> dict[str, int]:
     """Create the missing topics; return the partition count of every requested topic."""
     specs = list(specs)
@@ -96,7 +102,8 @@ def ensure_topics(admin: KafkaAdminClient, specs: Iterable[TopicSpec], replicati
         existing = set(admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
         if missing:
-            new = [NewTopic(s.name, s.partitions, replication, topic_configs=dict(s.configs)) for s in missing]
+            durable = durability_configs(replication)
+            new = [NewTopic(s.name, s.partitions, replication, topic_configs={**durable, **s.configs}) for s in missing]
             with contextlib.suppress(TopicAlreadyExistsError):  # a concurrent worker created it first
                 admin.create_topics(new, validate_only=False)
         names = [s.name for s in specs]
