@@ -80,7 +80,7 @@ H_POLICY_VERSION = "policy.version"
 H_AGENCY = "policy.agency"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InputRecord:
     """One consumed record, with the coordinates a dead letter must cite."""
 
@@ -93,7 +93,7 @@ class InputRecord:
     timestamp_ms: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OutputRecord:
     """One record to produce; ``route_key`` chooses the partition (stable per person and agency).
 
