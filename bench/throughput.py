@@ -66,6 +66,7 @@ from pathlib import Path
 
 from _common import framed_stream, percentiles, table
 from _kcheck import KReport, k_check
+from _setup import cleanup, prepare
 from _stack import (
     MASK,
     Expected,
@@ -80,31 +81,14 @@ from _stack import (
     wait_members,
 )
 
-from streams.assembly import (
-    PolicySet,
-    agency_names,
-    build_pipeline,
-    hold_topics,
-    key_holders,
-    load_policy_set,
-    load_public_keys,
-    output_topics,
-)
-from streams.contracts.registry import HttpSchemaRegistry
-from streams.crypto.keys import generate_key_pair, write_key_pair
-from streams.crypto.ring import import_public_key
+from streams.assembly import output_topics
 from streams.domain.geography import DEFAULT_GEOGRAPHY
-from streams.kafka.acl import acl_plan, agency_users
-from streams.kafka.acl_apply import apply_plan, to_acl
 from streams.kafka.offsets import wait_for_lag_zero
 from streams.kafka.publish import publish_raw
-from streams.kafka.topics import admin_client, create_topics
 from streams.pipeline import H_CODE, InputRecord
 from streams.policy.engine import Minimiser
-from streams.policy.pseudonyms import StaticKeyRing, generate_keys, write_key_file
-from streams.settings import Settings, settings_from_env
-from streams.stack import lifecycle
-from streams.stack.settings import StackSettings
+from streams.policy.pseudonyms import StaticKeyRing
+from streams.settings import Settings
 
 WARMUP = 500  # live mode: events drained before timing, so workers have joined and warmed up
 STATS = re.compile(r"small cells: held=\d+ released_by_step=\{([^}]*)\} suppressed=(\d+)")
@@ -254,20 +238,6 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def without_small_cells(target: Path) -> Path:
-    """A copy of the shipped policies without their ``k_anonymity`` option."""
-    import yaml
-
-    from streams.policy.model import default_policy_dir
-
-    target.mkdir(parents=True, exist_ok=True)
-    for path in default_policy_dir().glob("*.yaml"):
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        doc.pop("k_anonymity", None)
-        (target / path.name).write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    return target
-
-
 def main() -> None:
     """Run the benchmark once per small-cell setting asked for; with ``both``, compare the drain rates."""
     args = parse_args()
@@ -323,42 +293,10 @@ def run(args: argparse.Namespace, *, small_cells: bool) -> Result:
             os.environ[name] = str(value)  # inherited by the workers
     if args.guarantee:
         os.environ["SCREENING_PROCESSING_GUARANTEE"] = args.guarantee  # inherited by the workers
-    stack = StackSettings.from_env(os.environ)
-    ends = lifecycle.up(stack, echo=lambda line: print(f"  {line}"), users=agency_users(load_policy_set(Settings())))
-    prefix = f"bench{int(time.time())}."
-    # The bench creates the topics and applies the ACL plan as the admin, and reads back as the admin;
-    # the workers run as the processor (see _stack.start_workers).
-    settings = settings_from_env().with_(
-        bootstrap_servers=ends.bootstrap_servers,
-        registry_url=ends.registry_url,
-        topic_prefix=prefix,
-        kafka_auth=lifecycle.admin_auth(stack),
-    )
-    run_dir = stack.state_dir / "bench" / prefix.rstrip(".")
-    if not small_cells:
-        policy_dir = without_small_cells(run_dir / "policies")
-        settings = settings.with_(policy_dir=policy_dir)
-        os.environ["SCREENING_POLICY_DIR"] = str(policy_dir)  # inherited by the workers
-    policy_set = load_policy_set(settings)
-    holds = hold_topics(settings, policy_set)
-    keys = generate_keys(agency_names(policy_set))
-    keys_file = run_dir / "throwaway-keys.json"
-    write_key_file(keys_file, keys)
-    # Throw-away agency key pairs: the workers seal encrypted fields to the public halves.
-    public_dir = run_dir / "public-keys"
-    now = int(time.time() * 1000)
-    for agency in key_holders(policy_set):
-        pair = generate_key_pair(agency, now - 86_400_000, now + 30 * 86_400_000)
-        _, public = write_key_pair(run_dir / "agency-keys", pair)
-        import_public_key(public_dir, public)
-    settings = settings.with_(public_keys_dir=public_dir)
-    os.environ["SCREENING_PUBLIC_KEYS_DIR"] = str(public_dir)  # inherited by the workers
-    parts = create_topics(settings, output_topics(policy_set), holds)
-    apply_plan(settings, policy_set)
-    registry = HttpSchemaRegistry(settings.registry_url)
-    reference = build_pipeline(
-        settings, registry, StaticKeyRing(keys), policy_set=policy_set, public_keys=load_public_keys(settings)
-    )
+    bench = prepare("bench", small_cells=small_cells)
+    settings, prefix, run_dir, policy_set = bench.settings, bench.prefix, bench.run_dir, bench.policy_set
+    holds, keys, keys_file, parts, registry = bench.holds, bench.keys, bench.keys_file, bench.parts, bench.registry
+    reference = bench.reference()
     live = args.mode == "live"
     guarded = next((p for p in policy_set.policies if p.k_anonymity is not None), None)
     # The k-check's reference: the guarded recipient's event_ref of every event, in-process, same keys.
@@ -397,8 +335,7 @@ def run(args: argparse.Namespace, *, small_cells: bool) -> Result:
         topic = settings.ingress_topic
         asyncio.run(publish_raw(settings.bootstrap_servers, topic, records, parts[topic], auth=settings.kafka_auth))
 
-    broker = [int(p) for p in re.findall(r"pid (\d+)", lifecycle.status(stack).get("kafka", ""))]
-    broker_pid = broker[0] if broker else None
+    broker_pid = bench.broker_pid
     workers: list[subprocess.Popen[bytes]] = []
     timing = Timing()
     try:
@@ -484,7 +421,7 @@ def run(args: argparse.Namespace, *, small_cells: bool) -> Result:
     finally:
         stop_workers(workers)
         if not args.keep_topics:
-            cleanup(settings, [t for t in parts if t.startswith(prefix)], policy_set)
+            cleanup(settings, bench.bench_topics(), policy_set)
 
 
 def report(
@@ -572,21 +509,6 @@ def report(
         print(table(("check", "count", "verdict"), checks, title=title + ("PASS" if ok else "FAIL")))
     steady = steady_rate(timing.samples, n) if args.mode == "backlog" else float("nan")
     return steady, n / wall
-
-
-def cleanup(settings: Settings, topics: list[str], policy_set: PolicySet) -> None:
-    """Delete the bench topics, consumer group and the ACLs applied for them (best effort)."""
-    admin = admin_client(settings.bootstrap_servers, auth=settings.kafka_auth)
-    try:
-        admin.delete_topics(topics, raise_errors=False)
-        admin.delete_groups([settings.group_id])
-        rules = acl_plan(settings, policy_set)
-        admin.delete_acls([to_acl(rule) for rule in rules])
-        print(f"deleted {len(topics)} bench topics, group {settings.group_id} and {len(rules)} ACLs")
-    except Exception as exc:  # best effort: never hide the benchmark's own error
-        print(f"cleanup failed: {type(exc).__name__}: {exc}")
-    finally:
-        admin.close()
 
 
 if __name__ == "__main__":
