@@ -18,7 +18,10 @@ the events per CPU-second of the whole path, and with ``--profile`` the top func
 time (cProfile). No Kafka, no faust: the figures are the floor of the worker's Python, the part
 ``bench/backlog.py`` cannot separate from the broker and librdkafka.
 
-Run: ``python bench/hotpath.py [--events 20000] [--batch 500] [--rounds 3] [--profile]``
+``--gc worker`` (default) tunes the collector as the worker does (``streams.ops.memory.tune_gc``);
+``--gc default`` keeps Python's thresholds (the worker before that tuning).
+
+Run: ``python bench/hotpath.py [--events 20000] [--batch 500] [--rounds 3] [--gc worker|default] [--profile]``
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from streams.crypto.ring import PublicKeyRing
 from streams.kafka.audit_io import AuditSink
 from streams.kafka.batches import Batch, produce_all
 from streams.kafka.smallcell_io import SmallCellStage, build_small_cells
+from streams.ops.memory import tune_gc
 from streams.pipeline import InputRecord, Pipeline
 from streams.policy.pseudonyms import StaticKeyRing, generate_keys
 from streams.settings import Settings
@@ -170,6 +174,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--gc", choices=("worker", "default"), default="worker", help="the worker's collector tuning, or Python's"
+    )
     args = parser.parse_args(argv)
     settings = Settings()
     registry = InMemorySchemaRegistry()
@@ -178,13 +185,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         InputRecord(settings.ingress_topic, i % settings.ingress_partitions, i // 6, k, v, (), now_ms)
         for i, (k, v, _) in enumerate(framed_stream(args.events, settings, registry, seed=args.seed))
     ]
-    print(f"{len(records):,} events, batches of {args.batch}; load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"{len(records):,} events, batches of {args.batch}, collector: {args.gc}; load average {os.getloadavg()[0]:.2f}"
+    )
     rounds: dict[str, list[float]] = {step: [] for step in (*STEPS, "total")}
     for _ in range(args.rounds):
         pipeline, stage, sink = build(settings, registry)
         run(pipeline, stage, sink, records[:1000], args.batch)  # warm-up: caches, first keys
         pipeline, stage, sink = build(settings, registry)
-        gc.collect()
+        if args.gc == "worker":
+            tune_gc()  # what the worker does once its app is built (streams.ops.memory)
+        else:
+            gc.unfreeze()
+            gc.set_threshold(700, 10, 10)
+            gc.collect()
         spent = run(pipeline, stage, sink, records, args.batch)
         for step, seconds in spent.items():
             rounds[step].append(seconds * 1e6 / len(records))

@@ -15,7 +15,6 @@ static member) stops the process with exit status 70 and a message naming the ca
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import threading
@@ -34,6 +33,7 @@ from streams.kafka.smallcell_io import SmallCellStage
 from streams.kafka.transactional import Runner
 from streams.ops.health import Health
 from streams.ops.listener import OpsListener
+from streams.ops.memory import tune_gc
 from streams.ops.metrics import WorkerMetrics
 from streams.pipeline import Pipeline
 from streams.settings import Settings
@@ -56,23 +56,6 @@ def _quiet_framework_loggers(level: int = logging.WARNING) -> None:
     """
     for name in ("faust", "mode", "aiokafka", "kafka", "streams.kafka.librdkafka"):
         logging.getLogger(name).setLevel(max(level, logging.INFO))
-
-
-#: Cyclic-GC thresholds of a worker: a young collection every 50 000 allocations, not 700.
-GC_THRESHOLDS = (50_000, 20, 100)
-
-
-def tune_gc(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
-    """Move what start-up built out of the collector's sight and collect young objects less often.
-
-    The hot path allocates a few dozen short-lived objects per event, and small-cell protection
-    keeps every held view alive for its window: with the default thresholds the collector rescans
-    them again and again (``bench/hotpath.py`` over 100 000 events: 260 → 220 µs per event, the
-    gap growing with the views held). Cycles are still collected; only less often.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*thresholds)
 
 
 def run_runner_thread(runner: Runner, exit_process: Callable[[int], object] = os._exit) -> None:
