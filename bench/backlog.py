@@ -113,6 +113,11 @@ class Live:
         }
 
 
+def policies(args: argparse.Namespace) -> str:
+    """What the worker ran, for titles."""
+    return "shipped policies (small cells, encryption)" if args.small_cells == "on" else "policies without small cells"
+
+
 def recipient(topic: str) -> str:
     """``cnam``, ``ars`` or ``spf`` for an agency topic (with the prefix)."""
     return "cnam" if ".tracing.cnam." in topic else "ars" if ".tracing.ars." in topic else "spf"
@@ -129,6 +134,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=3600.0, help="max seconds to wait for lag zero")
     p.add_argument("--keep-topics", action="store_true")
+    p.add_argument(
+        "--small-cells",
+        choices=("on", "off"),
+        default="on",
+        help="on: the shipped policies; off: the same without k_anonymity (what memory the held views take)",
+    )
     args = p.parse_args()
     try:
         args.rates = [float(r) for r in args.rates.split(",") if r.strip()]
@@ -354,8 +365,8 @@ def report(
     heads: tuple[str, ...] = ("contender", "ev/s steady", "ev/s start→lag 0", "ratio (steady / →0)", "start→lag 0 s")
     heads += ("1st commit s", "RSS start MiB", "RSS end MiB", "RSS max MiB", "CPU s", "CPU/wall", "broker CPU s")
     title = (
-        f"backlog of {args.events:,} events, one process each, exactly once; worker = shipped policies "
-        "(small cells, encryption) + audit; passthrough = aiokafka transactional copy of the same bytes"
+        f"backlog of {args.events:,} events, one process each, exactly once; worker = {policies(args)} "
+        "+ audit; passthrough = aiokafka transactional copy of the same bytes"
     )
     print("\n" + table(heads, rows, title=title))
     print(f"ratio worker / passthrough: steady {steady_ratio:.3f}, start → lag zero {zero_ratio:.3f}")
@@ -440,7 +451,7 @@ def main() -> None:
         os.environ.pop(name, None)  # the shipped policies and windows
     os.environ.pop("SCREENING_PROCESSING_GUARANTEE", None)  # the worker's default: exactly once
     load = [os.getloadavg()[0]]
-    bench = prepare("backlog")
+    bench = prepare("backlog", small_cells=args.small_cells == "on")
     settings, run_dir = bench.settings, bench.run_dir
     audit_key = run_dir / "audit.key"
     write_secret(audit_key, generate_secret())
@@ -491,7 +502,7 @@ def plots(args: argparse.Namespace, drains: list[Drain], lives: list[Live]) -> N
         drains,
         through,
         f"Draining a backlog of {args.events:,} events, one process each ({cpus} CPUs):\nthe worker "
-        "(shipped policies, small cells, encryption, audit; exactly once) vs a transactional aiokafka passthrough",
+        f"({policies(args)}, audit; exactly once) vs a transactional aiokafka passthrough",
     )
     latency = args.plots_dir / "live-latency.png"
     _plots.latency(

@@ -173,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--days", type=int, default=60, help="days the samples spread over: fewer days, denser classes, more releases"
+    )
     parser.add_argument("--profile", action="store_true")
     parser.add_argument(
         "--gc", choices=("worker", "default"), default="worker", help="the worker's collector tuning, or Python's"
@@ -183,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     now_ms = int(time.time() * 1000)
     records = [
         InputRecord(settings.ingress_topic, i % settings.ingress_partitions, i // 6, k, v, (), now_ms)
-        for i, (k, v, _) in enumerate(framed_stream(args.events, settings, registry, seed=args.seed))
+        for i, (k, v, _) in enumerate(framed_stream(args.events, settings, registry, seed=args.seed, days=args.days))
     ]
     print(
         f"{len(records):,} events, batches of {args.batch}, collector: {args.gc}; load average {os.getloadavg()[0]:.2f}"
