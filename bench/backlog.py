@@ -488,6 +488,9 @@ def main() -> None:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(figures, indent=2, default=str) + "\n", encoding="utf-8")
             print(f"wrote {args.json}")
+        dead, sink = counts.get(settings.dlq_topic, 0), counts.get(bench.prefix + SINK, 0)
+        if dead or sink != args.events:  # a rate is only worth quoting when nothing was rejected or lost
+            raise SystemExit(f"FAILED: {dead:,} dead letters, passthrough sink {sink:,} of {args.events:,} events")
     finally:
         if not args.keep_topics:
             cleanup(settings, bench.bench_topics(), bench.policy_set, [bench.prefix + PASSTHROUGH_GROUP])

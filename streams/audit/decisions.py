@@ -75,8 +75,8 @@ class Auditor:
         """Draft with the audit ``keys`` for the recipients of ``minimiser``."""
         self.keys = keys
         self.minimiser = minimiser
-        # One decision per (recipient, failed filter): the policies' conditions live as long as this.
-        self._filtered_memo: dict[tuple[str, str, int], PendingDecision] = {}
+        # One decision per (recipient, failed filter), bounded; each entry keeps its condition alive.
+        self._filtered_memo: dict[tuple[str, str, int], tuple[Condition | None, PendingDecision]] = {}
 
     def delivered(
         self,
@@ -128,11 +128,14 @@ class Auditor:
     def _filtered(self, policy: Policy, failed: Condition | None) -> PendingDecision:
         """The (shared, immutable) decision of ``policy``'s recipient filtered out by ``failed``."""
         key = (policy.recipient, policy.version, id(failed))
-        decision = self._filtered_memo.get(key)
-        if decision is None:
-            reason = f"filtered out: requires {failed.describe()}" if failed else "filtered out"
-            decision = PendingDecision(policy.recipient, None, False, reason, (), None, policy.version)
-            self._filtered_memo[key] = decision
+        hit = self._filtered_memo.get(key)
+        if hit is not None and hit[0] is failed:  # the same live condition (an id may be reused)
+            return hit[1]
+        if len(self._filtered_memo) >= 4096:
+            self._filtered_memo.clear()
+        reason = f"filtered out: requires {failed.describe()}" if failed else "filtered out"
+        decision = PendingDecision(policy.recipient, None, False, reason, (), None, policy.version)
+        self._filtered_memo[key] = (failed, decision)  # holds the condition: its id stays its own
         return decision
 
     def dead_lettered(self, source: Location, code: str, event: Mapping[str, Any] | None, now_ms: int) -> PendingAudit:

@@ -75,7 +75,7 @@ class AuditEncoder:
         self._memo: dict[tuple[object, ...], bytes] = {}
 
     def _decision(self, d: PendingDecision) -> bytes:
-        key = (d.recipient, d.agency, d.delivered, d.reason, d.fields, d.key_id, d.policy_version)
+        key = (d.recipient, d.agency, d.delivered, d.reason, tuple(d.fields), d.key_id, d.policy_version)
         cached = self._memo.get(key)
         if cached is None:
             if len(self._memo) >= MEMO_SIZE:

@@ -123,3 +123,35 @@ def test_decision_memo_is_bounded() -> None:
         d = PendingDecision(f"r{i}", None, False, "filtered out", (), None, "v")
         encoder.body(PendingAudit(("t", 0, 0), "r", None, None, NOT_DELIVERED, None, (d,), 0), [None], b"", 0, b"")
     assert 0 < len(encoder._memo) <= MEMO_SIZE
+
+
+def test_filtered_decisions_follow_their_condition_even_when_ids_are_reused() -> None:
+    """The Auditor's memo of filtered-out decisions is keyed by the live condition: conditions
+    built afresh for each event (ids reused once freed) still get their own reason."""
+    from streams.audit.decisions import Auditor
+    from streams.policy.model import Condition
+
+    policy = type("P", (), {"recipient": "ars", "version": "v1"})()
+
+    class Fresh:
+        policies = (policy,)
+
+        def excluded_by(self, _policy: object, event: dict[str, Any]) -> Condition:
+            return Condition("result", frozenset({event["want"]}), False)
+
+    auditor = Auditor(AuditKeys(SECRET), Fresh())  # type: ignore[arg-type]
+    for i in range(50):
+        decision = auditor._filtered(policy, Fresh().excluded_by(policy, {"want": f"R{i}"}))  # type: ignore[arg-type]
+        assert f"R{i}" in decision.reason
+
+
+def test_remapped_keeps_the_small_cell_fate_and_returns_an_unmoved_draft_itself() -> None:
+    """remapped() moves delivered entries, keeps small_cell, and returns the same draft when nothing moves."""
+    from streams.pipeline import remapped
+
+    fate = SmallCellFate(True, 0, 1, ("department",))
+    d = PendingDecision("spf", "spf", True, "released at step 1", ("a",), None, "v", 2)
+    draft = PendingAudit(("t", 0, 1), "r", "p", "P", DELIVERED, None, (d,), 0, fate)
+    moved = remapped(draft, {2: 5})
+    assert moved.small_cell == fate and moved.decisions[0].output == 5
+    assert remapped(draft, {2: 2}) is draft

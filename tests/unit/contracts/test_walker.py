@@ -219,3 +219,16 @@ def test_the_screening_event_walker_is_generated() -> None:
 
     check = compile_check(shape_of(input_schema(), Budget()), Budget())
     assert check.__code__.co_filename == "<walker>"
+
+
+def test_a_wide_writer_schema_keeps_the_closures() -> None:
+    """A schema of 999 optional strings (within the budget) is not compiled to a 20 000-line function:
+    compiling it would stall the runner ~1 s per new schema id; the closure walker checks it."""
+    wide = {
+        "type": "record",
+        "name": "W",
+        "fields": [{"name": f"f{i}", "type": ["null", "string"]} for i in range(999)],
+    }
+    check = compile_check(shape_of(wide, Budget()), Budget())
+    assert check.__code__.co_filename != "<walker>"
+    assert check(bytes(999), 0) == 999
