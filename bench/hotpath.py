@@ -62,6 +62,7 @@ class CountingProducer:
     def __init__(self) -> None:
         """Start every partition at offset 0."""
         self.offsets: Counter[tuple[str, int]] = Counter()
+        self._pending: list[tuple[Callable[..., None], str, int, int]] = []
 
     def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None, **kw: Any) -> None:
         """Take the record: its delivery report comes at :meth:`flush` (offset assigned now)."""
@@ -80,8 +81,6 @@ class CountingProducer:
     def poll(self, timeout: float = 0) -> int:
         """Nothing to serve between flushes."""
         return 0
-
-    _pending: list[tuple[Callable[..., None], str, int, int]]
 
 
 class _Delivered:
@@ -131,7 +130,6 @@ def run(
     spent = dict.fromkeys(STEPS, 0.0)
     clock = time.process_time
     producer = CountingProducer()
-    producer._pending = []
     for start in range(0, len(records), size):
         chunk = records[start : start + size]
         batch = Batch(records=list(chunk))
